@@ -1,0 +1,51 @@
+# headstart: `make run` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP_VERSION := 26.3
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+STAGE ?=
+PYTEST_ARGS ?=
+
+# DVC runs stage commands as `python -m stages.<name>`: make them find the venv's python.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run test bench lock fashion-mnist ui clean
+
+setup: $(VENV)/.installed ## create .venv and install the locked dependencies
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@touch $@
+
+fashion-mnist: ## install Debian's Fashion-MNIST when possible; otherwise the download stage uses the official URLs
+	@if [ -d $(FASHION_MNIST_DIR) ]; then \
+	  echo "Fashion-MNIST: $(FASHION_MNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "warning: could not install dataset-fashion-mnist; the download stage will fetch the official files"; \
+	else \
+	  echo "note: dataset-fashion-mnist not installed (needs apt-get as root); the download stage will fetch the official files"; \
+	fi
+
+run: setup fashion-mnist ## dvc repro the default pipeline (STAGE=split: only up to that stage)
+	dvc repro $(STAGE)
+
+test: setup fashion-mnist ## the whole test suite
+	pytest $(PYTEST_ARGS)
+
+lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
+	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock
+	$(VENV).lock/bin/python -m pip install --quiet --upgrade pip==$(PIP_VERSION)
+	$(VENV).lock/bin/python -m pip install --quiet ".[test]"
+	$(VENV).lock/bin/python -m pip freeze --exclude-editable | grep -v '^headstart' | sort -f > requirements.lock
+	rm -rf $(VENV).lock
+
+ui: setup ## the MLflow UI on the embedded store: http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
+
+clean: ## remove the venv and caches (not data, models or MLflow runs)
+	rm -rf $(VENV) .pytest_cache .cache

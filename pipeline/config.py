@@ -1,0 +1,306 @@
+"""Typed, validated parameters: the one place that reads ``params.yaml``.
+
+Every section is a frozen dataclass. ``load()`` checks the whole file before any stage does work:
+an unknown key (with a close match for a likely typo), a missing key, a wrong type or an
+out-of-range value each produce one line naming the key path, what was found and what is allowed.
+All problems are reported together as a single ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+
+from pipeline.errors import UserError
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(UserError):
+    """params.yaml does not match the schema; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval for a number; bounds are inclusive unless marked open."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the interval."""
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            return False
+        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
+            return False
+        return True
+
+    def describe(self) -> str:
+        """Human-readable interval, e.g. ``in [0, 1)``."""
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A regular expression a string must match in full, with a description for messages."""
+
+    regex: str
+    description: str
+
+
+# --------------------------------------------------------------------------------------------
+# The schema. Field order follows params.yaml; every key is required.
+# --------------------------------------------------------------------------------------------
+
+RelPath = Annotated[str, Pattern(r"[^\0]+", "a path")]
+
+
+@dataclass(frozen=True)
+class PathsParams:
+    """Every file and folder the pipeline reads or writes, relative to the repository root."""
+
+    raw: RelPath
+    splits: RelPath
+    features: RelPath
+    models: RelPath
+    metrics: RelPath
+    plots: RelPath
+    reports: RelPath
+    downloads: RelPath
+    mlflow_db: RelPath
+    mlflow_artifacts: RelPath
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the images come from (download stage)."""
+
+    source: Literal["fashion_mnist", "url", "folder"]
+    url: Optional[Annotated[str, Pattern(r"https?://\S+", "an http(s) URL")]]
+    sha256: Optional[Annotated[str, Pattern(r"[0-9a-fA-F]{64}", "64 hexadecimal digits")]]
+    folder: Optional[RelPath]
+    subdir: Optional[RelPath]
+    max_per_class: Optional[Annotated[int, Range(lo=1)]]
+    fashion_mnist_dir: RelPath
+    retries: Annotated[int, Range(lo=0, hi=20)]
+    timeout_s: Annotated[float, Range(lo=0, lo_open=True)]
+
+    def check(self) -> list[str]:
+        """Cross-field rules: each source names what it needs."""
+        problems = []
+        if self.source == "url" and (self.url is None or self.sha256 is None):
+            problems.append("data.url and data.sha256: both required when data.source is 'url'")
+        if self.source == "folder" and self.folder is None:
+            problems.append("data.folder: required when data.source is 'folder'")
+        return problems
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    """How images are divided into train, val and test (split stage)."""
+
+    val: Annotated[float, Range(0.0, 0.9, lo_open=True, hi_open=True)]
+    test: Annotated[float, Range(0.0, 0.9, lo_open=True, hi_open=True)]
+    use_existing: bool
+    max_image_pixels: Annotated[int, Range(lo=1)]
+
+    def check(self) -> list[str]:
+        """The two held-out fractions must leave something to train on."""
+        if self.val + self.test >= 0.95:
+            return [f"split.val + split.test: found {self.val + self.test:g}; allowed: < 0.95 (train needs the rest)"]
+        return []
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    """MLflow settings; MLFLOW_TRACKING_URI in the environment overrides the embedded store."""
+
+    experiment: Annotated[str, Pattern(r".+", "a non-empty name")]
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml."""
+
+    seed: Annotated[int, Range(0, 2**31 - 1)]
+    paths: PathsParams
+    data: DataParams
+    split: SplitParams
+    tracking: TrackingParams
+    root: Path = dataclasses.field(default=Path("."), metadata={"internal": True})
+
+    def path(self, name: str) -> Path:
+        """An entry of ``paths`` resolved against the repository root."""
+        return self.root / getattr(self.paths, name)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation.
+# --------------------------------------------------------------------------------------------
+
+
+def load(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml.
+
+    Args:
+        path: the params file; its folder is taken as the repository root.
+
+    Returns:
+        The validated, frozen parameters.
+
+    Raises:
+        ConfigError: listing every problem found, one per line.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the repository root, where params.yaml lives)") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    params = parse(raw, source=str(path))
+    return dataclasses.replace(params, root=path.resolve().parent)
+
+
+def parse(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Validate already-parsed YAML data against the schema.
+
+    Args:
+        raw: the mapping read from params.yaml.
+        source: the file name used in messages.
+
+    Returns:
+        The validated parameters.
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    problems: list[str] = []
+    value = _convert(raw, Params, "", problems)
+    if problems:
+        listing = "\n".join(f"  {p}" for p in problems)
+        raise ConfigError(f"{source} has {len(problems)} problem(s):\n{listing}")
+    return value
+
+
+def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
+    """Check ``value`` against ``hint``; append problems and return the converted value."""
+    base, constraints = _unwrap(hint)
+    origin = typing.get_origin(base)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(base) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, options[0], key, problems)
+    if value is None:
+        problems.append(f"{key}: found null; allowed: {_describe(hint)}")
+        return None
+    if dataclasses.is_dataclass(base):
+        return _convert_section(value, base, key, problems)
+    if origin is Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            problems.append(f"{key}: found {value!r}; allowed: {_describe(hint)}{_suggest(value, choices)}")
+        return value
+    if not _has_type(value, base):
+        problems.append(f"{key}: found {value!r} ({type(value).__name__}); allowed: {_describe(hint)}")
+        return value
+    value = float(value) if base is float else value
+    for constraint in constraints:
+        if isinstance(constraint, Range) and not constraint.contains(value):
+            problems.append(f"{key}: found {value!r}; allowed: {_describe(hint)}")
+        if isinstance(constraint, Pattern) and not re.fullmatch(constraint.regex, value):
+            problems.append(f"{key}: found {value!r}; allowed: {constraint.description}")
+    return value
+
+
+def _convert_section(value: Any, cls: type, key: str, problems: list[str]) -> Any:
+    """Check a mapping against a dataclass: unknown keys, missing keys, each field, cross-field rules."""
+    where = key or "top level"
+    if not isinstance(value, dict):
+        problems.append(f"{where}: found {type(value).__name__}; allowed: a mapping with keys {_field_names(cls)}")
+        return None
+    names = _field_names(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    before = len(problems)
+    for unknown in sorted(set(map(str, value)) - set(names)):
+        problems.append(f"{_join(key, unknown)}: unknown key{_suggest(unknown, names)}; allowed keys: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in value:
+            problems.append(f"{_join(key, name)}: missing key; expected {_describe(hints[name])}")
+            continue
+        kwargs[name] = _convert(value[name], hints[name], _join(key, name), problems)
+    if len(problems) > before:
+        return None
+    section = cls(**kwargs)
+    problems.extend(section.check() if hasattr(section, "check") else [])
+    return section
+
+
+def _unwrap(hint: Any) -> tuple[Any, tuple[Any, ...]]:
+    """Split ``Annotated[T, constraints...]`` into ``T`` and its constraints."""
+    if typing.get_origin(hint) is Annotated:
+        base, *constraints = typing.get_args(hint)
+        return base, tuple(constraints)
+    return hint, ()
+
+
+def _has_type(value: Any, base: Any) -> bool:
+    """Strict YAML type check: booleans are not numbers, integers are acceptable floats."""
+    if base is bool:
+        return isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, base)
+
+
+def _describe(hint: Any) -> str:
+    """What a type hint allows, in words."""
+    base, constraints = _unwrap(hint)
+    origin = typing.get_origin(base)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(base) if a is not type(None)]
+        return f"{_describe(options[0])}, or null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(base))
+    if dataclasses.is_dataclass(base):
+        return f"a mapping with keys {_field_names(base)}"
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
+    for constraint in constraints:
+        if isinstance(constraint, Range):
+            words += " " + constraint.describe()
+        if isinstance(constraint, Pattern):
+            words = constraint.description
+    return words
+
+
+def _suggest(word: Any, choices: typing.Iterable[Any]) -> str:
+    """A 'did you mean' clause for the closest choice, or an empty string."""
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _field_names(cls: type) -> list[str]:
+    """The params.yaml keys of a section (internal fields excluded)."""
+    return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

@@ -1,0 +1,113 @@
+"""Atomic file and folder writes, hashing and linking: the pipeline's small I/O edge.
+
+Outputs are written beside their final place and renamed only when complete, so a stage that
+fails or is killed never leaves a half-written output for DVC to cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces ``final`` only if the block succeeds.
+
+    Args:
+        final: the folder to create or replace.
+
+    Yields:
+        A fresh folder on the same filesystem as ``final``; removed if the block raises.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_dir(staging, final)
+
+
+def replace_dir(source: Path, final: Path) -> None:
+    """Move folder ``source`` to ``final``, replacing whatever was there, by renames only."""
+    previous = None
+    if final.exists() or final.is_symlink():
+        previous = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, previous / final.name)
+    os.replace(source, final)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a UTF-8 text file atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: sorted keys, Unicode kept readable, trailing newline."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file written by ``write_json``."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    """Write a data frame as CSV atomically, without the index."""
+    write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target``; copy when a link is impossible (other device, no permission)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def save_figure(figure: Any, path: Path, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent, suffix=".png")
+    os.close(handle)
+    try:
+        figure.savefig(temporary, dpi=dpi, format="png")
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)

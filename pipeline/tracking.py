@@ -1,0 +1,210 @@
+"""One MLflow run per stage execution, mirrored into ``metrics/<stage>.json`` for DVC.
+
+Stages never call MLflow directly::
+
+    with tracking.stage_run("split", params) as run:
+        ...
+        run.log_metrics({"images_train": 900})
+
+opens the run (after checking the tracking store is reachable, before any heavy work), logs the
+stage's params as declared in dvc.yaml, tags it (stage, git commit and dirty flag, DVC experiment
+name, params.yaml hash), and on success writes the logged metrics plus the run id to the stage's
+metrics JSON, so every DVC-tracked result points at its MLflow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from pipeline import files
+from pipeline.config import PARAMS_FILE, Params
+from pipeline.errors import UserError
+
+EXPERIMENT_ENV = "DVC_EXP_NAME"
+_PROBE_TIMEOUT_S = 5.0
+
+
+class StageRun:
+    """The handle a stage logs through; collects the metrics that go to the metrics JSON."""
+
+    def __init__(self, mlflow_module: Any, run_id: str, experiment_id: str) -> None:
+        self._mlflow = mlflow_module
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.metrics: dict[str, float] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log numbers to MLflow; the last value of each (without a step) also goes to the metrics JSON."""
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        if step is None:
+            self.metrics.update(metrics)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tag the run."""
+        self._mlflow.set_tags(tags)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """Log a matplotlib figure as an image artifact."""
+        self._mlflow.log_figure(figure, name)
+
+    def log_table(self, frame: pd.DataFrame, name: str) -> None:
+        """Log a table: viewable in the MLflow UI (JSON) and downloadable as CSV."""
+        self._mlflow.log_table(data=frame, artifact_file=f"{name}.json")
+        self._mlflow.log_text(frame.to_csv(index=False), f"{name}.csv")
+
+    def log_dict(self, data: Any, name: str) -> None:
+        """Log a JSON or YAML artifact (by the name's suffix)."""
+        self._mlflow.log_dict(data, name)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        """Log a file as an artifact."""
+        self._mlflow.log_artifact(str(path), folder)
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage execution.
+
+    Args:
+        stage: the stage name, as in dvc.yaml.
+        params: the loaded params; the stage's params (from dvc.yaml) are logged.
+
+    Yields:
+        The run handle. On success the run ends FINISHED and ``metrics/<stage>.json`` is written;
+        on an exception the run ends FAILED (KILLED on Ctrl-C) and no metrics file is written.
+
+    Raises:
+        UserError: the tracking store is unreachable (raised before any work).
+    """
+    uri = tracking_uri(params)
+    check_reachable(uri, params)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import mlflow  # imported here: it is slow, and only needed once a stage really runs
+
+    mlflow.set_tracking_uri(uri)
+    experiment_id = _experiment_id(mlflow, params, uri)
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(stage), tags=run_tags(stage, params))
+    handle = StageRun(mlflow, active.info.run_id, experiment_id)
+    try:
+        mlflow.log_params(stage_params(stage, params))
+        yield handle
+        record = {**handle.metrics, "mlflow": {"run_id": handle.run_id, "experiment_id": experiment_id}}
+        files.write_json(params.path("metrics") / f"{stage}.json", record)
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def tracking_uri(params: Params) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the embedded sqlite store at the repository root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{params.path('mlflow_db')}"
+
+
+def check_reachable(uri: str, params: Params) -> None:
+    """Fail fast, naming the URI, when runs could not be recorded.
+
+    Raises:
+        UserError: an http(s) server does not answer, or a sqlite file's folder is missing.
+    """
+    parsed = urllib.parse.urlparse(uri)
+    hint = f"start the server, correct MLFLOW_TRACKING_URI, or unset it to use the embedded store {params.path('mlflow_db')}"
+    if parsed.scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=_PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            return  # the server answered (perhaps behind authentication): reachable
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise UserError(f"MLflow tracking server {uri} is unreachable ({reason}); {hint}") from None
+    elif parsed.scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"MLflow tracking store {uri}: folder {folder} is missing or not writable; {hint}")
+
+
+def stage_params(stage: str, params: Params) -> dict[str, Any]:
+    """The flattened params a stage depends on, as declared under its ``params:`` in dvc.yaml."""
+    flat: dict[str, Any] = {}
+    for key in _declared_params(params.root, stage):
+        value: Any = params
+        for part in key.split("."):
+            value = getattr(value, part)
+        flat.update(_flatten(key, dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value))
+    return flat
+
+
+def run_tags(stage: str, params: Params) -> dict[str, str]:
+    """Tags that tie a run to its code, params and DVC experiment."""
+    commit, dirty = _git_state(params.root)
+    params_file = params.root / PARAMS_FILE
+    tags = {
+        "stage": stage,
+        "mlflow.source.name": f"stages/{stage}.py",
+        "params.sha256": files.sha256_file(params_file) if params_file.exists() else "",
+    }
+    if commit:
+        tags.update({"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit})
+    if os.environ.get(EXPERIMENT_ENV):
+        tags["dvc.exp_name"] = os.environ[EXPERIMENT_ENV]
+    return tags
+
+
+def _run_name(stage: str) -> str:
+    experiment = os.environ.get(EXPERIMENT_ENV)
+    return f"{stage} ({experiment})" if experiment else stage
+
+
+def _experiment_id(mlflow: Any, params: Params, uri: str) -> str:
+    """The experiment's id; created on first use with artifacts under the repository for local stores."""
+    name = params.tracking.experiment
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    local = urllib.parse.urlparse(uri).scheme not in ("http", "https", "databricks")
+    location = params.path("mlflow_artifacts").resolve().as_uri() if local else None
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        return mlflow.get_experiment_by_name(name).experiment_id  # created concurrently by another stage
+
+
+def _declared_params(root: Path, stage: str) -> list[str]:
+    try:
+        spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))
+        declared = spec["stages"][stage].get("params", [])
+    except (OSError, KeyError, TypeError, AttributeError):
+        return [stage] if stage in Params.__dataclass_fields__ else []
+    return [p for p in declared if isinstance(p, str)]
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, inner in value.items() for k, v in _flatten(f"{prefix}.{key}", inner).items()}
+    return {prefix: "null" if value is None else value}
+
+
+def _git_state(root: Path) -> tuple[str | None, bool]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None, False

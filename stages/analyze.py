@@ -1,0 +1,14 @@
+"""analyze stage: declared in dvc.yaml; its implementation lands with a later issue.
+
+Until then it stops with "not implemented yet" instead of pretending to succeed.
+"""
+
+from pipeline.errors import NotImplementedStage, run_cli
+
+
+def main() -> None:
+    raise NotImplementedStage("analyze")
+
+
+if __name__ == "__main__":
+    run_cli(main)

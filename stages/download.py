@@ -1,0 +1,26 @@
+"""Download stage: bring the images of ``data.source`` into a class-per-folder tree.
+
+Reads:  params ``data``; the source (Fashion-MNIST files, an archive URL, or a local folder)
+Writes: paths.raw/[<split>/]<class>/<image>, paths.metrics/download.json
+"""
+
+from pipeline import config, files, sources, tracking
+from pipeline.errors import run_cli
+
+
+def main() -> None:
+    params = config.load()
+    with tracking.stage_run("download", params) as run:
+        # Built beside paths.raw and swapped in only when complete: a failure leaves nothing half-written.
+        with files.staged_dir(params.path("raw")) as staging:
+            acquired = sources.acquire(params.data, staging, params.path("downloads"))
+        run.log_metrics({"images": acquired.images, "classes": acquired.classes, "ignored_files": len(acquired.ignored)})
+        run.set_tags({"data.layout": "train/val/test folders" if acquired.presplit else "class folders"})
+        if acquired.ignored:
+            run.log_dict([{"path": p, "reason": r} for p, r in acquired.ignored], "ignored_files.json")
+            print(f"download: left out {len(acquired.ignored)} file(s) outside class folders or hidden (see MLflow artifact ignored_files.json)")
+        print(f"download: {acquired.images} images in {acquired.classes} classes → {params.paths.raw}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,39 @@
+"""Split stage: verify every image and divide them into stratified, seeded train/val/test splits.
+
+Reads:  paths.raw; params ``split``, ``seed``
+Writes: paths.splits/{train,val,test}.csv (path, label, sha256), classes.json, report.json;
+        paths.plots/split/class_counts.png; paths.metrics/split.json
+"""
+
+from pipeline import config, dataset, figures, files, images, split, tracking
+from pipeline.errors import run_cli
+
+
+def main() -> None:
+    params = config.load()
+    with tracking.stage_run("split", params) as run:
+        scan = dataset.scan_dataset(params.path("raw"))
+        checks = images.inspect_images([scan.root / e.rel for e in scan.entries], params.split.max_image_pixels)
+        items, excluded = split.collect_items(scan, checks, params.paths.raw)
+        result = split.split_images(items, params.split, params.seed, scan.presplit)
+        report = split.build_report(result, scan, excluded, params.split)
+        with files.staged_dir(params.path("splits")) as staging:
+            for name, members in result.items.items():
+                files.write_csv(staging / f"{name}.csv", split.split_frame(members))
+            files.write_json(staging / "classes.json", sorted({i.label for i in items}))
+            files.write_json(staging / "report.json", report)
+        chart = figures.class_counts_chart(result.counts())
+        files.save_figure(chart, params.path("plots") / "split" / "class_counts.png")
+        run.log_figure(chart, "class_counts.png")
+        run.log_table(split.counts_frame(result), "class_counts")
+        run.log_dict(report, "split_report.json")
+        run.log_metrics({f"images_{name}": n for name, n in report["images"].items()})
+        run.log_metrics({"classes": report["classes"], "excluded_files": len(report["excluded"]),
+                         "duplicate_groups": result.duplicate_groups, "duplicate_copies": result.duplicate_copies})
+        for entry in report["excluded"]:
+            print(f"split: excluded {entry['path']}: {entry['reason']}")
+        print(f"split: {report['images']} images in {report['classes']} classes → {params.paths.splits}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
