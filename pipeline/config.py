@@ -205,7 +205,10 @@ def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
         options = [a for a in typing.get_args(base) if a is not type(None)]
         if value is None:
             return None
-        return _convert(value, options[0], key, problems)
+        inner: list[str] = []
+        converted = _convert(value, options[0], key, inner)
+        problems.extend(f"{p}, or null" if p.startswith(f"{key}:") else p for p in inner)
+        return converted
     if value is None:
         problems.append(f"{key}: found null; allowed: {_describe(hint)}")
         return None

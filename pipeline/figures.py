@@ -54,6 +54,6 @@ def class_counts_chart(counts: dict[str, dict[str, int]]) -> Figure:
             axes.text(total, y, f" {total}", va="center", fontsize=8)
         axes.set_xlabel("images")
         axes.set_title(f"Images per class and split ({len(classes)} classes, {sum(left)} images)")
-        axes.legend(loc="lower right")
+        figure.legend(loc="outside lower center", ncols=len(counts), frameon=False)
         axes.margins(x=0.1)
     return figure

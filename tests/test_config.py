@@ -1,0 +1,111 @@
+"""params.yaml validation: every user error names the key, what was found and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import pytest
+
+from pipeline import config
+
+
+def problems_for(params: dict[str, Any]) -> str:
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(params)
+    return str(caught.value)
+
+
+def test_repository_params_are_valid() -> None:
+    params = config.load(config.PARAMS_FILE)
+    assert params.data.source == "fashion_mnist"
+    assert params.path("raw") == params.root / "data" / "raw"
+
+
+def test_unknown_key_names_the_path_and_suggests_the_close_match(base_params: dict[str, Any]) -> None:
+    base_params["split"]["vall"] = 0.2
+    message = problems_for(base_params)
+    assert "split.vall: unknown key" in message
+    assert "did you mean 'val'?" in message
+
+
+def test_unknown_top_level_section_is_rejected(base_params: dict[str, Any]) -> None:
+    base_params["trakcing"] = base_params.pop("tracking")
+    message = problems_for(base_params)
+    assert "trakcing: unknown key (did you mean 'tracking'?)" in message
+    assert "tracking: missing key" in message
+
+
+def test_missing_key_is_named(base_params: dict[str, Any]) -> None:
+    del base_params["split"]["test"]
+    assert "split.test: missing key; expected a number in (0, 0.9)" in problems_for(base_params)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("split", "val", "0.2", "split.val: found '0.2' (str); allowed: a number in (0, 0.9)"),
+        ("split", "use_existing", "yes", "split.use_existing: found 'yes' (str); allowed: true or false"),
+        ("data", "retries", True, "data.retries: found True (bool); allowed: an integer in [0, 20]"),
+        ("data", "max_per_class", 2.5, "data.max_per_class: found 2.5 (float); allowed: an integer >= 1, or null"),
+    ],
+)
+def test_wrong_type_is_named(base_params: dict[str, Any], section: str, key: str, value: Any, expected: str) -> None:
+    base_params[section][key] = value
+    assert expected in problems_for(base_params)
+
+
+@pytest.mark.parametrize(("key", "value"), [("val", 0.0), ("val", 0.9), ("test", -0.1), ("test", 1.5)])
+def test_out_of_range_is_named(base_params: dict[str, Any], key: str, value: float) -> None:
+    base_params["split"][key] = value
+    assert f"split.{key}: found {float(value)!r}; allowed: a number in (0, 0.9)" in problems_for(base_params)
+
+
+def test_choice_with_typo_suggests_the_choice(base_params: dict[str, Any]) -> None:
+    base_params["data"]["source"] = "fashion-mnist"
+    message = problems_for(base_params)
+    assert "data.source: found 'fashion-mnist'; allowed: one of 'fashion_mnist', 'url', 'folder'" in message
+    assert "did you mean 'fashion_mnist'?" in message
+
+
+def test_patterns_and_cross_field_rules(base_params: dict[str, Any]) -> None:
+    url_params = copy.deepcopy(base_params)
+    url_params["data"].update({"source": "url", "url": "https://example.org/a.zip"})
+    assert "data.url and data.sha256: both required when data.source is 'url'" in problems_for(url_params)
+    url_params["data"]["sha256"] = "abc"
+    assert "data.sha256: found 'abc'; allowed: 64 hexadecimal digits" in problems_for(url_params)
+    base_params["split"].update({"val": 0.5, "test": 0.5})
+    assert "split.val + split.test" in problems_for(base_params)
+
+
+def test_all_problems_are_reported_together(base_params: dict[str, Any]) -> None:
+    base_params["seed"] = -1
+    base_params["split"]["val"] = 2
+    base_params["data"]["sourse"] = "url"
+    message = problems_for(base_params)
+    assert "3 problem(s)" in message
+    for key in ("seed:", "split.val:", "data.sourse:"):
+        assert key in message
+
+
+def test_bad_yaml_and_missing_file_are_user_errors(tmp_path) -> None:
+    broken = tmp_path / "params.yaml"
+    broken.write_text("split: [unclosed\n", encoding="utf-8")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(broken)
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("stage", ["download", "split"])
+def test_stage_with_bad_params_exits_2_without_traceback(project, stage: str) -> None:
+    project.params["split"]["vall"] = 0.1
+    project.params["data"]["retries"] = "three"
+    project.write_params()
+    result = project.run(sys.executable, "-m", f"stages.{stage}", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "split.vall: unknown key (did you mean 'val'?)" in result.stderr
+    assert "data.retries: found 'three' (str); allowed: an integer in [0, 20]" in result.stderr
+    assert not (project.root / "data" / "raw").exists()

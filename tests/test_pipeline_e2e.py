@@ -1,0 +1,45 @@
+"""End to end: real git, real `dvc repro`, real MLflow (embedded sqlite store)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_repro_download_and_split_then_nothing_to_do(project, image_tree) -> None:
+    image_tree(project.params["data"]["folder"], {"cat": 8, "dog": 8, "ノウサギ": 8})
+    first = project.run("dvc", "repro", "split")
+    assert "Running stage 'download'" in first.stdout and "Running stage 'split'" in first.stdout
+
+    second = project.run("dvc", "repro", "split")
+    assert "Running stage" not in second.stdout
+    assert "Stage 'download' didn't change" in second.stdout
+    assert "Stage 'split' didn't change" in second.stdout
+    assert project.run("dvc", "status", "split").stdout.strip() == "Data and pipelines are up to date."
+
+    run_ids = {stage: json.loads((project.root / "metrics" / f"{stage}.json").read_text())["mlflow"]["run_id"]
+               for stage in ("download", "split")}
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["headstart"], output_format="list")
+    assert {r.data.tags["stage"]: r.info.run_id for r in runs} == run_ids
+    commit = project.run("git", "rev-parse", "HEAD").stdout.strip()
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["git.commit"] == commit
+        assert len(run.data.tags["params.sha256"]) == 64
+    split_run = next(r for r in runs if r.data.tags["stage"] == "split")
+    assert split_run.data.metrics["classes"] == 3
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(split_run.info.run_id)}
+    assert {"class_counts.png", "class_counts.json", "class_counts.csv", "split_report.json"} <= artifacts
+
+
+def test_full_repro_stops_at_the_first_unimplemented_stage(project, image_tree) -> None:
+    image_tree(project.params["data"]["folder"], {"cat": 4, "dog": 4})
+    result = project.run("dvc", "repro", check=False)
+    assert result.returncode != 0
+    assert "stage 'extract' is not implemented yet" in result.stderr + result.stdout
+    assert (project.root / "data" / "splits" / "train.csv").is_file()
