@@ -59,21 +59,35 @@ def read_idx_files(
     contents = {}
     for name, expected in sha256.items():
         local = [p for p in (Path(local_dir) / f"{name}.gz", Path(local_dir) / name) if p.is_file()]
-        origin = local[0] if local else fetch.download(
-            base_url + name + ".gz", Path(downloads) / f"{name}.gz", sha256=None, retries=retries, timeout_s=timeout_s
-        )
+        if local:
+            contents[name] = _verified(local[0], expected)
+            continue
+        cached = Path(downloads) / f"{name}.gz"
         try:
-            data = origin.read_bytes()
-            data = gzip.decompress(data) if origin.suffix == ".gz" else data
-        except (OSError, EOFError, zlib.error) as error:
-            raise UserError(f"Fashion-MNIST file {origin} is damaged: {error}") from None
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != expected:
-            if not local:
-                origin.unlink(missing_ok=True)
-            raise UserError(f"Fashion-MNIST file {origin} has content sha256 {digest}, expected {expected}; it was not used")
-        contents[name] = data
+            contents[name] = _verified(cached, expected)  # a verified earlier download is reused
+            continue
+        except UserError:
+            cached.unlink(missing_ok=True)
+        fetch.download(base_url + name + ".gz", cached, sha256=None, retries=retries, timeout_s=timeout_s)
+        try:
+            contents[name] = _verified(cached, expected)
+        except UserError:
+            cached.unlink(missing_ok=True)
+            raise
     return contents
+
+
+def _verified(path: Path, expected: str) -> bytes:
+    """The (decompressed) content of ``path`` if its sha256 is ``expected``."""
+    try:
+        data = path.read_bytes()
+        data = gzip.decompress(data) if path.suffix == ".gz" else data
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"Fashion-MNIST file {path} is missing or damaged: {error}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected:
+        raise UserError(f"Fashion-MNIST file {path} has content sha256 {digest}, expected {expected}; it was not used")
+    return data
 
 
 def parse_idx(data: bytes) -> np.ndarray:
@@ -81,6 +95,8 @@ def parse_idx(data: bytes) -> np.ndarray:
     if len(data) < 4 or data[0:3] != b"\x00\x00\x08":
         raise UserError("not an IDX file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise UserError(f"IDX header cut short: {len(data)} bytes, the header alone needs {4 + 4 * ndim}")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):

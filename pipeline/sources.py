@@ -62,7 +62,8 @@ def select_root(root: Path, subdir: str | None) -> Path:
     """The folder that holds the classes (or split folders).
 
     With ``subdir`` that folder inside ``root``; without it, ``root``, descending through single
-    wrapper folders (``flower_photos/`` in ``flower_photos.tgz``) that hold nothing but folders.
+    wrapper folders that hold class folders (``flower_photos/`` in ``flower_photos.tgz``, beside
+    its LICENSE.txt, which is then reported as a file outside any class folder).
 
     Raises:
         UserError: ``root`` or ``subdir`` does not exist, or ``subdir`` leaves ``root``.
@@ -79,9 +80,10 @@ def select_root(root: Path, subdir: str | None) -> Path:
         return chosen
     while True:
         visible = [p for p in root.iterdir() if not p.name.startswith(".") and p.name not in dataset.JUNK_NAMES]
-        if len(visible) != 1 or not visible[0].is_dir() or any(c.is_file() for c in visible[0].iterdir()):
+        if len(visible) != 1 or not visible[0].is_dir() or visible[0].name.lower() in dataset.SPLIT_ALIASES:
             return root
-        if visible[0].name.lower() in dataset.SPLIT_ALIASES:
+        # A lone folder holding folders is a wrapper (a lone folder of images is a single class).
+        if not any(c.is_dir() and not c.name.startswith(".") for c in visible[0].iterdir()):
             return root
         root = visible[0]
 
