@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # DVC runs stage commands as `python -m stages.<name>`: make them find the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test bench lock fashion-mnist ui clean
+.PHONY: setup run test lock fashion-mnist ui clean
 
 setup: $(VENV)/.installed ## create .venv and install the locked dependencies
 
