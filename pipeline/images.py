@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ def inspect_image(path: Path, max_pixels: int) -> tuple[str, str | None]:
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return digest, "empty file (0 bytes)"
-    return digest, _decode_problem(path, max_pixels)
+    return digest, _decode_problem(io.BytesIO(data), max_pixels)
 
 
 def inspect_images(paths: list[Path], max_pixels: int) -> list[tuple[str, str | None]]:
@@ -49,9 +50,10 @@ def inspect_images(paths: list[Path], max_pixels: int) -> list[tuple[str, str | 
         return list(progress.bar(results, total=len(paths), desc="verify images", unit="img"))
 
 
-def _decode_problem(path: Path, max_pixels: int) -> str | None:
+def _decode_problem(content: io.BytesIO, max_pixels: int) -> str | None:
+    """Decode the bytes already read for hashing, so every file is read from disk once."""
     try:
-        with Image.open(path) as image:
+        with Image.open(content) as image:
             if image.format not in SUPPORTED_FORMATS:
                 return f"unsupported format {image.format} (supported: {', '.join(SUPPORTED_FORMATS)})"
             width, height = image.size

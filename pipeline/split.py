@@ -163,8 +163,8 @@ def _stratify(groups: list[list[Item]], ratios: dict[str, float], seed: int) -> 
 
 
 def _check_every_class_everywhere(result: Splits, classes: list[str]) -> None:
-    missing = [f"'{c}' has no images in {name}" for name in SPLITS for c in classes
-               if not any(i.label == c for i in result.items[name])]
+    counts = result.counts()
+    missing = [f"'{c}' has no images in {name}" for name in SPLITS for c in classes if not counts[name].get(c)]
     if missing:
         raise UserError("every class must appear in every split: " + "; ".join(missing))
 
