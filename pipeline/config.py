@@ -81,6 +81,7 @@ class PathsParams:
     plots: RelPath
     reports: RelPath
     downloads: RelPath
+    weights: RelPath
     mlflow_db: RelPath
     mlflow_artifacts: RelPath
 
@@ -125,6 +126,38 @@ class SplitParams:
         return []
 
 
+BACKBONE_NAMES = (
+    "efficientnet_lite0", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_b0",
+    "resnet50", "resnet50_v2", "vgg16", "xception", "inception_v3", "densenet121", "convnext_tiny",
+)  # pipeline/backbones.py has one entry per name (a test keeps the two in step)
+
+
+@dataclass(frozen=True)
+class BackboneParams:
+    """The frozen pretrained network and how images are fitted to it (extract, finetune)."""
+
+    name: Literal[BACKBONE_NAMES]  # type: ignore[valid-type]
+    weights: Annotated[str, Pattern(r"[^\0]+", "'imagenet', 'none' or a path to a weights file")]
+    image_size: Optional[Annotated[int, Range(16, 1024)]]
+    crop: Literal["center", "pad", "stretch"]
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """How features are computed and stored (extract stage)."""
+
+    batch_size: Annotated[int, Range(1, 4096)]
+    dtype: Literal["float32", "float16"]
+
+
+@dataclass(frozen=True)
+class ComputeParams:
+    """CPU threads; a fixed count makes CPU results bitwise repeatable."""
+
+    threads: Annotated[int, Range(0, 1024)]
+
+
 @dataclass(frozen=True)
 class TrackingParams:
     """MLflow settings; MLFLOW_TRACKING_URI in the environment overrides the embedded store."""
@@ -140,6 +173,9 @@ class Params:
     paths: PathsParams
     data: DataParams
     split: SplitParams
+    backbone: BackboneParams
+    extract: ExtractParams
+    compute: ComputeParams
     tracking: TrackingParams
     root: Path = dataclasses.field(default=Path("."), metadata={"internal": True})
 

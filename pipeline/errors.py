@@ -21,7 +21,7 @@ class NotImplementedStage(UserError):
     """A stage declared in dvc.yaml whose implementation lands with a later issue."""
 
     def __init__(self, stage: str) -> None:
-        super().__init__(f"stage '{stage}' is not implemented yet; the pipeline currently ends after 'split'")
+        super().__init__(f"stage '{stage}' is not implemented yet")
 
 
 def run_cli(main: Callable[[], object]) -> None:

@@ -12,10 +12,12 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 _CHUNK = 1 << 20
@@ -89,6 +91,29 @@ def read_json(path: Path) -> Any:
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
     """Write a data frame as CSV atomically, without the index."""
     write_text(path, frame.to_csv(index=False, lineterminator="\n"))
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write arrays as an uncompressed ``.npz`` atomically and byte-reproducibly.
+
+    ``numpy.savez`` stamps each member with the current time; here every member gets a fixed
+    timestamp, so equal arrays give equal files (and equal DVC hashes). Arrays are streamed in
+    chunks, never copied whole. Object arrays are refused, so reading never needs pickle.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(handle)
+    try:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, array in arrays.items():
+                member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with archive.open(member, "w", force_zip64=True) as stream:
+                    np.lib.format.write_array(stream, np.asanyarray(array), allow_pickle=False)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -1,13 +1,38 @@
-"""extract stage: declared in dvc.yaml; its implementation lands with a later issue.
+"""Extract stage: run the frozen pretrained backbone once over every image and cache its features.
 
-Until then it stops with "not implemented yet" instead of pretending to succeed.
+Reads:  paths.splits/{train,val,test}.csv, classes.json; the images; params ``backbone``, ``extract``, ``compute``
+Writes: paths.features/{train,val,test}.npz, meta.json; paths.metrics/extract.json
 """
 
-from pipeline.errors import NotImplementedStage, run_cli
+from pipeline import backbones, config, features, files, runtime, tracking
+from pipeline.errors import run_cli
 
 
 def main() -> None:
-    raise NotImplementedStage("extract")
+    params = config.load()
+    runtime.configure(params.compute)
+    with tracking.stage_run("extract", params) as run:
+        backbone = backbones.get(params.backbone.name)
+        size = backbone.size(params.backbone.image_size)
+        model, weights = backbones.build_extractor(
+            backbone, size, params.backbone.weights, params.root, params.path("weights")
+        )
+        run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256})
+        with files.staged_dir(params.path("features")) as staging:
+            meta = features.extract_splits(model, backbone, weights, size, params, staging)
+        run.log_dict(meta, "features_meta.json")
+        run.log_metrics(
+            {
+                "images_per_s": meta["images_per_s"],
+                "seconds": meta["seconds"],
+                "feature_width": meta["feature_width"],
+                **{f"images_{name}": n for name, n in meta["counts"].items()},
+            }
+        )
+        print(
+            f"extract: {sum(meta['counts'].values())} images → {meta['feature_width']} features each "
+            f"({backbone.name}, {size} px, {meta['images_per_s']:.0f} images/s) → {params.paths.features}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def test_repro_download_and_split_then_nothing_to_do(project, image_tree) -> Non
 
 def test_full_repro_stops_at_the_first_unimplemented_stage(project, image_tree) -> None:
     image_tree(project.params["data"]["folder"], {"cat": 4, "dog": 4})
+    project.params["backbone"].update({"weights": "none", "image_size": 32})
+    project.write_params()
     result = project.run("dvc", "repro", check=False)
     assert result.returncode != 0
-    assert "stage 'extract' is not implemented yet" in result.stderr + result.stdout
-    assert (project.root / "data" / "splits" / "train.csv").is_file()
+    assert "stage 'train_head' is not implemented yet" in result.stderr + result.stdout
+    assert (project.root / "data" / "features" / "train.npz").is_file()

@@ -1,0 +1,162 @@
+"""Cached backbone features: computing them batch by batch, and their on-disk format.
+
+``<split>.npz`` holds ``features`` (rows x width), ``labels`` (class indices into ``classes``),
+``paths`` and ``sha256`` (the split CSV's rows, in its order) and ``classes``. ``meta.json`` says
+how the features were made, so a head trained on them knows what backbone to put back under it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from pipeline import backbones, files, inputs, progress
+from pipeline.config import Params
+from pipeline.errors import UserError
+
+META_FILE = "meta.json"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """One split's features with the rows they came from."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: np.ndarray
+    sha256: np.ndarray
+    classes: tuple[str, ...]
+
+
+def label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """Class names of a split CSV as indices into ``classes``."""
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(frame["label"]) - set(index))
+    if unknown:
+        raise UserError(f"split CSV has labels missing from classes.json: {', '.join(map(str, unknown))}")
+    return frame["label"].map(index).to_numpy(dtype=np.int32)
+
+
+def compute_features(
+    model: keras.Model, batches: Iterable[tf.Tensor], count: int, dtype: str, desc: str
+) -> tuple[np.ndarray, float]:
+    """Run the frozen extractor over every batch, filling one preallocated array.
+
+    Only the output array grows with the number of images; each batch is converted and copied into
+    it as soon as the model returns it.
+
+    Args:
+        model: images in, pooled features out.
+        batches: image batches in row order.
+        count: total number of images.
+        dtype: stored precision.
+        desc: label for the progress bar.
+
+    Returns:
+        The ``count`` x width feature array and the seconds spent.
+    """
+    width = int(model.output_shape[-1])
+    out = np.empty((count, width), dtype=dtype)
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    start = time.perf_counter()
+    row = 0
+    with progress.bar(total=count, desc=desc, unit="img", unit_scale=True) as bar:
+        for batch in batches:
+            values = forward(batch).numpy()
+            out[row : row + len(values)] = values
+            row += len(values)
+            bar.update(len(values))
+    if row != count:
+        raise RuntimeError(f"expected {count} images, the input pipeline gave {row}")
+    return out, time.perf_counter() - start
+
+
+def write_feature_set(path: Path, subset: FeatureSet) -> None:
+    """Write one split's features (reproducible bytes, no pickle)."""
+    files.write_npz(
+        path,
+        features=subset.features,
+        labels=subset.labels,
+        paths=subset.paths.astype(str),
+        sha256=subset.sha256.astype(str),
+        classes=np.asarray(subset.classes, dtype=str),
+    )
+
+
+def read_feature_set(path: Path) -> FeatureSet:
+    """Read a split written by ``write_feature_set``."""
+    with np.load(path, allow_pickle=False) as data:
+        return FeatureSet(
+            features=data["features"],
+            labels=data["labels"],
+            paths=data["paths"],
+            sha256=data["sha256"],
+            classes=tuple(str(c) for c in data["classes"]),
+        )
+
+
+def extract_splits(
+    model: keras.Model,
+    backbone: backbones.Backbone,
+    weights: backbones.Weights,
+    size: int,
+    params: Params,
+    out: Path,
+) -> dict:
+    """Extract every split listed in the split stage's CSVs into ``out``; return the metadata written.
+
+    Args:
+        model: the extractor from ``backbones.build_extractor``.
+        backbone: its registry entry.
+        weights: the weights it carries.
+        size: its input size.
+        params: the loaded params (splits folder, crop, batch size, dtype).
+        out: the (staging) features folder.
+    """
+    splits = params.path("splits")
+    classes = files.read_json(splits / "classes.json")
+    counts: dict[str, int] = {}
+    seconds = 0.0
+    for name in SPLITS:
+        frame = pd.read_csv(splits / f"{name}.csv", dtype=str, keep_default_na=False)
+        paths = [params.root / p for p in frame["path"]]
+        batches = inputs.image_dataset(paths, size, params.backbone.crop, params.extract.batch_size)
+        try:
+            values, spent = compute_features(model, batches, len(frame), params.extract.dtype, f"extract {name}")
+        except tf.errors.OpError as error:
+            raise UserError(
+                f"extract: reading the {name} images failed: {error.message.splitlines()[0]}; "
+                "the images changed after the split stage? run `dvc repro` to redo the split"
+            ) from None
+        subset = FeatureSet(values, label_indices(frame, classes), frame["path"].to_numpy(),
+                            frame["sha256"].to_numpy(), tuple(classes))
+        write_feature_set(out / f"{name}.npz", subset)
+        counts[name] = len(frame)
+        seconds += spent
+    meta = {
+        "backbone": backbone.name,
+        "weights": weights.setting,
+        "weights_sha256": weights.sha256,
+        "image_size": size,
+        "crop": params.backbone.crop,
+        "preprocessing": backbones.PREPROCESSING_DESCRIPTION[backbone.preprocessing],
+        "dtype": params.extract.dtype,
+        "feature_width": int(model.output_shape[-1]),
+        "classes": classes,
+        "counts": counts,
+        "batch_size": params.extract.batch_size,
+        "threads": params.compute.threads,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(sum(counts.values()) / seconds, 1) if seconds else 0.0,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    files.write_json(out / META_FILE, meta)
+    return meta

