@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # DVC runs stage commands as `python -m stages.<name>`: make them find the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lock fashion-mnist ui clean
+.PHONY: setup run test bench lock fashion-mnist ui clean
 
 setup: $(VENV)/.installed ## create .venv and install the locked dependencies
 
@@ -36,6 +36,9 @@ run: setup fashion-mnist ## dvc repro the default pipeline (STAGE=split: only up
 
 test: setup fashion-mnist ## the whole test suite
 	pytest $(PYTEST_ARGS)
+
+bench: setup ## speed benchmarks on ../shared/datasets → benchmarks/results/*.json (not timed tests)
+	python -m benchmarks.extract
 
 lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
 	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock
