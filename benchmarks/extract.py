@@ -7,7 +7,7 @@ model, batch size and thread count:
 - ``extract``: the extract stage's path (``inputs.image_dataset`` + ``features.compute_features``);
 - ``naive``: the lecture notes' loop: PIL-load each image, stack a batch, ``model.predict`` per batch.
 
-Each is run twice and the faster pass is kept, so one-off graph tracing does not count against any
+Each is run three times and the fastest pass is kept, so one-off graph tracing does not count against any
 of them. Writes ``benchmarks/results/extract.json``::
 
     python -m benchmarks.extract [--images 512] [--sizes 96 224]
@@ -43,7 +43,7 @@ def sample_images(folder: Path, count: int) -> list[Path]:
     return picked[:count]
 
 
-def best_rate(count: int, run: Callable[[], None], repeats: int = 2) -> float:
+def best_rate(count: int, run: Callable[[], None], repeats: int = 3) -> float:
     """Images per second of the fastest of ``repeats`` runs."""
     best = float("inf")
     for _ in range(repeats):
@@ -72,16 +72,17 @@ def measure(size: int, paths: list[Path], cache_dir: Path) -> dict[str, float]:
     import tensorflow as tf
 
     model, _ = backbones.build_extractor(backbones.get("efficientnet_lite0"), size, "imagenet", Path("."), cache_dir)
+    forward_fn = features.compile_forward(model)
     count = len(paths)
     decoded = [images for images in inputs.image_dataset(paths, size, "center", BATCH)]  # pre-decoded, in memory
     resident = [tf.identity(images) for images in decoded]
 
     def forward() -> None:
-        features.compute_features(model, resident, count, "float32", f"forward {size}px")
+        features.compute_features(forward_fn, resident, count, "float32", f"forward {size}px")
 
     def extract() -> None:
         batches = inputs.image_dataset(paths, size, "center", BATCH)
-        features.compute_features(model, batches, count, "float32", f"extract {size}px")
+        features.compute_features(forward_fn, batches, count, "float32", f"extract {size}px")
 
     rates = {
         "forward_images_per_s": best_rate(count, forward),

@@ -8,7 +8,7 @@ how the features were made, so a head trained on them knows what backbone to put
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # what TF's own converters use
 
 from pipeline import backbones, files, inputs, progress
 from pipeline.config import Params
@@ -45,8 +46,23 @@ def label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return frame["label"].map(index).to_numpy(dtype=np.int32)
 
 
+def compile_forward(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The frozen extractor as one constant-folded graph for any batch size (``training=False``).
+
+    The backbone's weights never change here, so they are baked into the graph as constants; TF's
+    graph optimiser then folds each BatchNormalization into the convolution before it, which makes
+    the forward pass about 1.4 times faster on CPU (measured with ``benchmarks/extract.py``). The
+    result differs from the Keras model's only by float rounding (about 1e-5) and is the same on
+    every run. Tracing once, not per split, also keeps graph building out of the per-image cost.
+    """
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    traced = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
+    frozen = convert_variables_to_constants_v2(traced)
+    return lambda images: frozen(images)[0]
+
+
 def compute_features(
-    model: keras.Model, batches: Iterable[tf.Tensor], count: int, dtype: str, desc: str
+    forward: Callable[[tf.Tensor], tf.Tensor], batches: Iterable[tf.Tensor], count: int, dtype: str, desc: str
 ) -> tuple[np.ndarray, float]:
     """Run the frozen extractor over every batch, filling one preallocated array.
 
@@ -54,7 +70,7 @@ def compute_features(
     it as soon as the model returns it.
 
     Args:
-        model: images in, pooled features out.
+        forward: from ``compile_forward``.
         batches: image batches in row order.
         count: total number of images.
         dtype: stored precision.
@@ -63,19 +79,21 @@ def compute_features(
     Returns:
         The ``count`` x width feature array and the seconds spent.
     """
-    width = int(model.output_shape[-1])
-    out = np.empty((count, width), dtype=dtype)
-    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    out: np.ndarray | None = None
     start = time.perf_counter()
     row = 0
     with progress.bar(total=count, desc=desc, unit="img", unit_scale=True) as bar:
         for batch in batches:
             values = forward(batch).numpy()
+            if out is None:
+                out = np.empty((count, values.shape[1]), dtype=dtype)
             out[row : row + len(values)] = values
             row += len(values)
             bar.update(len(values))
     if row != count:
         raise RuntimeError(f"expected {count} images, the input pipeline gave {row}")
+    if out is None:
+        raise UserError(f"{desc}: no images to extract")
     return out, time.perf_counter() - start
 
 
@@ -123,6 +141,7 @@ def extract_splits(
     """
     splits = params.path("splits")
     classes = files.read_json(splits / "classes.json")
+    forward = compile_forward(model)
     counts: dict[str, int] = {}
     seconds = 0.0
     for name in SPLITS:
@@ -130,7 +149,7 @@ def extract_splits(
         paths = [params.root / p for p in frame["path"]]
         batches = inputs.image_dataset(paths, size, params.backbone.crop, params.extract.batch_size)
         try:
-            values, spent = compute_features(model, batches, len(frame), params.extract.dtype, f"extract {name}")
+            values, spent = compute_features(forward, batches, len(frame), params.extract.dtype, f"extract {name}")
         except tf.errors.OpError as error:
             raise UserError(
                 f"extract: reading the {name} images failed: {error.message.splitlines()[0]}; "

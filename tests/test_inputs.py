@@ -92,3 +92,11 @@ def test_order_labels_and_last_partial_batch(tmp_path):
     labels = np.concatenate([labels.numpy() for _, labels in batches])
     np.testing.assert_array_equal(values, [0, 40, 80, 120, 160])
     np.testing.assert_array_equal(labels, [4, 3, 2, 1, 0])
+
+
+def test_strong_downscaling_is_antialiased(tmp_path):
+    checkerboard = ((np.indices((64, 64)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    Image.fromarray(checkerboard).save(tmp_path / "fine.png")
+    (batch,) = inputs.image_dataset([tmp_path / "fine.png"], 8, "stretch", 1)
+    # Averaged, a one-pixel checkerboard is mid-grey everywhere; sampled without a filter it aliases.
+    assert np.abs(batch.numpy()[0] - 127.5).max() < 10
