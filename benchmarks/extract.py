@@ -7,8 +7,9 @@ model, batch size and thread count:
 - ``extract``: the extract stage's path (``inputs.image_dataset`` + ``features.compute_features``);
 - ``naive``: the lecture notes' loop: PIL-load each image, stack a batch, ``model.predict`` per batch.
 
-Each is run three times and the fastest pass is kept, so one-off graph tracing does not count against any
-of them. Writes ``benchmarks/results/extract.json``::
+Each path runs five passes, taken in turns with the others; the fastest pass is the result (the median is
+recorded too), so one-off graph tracing counts against none of them. Per-dataset set-up (reading headers,
+tracing the map function) is part of every extract pass. Writes ``benchmarks/results/extract.json``::
 
     python -m benchmarks.extract [--images 512] [--sizes 96 224]
 """
@@ -16,15 +17,14 @@ of them. Writes ``benchmarks/results/extract.json``::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import statistics
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import machine
 from pipeline import backbones, config, features, files, inputs, runtime
 
 FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers"
@@ -43,14 +43,17 @@ def sample_images(folder: Path, count: int) -> list[Path]:
     return picked[:count]
 
 
-def best_rate(count: int, run: Callable[[], None], repeats: int = 3) -> float:
-    """Images per second of the fastest of ``repeats`` runs."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return count / best
+def rates(count: int, runs: dict[str, Callable[[], None]], rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Images per second of each path, run in turns (one pass of each per round) so that drift in the
+    machine's speed hits every path alike; the best and the median pass of each are kept."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: {"best": round(count / min(s), 1), "median": round(count / statistics.median(s), 1)}
+            for name, s in seconds.items()}
 
 
 def naive_features(model, paths: list[Path], size: int) -> np.ndarray:  # noqa: ANN001 - a Keras model
@@ -84,12 +87,10 @@ def measure(size: int, paths: list[Path], cache_dir: Path) -> dict[str, float]:
         batches = inputs.image_dataset(paths, size, "center", BATCH)
         features.compute_features(forward_fn, batches, count, "float32", f"extract {size}px")
 
-    rates = {
-        "forward_images_per_s": best_rate(count, forward),
-        "extract_images_per_s": best_rate(count, extract),
-        "naive_images_per_s": best_rate(count, lambda: naive_features(model, paths, size)),
-    }
-    return {k: round(v, 1) for k, v in rates.items()}
+    measured = rates(count, {"forward": forward, "extract": extract,
+                             "naive": lambda: naive_features(model, paths, size)})
+    return {f"{name}_images_per_s": r["best"] for name, r in measured.items()} | {
+        f"{name}_images_per_s_median": r["median"] for name, r in measured.items()}
 
 
 def main() -> None:
@@ -106,9 +107,7 @@ def main() -> None:
         print(f"{size} px: {by_size[size]}")
     result = {
         "benchmark": "extract",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "device": "CPU"},
+        "machine": machine.describe(),
         "data": f"{args.images} JPEGs from shared/datasets/flowers (128x128 photos)",
         "backbone": "efficientnet_lite0 (imagenet)",
         "batch_size": BATCH,

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from pipeline import inputs
+from pipeline import images, inputs
+from pipeline.errors import UserError
 
 
 def _pattern(height: int, width: int) -> np.ndarray:
@@ -22,7 +23,7 @@ def test_orientation_matches_pil_exif_transpose(orientation):
     image = Image.fromarray(pixels)
     image.getexif()[0x0112] = orientation
     expected = np.asarray(ImageOps.exif_transpose(image))
-    turned = inputs.orient(tf.constant(pixels), tf.constant(orientation, tf.int32)).numpy()
+    turned = inputs.orient(tf.constant(pixels), orientation).numpy()
     np.testing.assert_array_equal(turned, expected)
 
 
@@ -34,7 +35,8 @@ def test_exif_rotated_jpeg_is_loaded_upright(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "turned.jpg", exif=exif, quality=95)
     Image.fromarray(pixels).save(tmp_path / "plain.png")
 
-    assert list(inputs.read_orientations([tmp_path / "turned.jpg", tmp_path / "plain.png"])) == [6, 1]
+    assert images.read_header(tmp_path / "turned.jpg") == images.Header("JPEG", 40, 20, 6)
+    assert images.read_header(tmp_path / "plain.png") == images.Header("PNG", 40, 20, 1)
     (batch,) = inputs.image_dataset([tmp_path / "turned.jpg"], 40, "pad", 1)
     upright = batch.numpy()[0]
     # Turned clockwise the image is 40 tall and 20 wide, the white half on top; padded to 40 x 40.
@@ -100,3 +102,106 @@ def test_strong_downscaling_is_antialiased(tmp_path):
     (batch,) = inputs.image_dataset([tmp_path / "fine.png"], 8, "stretch", 1)
     # Averaged, a one-pixel checkerboard is mid-grey everywhere; sampled without a filter it aliases.
     assert np.abs(batch.numpy()[0] - 127.5).max() < 10
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("stored", [(9, 14), (14, 9), (10, 13)])
+def test_center_box_of_the_stored_image_equals_cropping_the_upright_one(orientation, stored):
+    pixels = _pattern(*stored)
+    upright = inputs.orient(tf.constant(pixels), orientation).numpy()
+    side = min(upright.shape[:2])
+    top, left = (upright.shape[0] - side) // 2, (upright.shape[1] - side) // 2
+    expected = upright[top : top + side, left : left + side]
+
+    header = images.Header("JPEG", width=stored[1], height=stored[0], orientation=orientation)
+    plan = inputs.plan_image(header, side, "center")
+    t, l, h, w = plan.box
+    turned = inputs.orient(tf.constant(pixels[t : t + h, l : l + w]), orientation).numpy()
+    np.testing.assert_array_equal(turned, expected)
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def test_headers_agree_with_pillow(tmp_path):
+    pixels = _pattern(30, 50)
+    image = Image.fromarray(pixels)
+    image.save(tmp_path / "plain.jpg")
+    image.save(tmp_path / "turned.jpg", exif=_exif(3))
+    image.save(tmp_path / "progressive.jpg", progressive=True, exif=_exif(8))
+    image.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    image.convert("L").save(tmp_path / "gray.jpg")
+    image.save(tmp_path / "a.png")
+    image.save(tmp_path / "a.gif")
+    image.save(tmp_path / "a.bmp")
+    (tmp_path / "named.png").write_bytes((tmp_path / "plain.jpg").read_bytes())  # the content decides, not the name
+    for path in sorted(tmp_path.iterdir()):
+        with Image.open(path) as reference:
+            orientation = reference.getexif().get(0x0112, 1) if reference.format == "JPEG" else 1
+            expected = images.Header(reference.format, reference.width, reference.height, orientation)
+        assert images.read_header(path) == expected, path.name
+
+
+def test_big_endian_exif_orientation():
+    # A TIFF block as big-endian cameras write it: "MM", IFD at 8, one entry: tag 0x0112, SHORT, 1, value 6.
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+    assert images._exif_orientation(tiff) == 6
+    assert images._exif_orientation(tiff[:-6]) == 1  # cut short: no guess
+
+
+def test_not_an_image_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(UserError, match="notes.jpg"):
+        inputs.image_dataset([tmp_path / "notes.jpg"], 8, "center", 1)
+
+
+@pytest.mark.parametrize(("crop", "stored", "ratio", "antialias"), [
+    ("center", (600, 800), 4, False),  # 600 / 4 = 150 >= 96 (/ 8 would be 75); 150 -> 96 is a mild shrink
+    ("center", (100, 800), 1, False),  # the short side decides
+    ("pad", (600, 800), 8, False),  # the longer side decides: 800 / 8 = 100
+    ("stretch", (200, 1600), 2, True),  # 100 x 800 -> 96 x 96 still squeezes the width 8 times
+])
+def test_large_jpegs_are_shrunk_while_decoding(crop, stored, ratio, antialias):
+    plan = inputs.plan_image(images.Header("JPEG", width=stored[1], height=stored[0]), 96, crop)
+    assert (plan.shape.ratio, plan.shape.antialias) == (ratio, antialias)
+    png = inputs.plan_image(images.Header("PNG", width=stored[1], height=stored[0]), 96, crop)
+    assert png.shape.ratio == 1 and png.shape.antialias == (crop != "center" or min(stored) > 2 * 96)
+
+
+def test_dct_scaled_decoding_matches_a_full_decode(tmp_path):
+    rows, cols = np.mgrid[0:600, 0:800]
+    smooth = np.stack([rows * 255 // 600, cols * 255 // 800, (rows + cols) * 255 // 1400], -1).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "photo.jpg", quality=95)
+    (batch,) = inputs.image_dataset([tmp_path / "photo.jpg"], 96, "center", 1)
+    with Image.open(tmp_path / "photo.jpg") as full:
+        reference = np.asarray(full.crop((100, 0, 700, 600)).resize((96, 96), Image.Resampling.BILINEAR), np.float32)
+    assert np.abs(batch.numpy()[0] - reference).mean() < 2
+
+
+def test_mixed_files_keep_their_order_and_pixels(tmp_path):
+    pixels = _pattern(24, 40)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels).save(tmp_path / "b.jpg", quality=95, exif=_exif(6))
+    Image.fromarray(pixels[:20, :20]).save(tmp_path / "c.bmp")
+    Image.fromarray(_pattern(400, 300)).save(tmp_path / "d.jpg", quality=95)
+    paths = [tmp_path / n for n in ("a.png", "b.jpg", "c.bmp", "d.jpg", "a.png")]
+    (together,) = inputs.image_dataset(paths, 16, "center", 8)
+    for row, path in zip(together.numpy(), paths):
+        (alone,) = inputs.image_dataset([path], 16, "center", 1)
+        np.testing.assert_array_equal(row, alone.numpy()[0])
+
+
+def test_shuffled_files_keep_labels_with_their_images(tmp_path):
+    paths = []
+    for i in range(12):
+        Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    dataset = inputs.image_dataset(paths, 8, "center", 4, labels=list(range(12)), shuffle_seed=3)
+    epochs = [[(int(x[0, 0, 0]), int(y)) for images, labels in dataset for x, y in zip(images.numpy(), labels.numpy())]
+              for _ in range(2)]
+    for epoch in epochs:
+        assert sorted(epoch) == [(i * 20, i) for i in range(12)]
+    assert [y for _, y in epochs[0]] != list(range(12)) and epochs[0] != epochs[1]
