@@ -77,11 +77,15 @@ class PathsParams:
     splits: RelPath
     features: RelPath
     models: RelPath
+    head_model: RelPath
+    best_hparams: RelPath
+    model: RelPath
     metrics: RelPath
     plots: RelPath
     reports: RelPath
     downloads: RelPath
     weights: RelPath
+    tuner: RelPath
     mlflow_db: RelPath
     mlflow_artifacts: RelPath
 
@@ -100,7 +104,7 @@ class DataParams:
     retries: Annotated[int, Range(lo=0, hi=20)]
     timeout_s: Annotated[float, Range(lo=0, lo_open=True)]
 
-    def check(self) -> list[str]:
+    def check(self, key: str) -> list[str]:
         """Cross-field rules: each source names what it needs."""
         problems = []
         if self.source == "url" and (self.url is None or self.sha256 is None):
@@ -119,7 +123,7 @@ class SplitParams:
     use_existing: bool
     max_image_pixels: Annotated[int, Range(lo=1)]
 
-    def check(self) -> list[str]:
+    def check(self, key: str) -> list[str]:
         """The two held-out fractions must leave something to train on."""
         if self.val + self.test >= 0.95:
             return [f"split.val + split.test: found {self.val + self.test:g}; allowed: < 0.95 (train needs the rest)"]
@@ -158,6 +162,119 @@ class ComputeParams:
     threads: Annotated[int, Range(0, 1024)]
 
 
+Activation = Literal["relu", "gelu", "swish", "tanh"]
+Optimizer = Literal["adam", "adamw", "rmsprop", "sgd"]
+PositiveRate = Annotated[float, Range(0.0, 1.0, lo_open=True)]
+DropoutRate = Annotated[float, Range(0.0, 1.0, hi_open=True)]
+BatchSize = Annotated[int, Range(1, 65536)]
+
+
+@dataclass(frozen=True)
+class TrainHeadParams:
+    """The classifier head on cached features: its fixed settings (used as they are when tuning is off)."""
+
+    hidden_layers: Annotated[int, Range(0, 8)]
+    units: Annotated[int, Range(1, 65536)]
+    activation: Activation
+    dropout: DropoutRate
+    optimizer: Optimizer
+    learning_rate: PositiveRate
+    batch_size: BatchSize
+    epochs: Annotated[int, Range(1, 10000)]
+    patience: Annotated[int, Range(1, 10000)]
+    class_weight: Literal["balanced", "none"]
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A searched number: from ``min`` to ``max``, in steps of ``step`` (null: continuous)."""
+
+    min: float
+    max: float
+    step: Optional[Annotated[float, Range(0.0, lo_open=True)]]
+    sampling: Literal["linear", "log"]
+
+    def check(self, key: str) -> list[str]:
+        """The range must be ordered, and positive where it is sampled on a log scale."""
+        problems = []
+        if self.min >= self.max:
+            problems.append(f"{key}: min ({self.min:g}) must be below max ({self.max:g})")
+        if self.sampling == "log" and self.min <= 0:
+            problems.append(f"{key}: log sampling needs min > 0, found {self.min:g}")
+        if self.sampling == "log" and self.step is not None:
+            problems.append(f"{key}.step: log sampling takes no step; set it to null")
+        return problems
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The head's hyperparameters Keras Tuner searches: a list of choices, or a range."""
+
+    hidden_layers: list[Annotated[int, Range(0, 8)]]
+    units: list[Annotated[int, Range(1, 65536)]]
+    activation: list[Activation]
+    dropout: FloatRange
+    learning_rate: FloatRange
+    optimizer: list[Optimizer]
+    batch_size: list[BatchSize]
+
+    def check(self, key: str) -> list[str]:
+        """Rates must stay in their valid intervals."""
+        problems = []
+        if self.dropout.min < 0 or self.dropout.max >= 1:
+            problems.append(f"{key}.dropout: found [{self.dropout.min:g}, {self.dropout.max:g}]; allowed: within [0, 1)")
+        if self.learning_rate.min <= 0 or self.learning_rate.max > 1:
+            problems.append(
+                f"{key}.learning_rate: found [{self.learning_rate.min:g}, {self.learning_rate.max:g}]; "
+                "allowed: within (0, 1]"
+            )
+        return problems
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """The Keras Tuner search over the head (train_head stage)."""
+
+    enabled: bool
+    algorithm: Literal["random", "bayesian", "hyperband"]
+    max_trials: Annotated[int, Range(1, 10000)]
+    objective: Literal["val_accuracy", "val_loss"]
+    executions_per_trial: Annotated[int, Range(1, 100)]
+    hyperband_factor: Annotated[int, Range(2, 100)]
+    space: SearchSpace
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Unfreezing the top of the backbone and training it with the head at a low learning rate."""
+
+    enabled: bool
+    unfreeze_from: Optional[Annotated[str, Pattern(r"\S+", "a cut point name of the backbone")]]
+    unfreeze_top: Optional[Annotated[int, Range(1, 100000)]]
+    learning_rate: PositiveRate
+    optimizer: Optimizer
+    batch_size: BatchSize
+    epochs: Annotated[int, Range(1, 10000)]
+    patience: Annotated[int, Range(1, 10000)]
+    images_per_epoch: Optional[Annotated[int, Range(lo=1)]]
+
+    def check(self, key: str) -> list[str]:
+        """Exactly one way to say where the trainable top begins."""
+        if (self.unfreeze_from is None) == (self.unfreeze_top is None):
+            return [f"{key}.unfreeze_from and {key}.unfreeze_top: set exactly one (the other null)"]
+        return []
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Random changes to training images while fine-tuning (Keras layers, inactive at inference)."""
+
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
+    rotation: Annotated[float, Range(0.0, 0.5)]
+    zoom: Annotated[float, Range(0.0, 0.9)]
+    contrast: Annotated[float, Range(0.0, 1.0)]
+
+
 @dataclass(frozen=True)
 class TrackingParams:
     """MLflow settings; MLFLOW_TRACKING_URI in the environment overrides the embedded store."""
@@ -176,6 +293,10 @@ class Params:
     backbone: BackboneParams
     extract: ExtractParams
     compute: ComputeParams
+    train_head: TrainHeadParams
+    tune: TuneParams
+    finetune: FinetuneParams
+    augment: AugmentParams
     tracking: TrackingParams
     root: Path = dataclasses.field(default=Path("."), metadata={"internal": True})
 
@@ -250,6 +371,8 @@ def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
         return None
     if dataclasses.is_dataclass(base):
         return _convert_section(value, base, key, problems)
+    if origin is list:
+        return _convert_list(value, hint, key, problems)
     if origin is Literal:
         choices = typing.get_args(base)
         if value not in choices:
@@ -287,8 +410,17 @@ def _convert_section(value: Any, cls: type, key: str, problems: list[str]) -> An
     if len(problems) > before:
         return None
     section = cls(**kwargs)
-    problems.extend(section.check() if hasattr(section, "check") else [])
+    problems.extend(section.check(key) if hasattr(section, "check") else [])
     return section
+
+
+def _convert_list(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
+    """Check a non-empty list element by element; returned as a tuple, so params stay immutable."""
+    (item,) = typing.get_args(_unwrap(hint)[0])
+    if not isinstance(value, list) or not value:
+        problems.append(f"{key}: found {value!r}; allowed: {_describe(hint)}")
+        return value
+    return tuple(_convert(element, item, f"{key}[{index}]", problems) for index, element in enumerate(value))
 
 
 def _unwrap(hint: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -321,6 +453,8 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(repr(c) for c in typing.get_args(base))
     if dataclasses.is_dataclass(base):
         return f"a mapping with keys {_field_names(base)}"
+    if origin is list:
+        return f"a non-empty list, each {_describe(typing.get_args(base)[0])}"
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
     for constraint in constraints:
         if isinstance(constraint, Range):

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # what TF's own converters use
 
-from pipeline import backbones, files, inputs, progress
+from pipeline import backbones, files, inputs, progress, split
 from pipeline.config import Params
 from pipeline.errors import UserError
 
@@ -35,15 +34,6 @@ class FeatureSet:
     paths: np.ndarray
     sha256: np.ndarray
     classes: tuple[str, ...]
-
-
-def label_indices(frame: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    """Class names of a split CSV as indices into ``classes``."""
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = sorted(set(frame["label"]) - set(index))
-    if unknown:
-        raise UserError(f"split CSV has labels missing from classes.json: {', '.join(map(str, unknown))}")
-    return frame["label"].map(index).to_numpy(dtype=np.int32)
 
 
 def compile_forward(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -139,27 +129,23 @@ def extract_splits(
         params: the loaded params (splits folder, crop, batch size, dtype).
         out: the (staging) features folder.
     """
-    splits = params.path("splits")
-    classes = files.read_json(splits / "classes.json")
     forward = compile_forward(model)
     counts: dict[str, int] = {}
     seconds = 0.0
     for name in SPLITS:
-        frame = pd.read_csv(splits / f"{name}.csv", dtype=str, keep_default_na=False)
-        paths = [params.root / p for p in frame["path"]]
-        batches = inputs.image_dataset(paths, size, params.backbone.crop, params.extract.batch_size)
+        rows = split.read_split_files(params.path("splits"), name, params.root)
+        batches = inputs.image_dataset(rows.paths, size, params.backbone.crop, params.extract.batch_size)
         try:
-            values, spent = compute_features(forward, batches, len(frame), params.extract.dtype, f"extract {name}")
+            values, spent = compute_features(forward, batches, len(rows.paths), params.extract.dtype, f"extract {name}")
         except tf.errors.OpError as error:
             raise UserError(
                 f"extract: reading the {name} images failed: {error.message.splitlines()[0]}; "
                 "the images changed after the split stage? run `dvc repro` to redo the split"
             ) from None
-        subset = FeatureSet(values, label_indices(frame, classes), frame["path"].to_numpy(),
-                            frame["sha256"].to_numpy(), tuple(classes))
-        write_feature_set(out / f"{name}.npz", subset)
-        counts[name] = len(frame)
+        write_feature_set(out / f"{name}.npz", FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes))
+        counts[name] = len(rows.paths)
         seconds += spent
+    classes = list(rows.classes)
     meta = {
         "backbone": backbone.name,
         "weights": weights.setting,

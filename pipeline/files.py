@@ -116,6 +116,33 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
         raise
 
 
+def write_yaml(path: Path, data: Any) -> None:
+    """Write YAML atomically, keys in the order given, Unicode kept readable."""
+    import yaml
+
+    write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file (safe loader)."""
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+
+
+def save_model(model: Any, path: Path) -> None:
+    """Save a Keras model (``.keras``) atomically: written beside its place, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.partial-", dir=path.parent, suffix=path.suffix)
+    os.close(handle)
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """Hard-link ``source`` to ``target``; copy when a link is impossible (other device, no permission)."""
     target.parent.mkdir(parents=True, exist_ok=True)

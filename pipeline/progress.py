@@ -25,3 +25,8 @@ def bar(iterable: Iterable[T] | None = None, **options: Any) -> tqdm:
     options.setdefault("mininterval", 0.2 if interactive else 10.0)
     options.setdefault("dynamic_ncols", interactive)
     return tqdm(iterable, file=sys.stderr, **options)
+
+
+def keras_verbosity() -> int:
+    """Keras ``fit`` verbosity: a live progress bar on a terminal, one line per epoch in logs."""
+    return 1 if sys.stdout.isatty() else 2

@@ -1,8 +1,10 @@
-"""TensorFlow's process-wide settings, applied once at the start of a stage that runs a model."""
+"""TensorFlow's process-wide settings, applied once at the start of a stage that runs a model, and
+the process's memory use."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pipeline.config import ComputeParams
 
@@ -21,3 +23,12 @@ def configure(compute: ComputeParams) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(compute.threads)
     tf.config.threading.set_inter_op_parallelism_threads(compute.threads)
+
+
+def resident_memory_mb() -> float:
+    """The process's resident memory now (not the peak), in MiB; 0 where /proc is missing."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -7,10 +7,11 @@ folders a source ships are kept, and any missing split is carved from train.
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from pipeline.dataset import SPLITS, Scan
 from pipeline.errors import UserError
 
 _PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate across existing splits stays in the first
+CLASSES_FILE = "classes.json"
 
 
 @dataclass(frozen=True)
@@ -222,3 +224,40 @@ def counts_frame(result: Splits) -> pd.DataFrame:
 
 def _reason_kind(reason: str) -> str:
     return reason.split(":")[0].split(" (")[0]
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """One split as the later stages read it: files, label indices and the class names."""
+
+    rel_paths: np.ndarray  # as written in the CSV: repository-relative POSIX paths
+    paths: list[Path]  # the same, resolved against the repository root
+    labels: np.ndarray  # int32 indices into ``classes``
+    sha256: np.ndarray
+    classes: tuple[str, ...]
+
+
+def read_split_files(splits: Path, name: str, root: Path) -> SplitFiles:
+    """Read ``<splits>/<name>.csv`` and ``classes.json`` written by the split stage.
+
+    Args:
+        splits: the split stage's output folder.
+        name: ``train``, ``val`` or ``test``.
+        root: the repository root the CSV's paths are relative to.
+
+    Raises:
+        UserError: a label is missing from classes.json (the two files come from different runs).
+    """
+    classes = json.loads((splits / CLASSES_FILE).read_text(encoding="utf-8"))
+    frame = pd.read_csv(splits / f"{name}.csv", dtype=str, keep_default_na=False)
+    index = {label: i for i, label in enumerate(classes)}
+    unknown = sorted(set(frame["label"]) - set(index))
+    if unknown:
+        raise UserError(f"{splits / name}.csv has labels missing from {CLASSES_FILE}: {', '.join(unknown)}")
+    return SplitFiles(
+        rel_paths=frame["path"].to_numpy(),
+        paths=[root / p for p in frame["path"]],
+        labels=frame["label"].map(index).to_numpy(dtype=np.int32),
+        sha256=frame["sha256"].to_numpy(),
+        classes=tuple(classes),
+    )

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,10 +41,11 @@ _PROBE_TIMEOUT_S = 5.0
 class StageRun:
     """The handle a stage logs through; collects the metrics that go to the metrics JSON."""
 
-    def __init__(self, mlflow_module: Any, run_id: str, experiment_id: str) -> None:
+    def __init__(self, mlflow_module: Any, run_id: str, experiment_id: str, tags: dict[str, str]) -> None:
         self._mlflow = mlflow_module
         self.run_id = run_id
         self.experiment_id = experiment_id
+        self.tags = tags
         self.metrics: dict[str, float] = {}
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -73,6 +75,89 @@ class StageRun:
         """Log a file as an artifact."""
         self._mlflow.log_artifact(str(path), folder)
 
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log more parameters (values chosen while the stage runs, such as the tuner's best)."""
+        self._mlflow.log_params(params)
+
+    def log_history(self, history: pd.DataFrame) -> None:
+        """Log a per-epoch table (an ``epoch`` column and one column per metric) as stepped metrics."""
+        for row in history.to_dict("records"):
+            step = int(row.pop("epoch"))
+            self._mlflow.log_metrics({k: float(v) for k, v in row.items() if pd.notna(v)}, step=step)
+
+    def log_keras_model(self, model: Any, inputs: tuple[int, ...], outputs: tuple[int, ...]) -> str:
+        """Log a Keras model as an MLflow model with a tensor signature; returns its model URI.
+
+        Args:
+            model: the Keras model.
+            inputs: the input shape without the batch dimension (float32).
+            outputs: the output shape without the batch dimension (float32).
+        """
+        import numpy as np
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import Schema, TensorSpec
+
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *inputs), "images")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *outputs), "probabilities")]),
+        )
+        # A signature, not an input example: MLflow 3 crashes on Keras 3 models given an input example.
+        info = self._mlflow.keras.log_model(model, name="model", signature=signature)
+        return info.model_uri
+
+    def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> ChildRun:
+        """Open a run nested under this one (a tuner trial, say); it must be ended with ``end``.
+
+        The child is created through the client, not made the active run, so whatever the stage
+        logs meanwhile still goes to the stage's run; it works the same in another process (a
+        distributed tuning worker) given only this run's id.
+
+        Args:
+            name: the run name shown in the MLflow UI.
+            params: logged at once.
+            tags: added to the stage and experiment tags of this run.
+        """
+        return start_child_run(self.run_id, self.experiment_id, name, params,
+                               {**{k: v for k, v in self.tags.items() if not k.startswith("mlflow.")}, **tags})
+
+
+def start_child_run(parent_run_id: str, experiment_id: str, name: str, params: dict[str, Any],
+                    tags: dict[str, str]) -> ChildRun:
+    """Create a run nested under ``parent_run_id`` and log its params (see ``StageRun.start_child``)."""
+    import mlflow
+    from mlflow.entities import Param
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=name,
+                            tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return ChildRun(client, run.info.run_id)
+
+
+class ChildRun:
+    """A run nested under a stage's run, logged to through the client."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self._client = client
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log numbers to this run."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step or 0) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tag this run."""
+        for key, value in tags.items():
+            self._client.set_tag(self.run_id, key, value)
+
+    def end(self, status: str) -> None:
+        """Close the run: ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        self._client.set_terminated(self.run_id, status)
+
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
@@ -96,8 +181,9 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
 
     mlflow.set_tracking_uri(uri)
     experiment_id = _experiment_id(mlflow, params, uri)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(stage), tags=run_tags(stage, params))
-    handle = StageRun(mlflow, active.info.run_id, experiment_id)
+    tags = run_tags(stage, params)
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(stage), tags=tags)
+    handle = StageRun(mlflow, active.info.run_id, experiment_id, tags)
     try:
         mlflow.log_params(stage_params(stage, params))
         yield handle

@@ -1,13 +1,50 @@
-"""finetune stage: declared in dvc.yaml; its implementation lands with a later issue.
+"""finetune stage: put the best head back on the backbone, unfreeze its top, train it from images.
 
-Until then it stops with "not implemented yet" instead of pretending to succeed.
+Reads:  paths.splits, the images, paths.head_model, paths.best_hparams; params ``backbone``,
+        ``finetune``, ``augment``, ``train_head.class_weight``, ``tune.objective``, ``compute``, ``seed``
+Writes: paths.model (raw 0-255 RGB images in, class probabilities out); paths.plots/finetune/history.csv;
+        paths.metrics/finetune.json; the model in MLflow (with a signature)
 """
 
-from pipeline.errors import NotImplementedStage, run_cli
+import time
+
+from pipeline import backbones, config, files, finetune, runtime, split, tracking, training
+from pipeline.errors import run_cli
 
 
 def main() -> None:
-    raise NotImplementedStage("finetune")
+    params = config.load()
+    runtime.configure(params.compute)
+    with tracking.stage_run("finetune", params) as run:
+        backbone = backbones.get(params.backbone.name)
+        size = backbone.size(params.backbone.image_size)
+        core, weights = backbones.build_backbone(backbone, size, params.backbone.weights, params.root,
+                                                 params.path("weights"))
+        run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256})
+        head_epochs = int(files.read_yaml(params.path("best_hparams"))["epochs"])
+        model = finetune.assemble(backbone, core, finetune.load_head(params.path("head_model")), size,
+                                  finetune.augmentation_layers(params.augment, params.seed))
+        metrics: dict[str, float] = {"head_epochs": head_epochs}
+        frame = finetune.empty_history()
+        if params.finetune.enabled:
+            train, val = (split.read_split_files(params.path("splits"), name, params.root) for name in ("train", "val"))
+            trainable = finetune.unfreeze(core, backbone, params.finetune)
+            batches = finetune.make_batches(train, val, size, params.backbone.crop, params.finetune, params.seed)
+            started = time.perf_counter()
+            history, start, kept = finetune.fine_tune(
+                model, batches, params.finetune, params.tune.objective,
+                training.class_weights(train.labels, len(train.classes), params.train_head.class_weight),
+                initial_epoch=head_epochs, callbacks=[training.EpochLog(run.log_metrics)],
+            )
+            frame = training.history_frame(history, first_epoch=head_epochs + 1)
+            run.log_dict({"trainable_layers": trainable}, "trainable_layers.json")
+            metrics.update(finetune.summarize(frame, params.tune.objective, start, kept, trainable, model,
+                                              time.perf_counter() - started))
+        files.write_csv(params.path("plots") / "finetune" / "history.csv", frame)
+        files.save_model(finetune.with_probabilities(model), params.path("model"))
+        run.log_keras_model(finetune.with_probabilities(model), (size, size, 3), (model.output_shape[-1],))
+        run.log_metrics(metrics)
+        print(f"finetune: {metrics} → {params.paths.model}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def main() -> None:
         with files.staged_dir(params.path("splits")) as staging:
             for name, members in result.items.items():
                 files.write_csv(staging / f"{name}.csv", split.split_frame(members))
-            files.write_json(staging / "classes.json", sorted({i.label for i in items}))
+            files.write_json(staging / split.CLASSES_FILE, sorted({i.label for i in items}))
             files.write_json(staging / "report.json", report)
         chart = figures.class_counts_chart(result.counts())
         files.save_figure(chart, params.path("plots") / "split" / "class_counts.png")

@@ -109,3 +109,53 @@ def test_stage_with_bad_params_exits_2_without_traceback(project, stage: str) ->
     assert "split.vall: unknown key (did you mean 'val'?)" in result.stderr
     assert "data.retries: found 'three' (str); allowed: an integer in [0, 20]" in result.stderr
     assert not (project.root / "data" / "raw").exists()
+
+
+def test_search_space_is_read_from_params() -> None:
+    space = config.load(config.PARAMS_FILE).tune.space
+    assert space.hidden_layers and all(isinstance(n, int) for n in space.hidden_layers)
+    assert isinstance(space.units, tuple)  # lists become tuples: params stay immutable
+    assert space.learning_rate.sampling == "log" and space.learning_rate.step is None
+
+
+def test_unknown_hyperparameter_in_the_space_is_rejected(base_params: dict[str, Any]) -> None:
+    base_params["tune"]["space"]["unit"] = base_params["tune"]["space"].pop("units")
+    base_params["tune"]["space"]["momentum"] = [0.9]
+    message = problems_for(base_params)
+    assert "tune.space.unit: unknown key (did you mean 'units'?)" in message
+    assert "tune.space.momentum: unknown key" in message
+    assert "tune.space.units: missing key" in message
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (lambda s: s.update(units=[]), "tune.space.units: found []; allowed: a non-empty list"),
+    (lambda s: s.update(units=128), "tune.space.units: found 128; allowed: a non-empty list"),
+    (lambda s: s.update(units=[128, "wide"]), "tune.space.units[1]: found 'wide' (str); allowed: an integer"),
+    (lambda s: s.update(optimizer=["adam", "adamm"]), "tune.space.optimizer[1]: found 'adamm'; allowed: one of"),
+    (lambda s: s["learning_rate"].update(min=0.0), "tune.space.learning_rate: log sampling needs min > 0"),
+    (lambda s: s["dropout"].update(min=0.6), "tune.space.dropout: min (0.6) must be below max (0.5)"),
+    (lambda s: s["dropout"].update(max=1.5), "tune.space.dropout: found [0, 1.5]; allowed: within [0, 1)"),
+    (lambda s: s["learning_rate"].update(step=0.001), "tune.space.learning_rate.step: log sampling takes no step"),
+])
+def test_search_space_mistakes_name_the_key(base_params: dict[str, Any], change, expected: str) -> None:
+    change(base_params["tune"]["space"])
+    assert expected in problems_for(base_params)
+
+
+def test_finetune_needs_exactly_one_way_to_unfreeze(base_params: dict[str, Any]) -> None:
+    base_params["finetune"]["unfreeze_top"] = 20
+    assert "finetune.unfreeze_from and finetune.unfreeze_top: set exactly one" in problems_for(base_params)
+    base_params["finetune"].update(unfreeze_from=None, unfreeze_top=None)
+    assert "set exactly one" in problems_for(base_params)
+    base_params["finetune"]["unfreeze_top"] = 20
+    assert config.parse(base_params).finetune.unfreeze_top == 20
+
+
+def test_training_choices_are_checked(base_params: dict[str, Any]) -> None:
+    base_params["train_head"].update(class_weight="inverse", optimizer="nadam")
+    base_params["tune"].update(algorithm="grid", objective="accuracy")
+    message = problems_for(base_params)
+    assert "train_head.class_weight: found 'inverse'; allowed: one of 'balanced', 'none'" in message
+    assert "train_head.optimizer: found 'nadam'" in message
+    assert "tune.algorithm: found 'grid'" in message
+    assert "tune.objective: found 'accuracy'; allowed: one of 'val_accuracy', 'val_loss' (did you mean 'val_accuracy'?)" in message

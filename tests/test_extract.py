@@ -81,6 +81,12 @@ def test_only_what_shapes_the_features_reruns_extract(project, image_tree):
     assert ran(lambda p: p["data"].update(retries=5)) == {"download"}
     assert ran(lambda p: p["split"].update(max_image_pixels=10**8)) == {"split"}
     assert ran(lambda p: p["tracking"].update(experiment="elsewhere")) == set()
+    # Head, tuner, fine-tune and augmentation parameters never touch the features.
+    assert ran(lambda p: p["train_head"].update(units=64, class_weight="none")) == set()
+    assert ran(lambda p: p["tune"].update(algorithm="hyperband", max_trials=3)) == set()
+    assert ran(lambda p: p["tune"]["space"].update(units=[32])) == set()
+    assert ran(lambda p: p["finetune"].update(learning_rate=1e-4, unfreeze_from="block5a")) == set()
+    assert ran(lambda p: p["augment"].update(zoom=0.3)) == set()
     # What changes the features re-runs it.
     assert ran(lambda p: p["backbone"].update(crop="pad")) == {"extract"}
     assert ran(lambda p: p["backbone"].update(image_size=48)) == {"extract"}

@@ -40,8 +40,11 @@ def test_repro_download_and_split_then_nothing_to_do(project, image_tree) -> Non
 def test_full_repro_stops_at_the_first_unimplemented_stage(project, image_tree) -> None:
     image_tree(project.params["data"]["folder"], {"cat": 4, "dog": 4})
     project.params["backbone"].update({"weights": "none", "image_size": 32})
+    project.params["tune"].update({"algorithm": "random", "max_trials": 1})
+    project.params["train_head"].update({"epochs": 1})
+    project.params["finetune"].update({"epochs": 1, "images_per_epoch": 4})
     project.write_params()
     result = project.run("dvc", "repro", check=False)
     assert result.returncode != 0
-    assert "stage 'train_head' is not implemented yet" in result.stderr + result.stdout
-    assert (project.root / "data" / "features" / "train.npz").is_file()
+    assert "stage 'evaluate' is not implemented yet" in result.stderr + result.stdout
+    assert (project.root / "models" / "model.keras").is_file()

@@ -1,0 +1,110 @@
+"""The classifier head: trained on cached backbone features, later put back on the backbone.
+
+The head is ``Dropout → [Dense(units, activation) → Dropout] × n → Dense(classes)`` and outputs
+logits (the loss is computed from logits, which is numerically safer than from probabilities); the
+softmax is added only where a full model hands out probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from pipeline import training
+from pipeline.config import TrainHeadParams
+from pipeline.features import FeatureSet
+
+HEAD_NAME = "head"
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """One point of the head's search space: everything that shapes and trains a head."""
+
+    hidden_layers: int
+    units: int
+    activation: str
+    dropout: float
+    optimizer: str
+    learning_rate: float
+    batch_size: int
+
+    @classmethod
+    def from_params(cls, params: TrainHeadParams) -> HeadSettings:
+        """The fixed values under ``train_head`` in params.yaml."""
+        return cls(**{f.name: getattr(params, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> HeadSettings:
+        """Settings from a mapping such as ``best_hparams.yaml`` or a tuner trial (other keys ignored)."""
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, for YAML and MLflow."""
+        return dataclasses.asdict(self)
+
+
+def build_head(feature_width: int, num_classes: int, settings: HeadSettings) -> keras.Model:
+    """A compiled head: pooled features in, class logits out.
+
+    Args:
+        feature_width: the backbone's pooled feature width.
+        num_classes: the number of classes.
+        settings: layers, widths, dropout and optimizer.
+    """
+    features = keras.Input((feature_width,), name="features")
+    x = keras.layers.Dropout(settings.dropout, name="dropout_0")(features)
+    for index in range(1, settings.hidden_layers + 1):
+        x = keras.layers.Dense(settings.units, activation=settings.activation, name=f"dense_{index}")(x)
+        x = keras.layers.Dropout(settings.dropout, name=f"dropout_{index}")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    model = keras.Model(features, logits, name=HEAD_NAME)
+    training.compile_classifier(model, settings.optimizer, settings.learning_rate)
+    return model
+
+
+def fit_head(
+    model: keras.Model,
+    train: FeatureSet,
+    val: FeatureSet,
+    settings: HeadSettings,
+    params: TrainHeadParams,
+    objective: str,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    **fit_options: Any,
+) -> keras.callbacks.History:
+    """Train a head on cached features; stops early on ``objective`` and keeps the best epoch.
+
+    Args:
+        model: from ``build_head``.
+        train: the train split's features.
+        val: the val split's features.
+        settings: the batch size is taken from here.
+        params: epochs, patience and class weighting.
+        objective: the monitored val metric.
+        callbacks: more callbacks (the tuner's, logging).
+        **fit_options: passed to ``model.fit`` (the tuner sets ``epochs`` and ``initial_epoch``).
+
+    Returns:
+        The training history.
+    """
+    fit_options.setdefault("epochs", params.epochs)
+    return model.fit(
+        as_inputs(train.features),
+        train.labels,
+        validation_data=(as_inputs(val.features), val.labels),
+        batch_size=settings.batch_size,
+        class_weight=training.class_weights(train.labels, len(train.classes), params.class_weight),
+        callbacks=[training.KeepBest(objective, params.patience), *(callbacks or [])],
+        verbose=0,
+        **fit_options,
+    )
+
+
+def as_inputs(features: np.ndarray) -> np.ndarray:
+    """Stored features (float16 or float32) as the float32 the head computes in."""
+    return np.asarray(features, dtype=np.float32)

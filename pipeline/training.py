@@ -1,0 +1,135 @@
+"""What both training phases (the head on cached features, then fine-tuning) share: seeding,
+optimizers, class weights, keeping the best epoch, and per-epoch histories as tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import keras
+import numpy as np
+import pandas as pd
+
+Mode = Literal["max", "min"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and the backend, so weight initialisation, dropout and shuffling repeat."""
+    keras.utils.set_random_seed(seed)
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """An optimizer by name; SGD gets Nesterov momentum 0.9, without which it barely moves at low rates."""
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def compile_classifier(model: keras.Model, optimizer: str, learning_rate: float) -> None:
+    """Compile a model that outputs logits: cross-entropy from logits, accuracy by label index."""
+    model.compile(
+        optimizer=make_optimizer(optimizer, learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
+    """Per-class loss weights: ``balanced`` weighs each class by ``n / (classes * count)``, ``none`` by 1.
+
+    Args:
+        labels: training labels (class indices).
+        num_classes: the number of classes.
+        mode: ``balanced`` or ``none``.
+
+    Returns:
+        The weights for ``model.fit(class_weight=...)``, or None for ``none``.
+    """
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts > 0
+    return {int(c): float(len(labels) / (present.sum() * counts[c])) if counts[c] else 0.0 for c in range(num_classes)}
+
+
+def objective_mode(objective: str) -> Mode:
+    """Whether an objective improves upwards (accuracy) or downwards (loss)."""
+    return "min" if objective.endswith("loss") else "max"
+
+
+class KeepBest(keras.callbacks.Callback):
+    """Early stopping that restores the best epoch's weights, where the weights training started from
+    can count as a candidate (``start_score``), so fine-tuning never hands on a model worse on val
+    than the one it started from.
+
+    Args:
+        monitor: the logged metric to watch, e.g. ``val_accuracy``.
+        patience: epochs without improvement before training stops.
+        start_score: the monitored value of the starting weights, or None when they do not count.
+    """
+
+    def __init__(self, monitor: str, patience: int, start_score: float | None = None) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.mode = objective_mode(monitor)
+        self.patience = patience
+        self.start_score = start_score
+        self.best_epoch: int | None = None  # None: the starting weights were never beaten
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        worst = -math.inf if self.mode == "max" else math.inf
+        self.best = worst if self.start_score is None else self.start_score
+        self.best_weights = None if self.start_score is None else self.model.get_weights()
+        self.best_epoch, self.wait = None, 0
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"{self.monitor} is not among the logged metrics: {sorted(logs or {})}")
+        if (value > self.best) if self.mode == "max" else (value < self.best):
+            self.best, self.best_epoch, self.wait = float(value), epoch, 0
+            self.best_weights = self.model.get_weights()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Hands each epoch's metrics and the optimizer's learning rate to ``log(metrics, step)``.
+
+    Steps are 1-based epoch numbers; with ``fit(initial_epoch=k)`` they continue at k + 1, so the
+    fine-tuning epochs follow the head's in MLflow's charts.
+    """
+
+    def __init__(self, log: Callable[[dict[str, float], int], None]) -> None:
+        super().__init__()
+        self.log = log
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {name: float(value) for name, value in (logs or {}).items()}
+        metrics.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        self.log(metrics, epoch + 1)
+
+
+def history_frame(history: dict[str, list[float]], first_epoch: int = 1) -> pd.DataFrame:
+    """A Keras history as a table with an ``epoch`` column (1-based, continuing from ``first_epoch``).
+
+    Args:
+        history: ``History.history``: metric name → one value per epoch.
+        first_epoch: the number of the first epoch in this history.
+    """
+    frame = pd.DataFrame({name: [float(v) for v in values] for name, values in history.items()})
+    frame.insert(0, "epoch", range(first_epoch, first_epoch + len(frame)))
+    return frame

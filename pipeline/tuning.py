@@ -1,0 +1,260 @@
+"""Keras Tuner sweeps the head on cached features; every trial is an MLflow child run.
+
+Training on cached features costs seconds per trial instead of a pass through the backbone every
+epoch, which is what makes a real search affordable. The search space is declared in params.yaml
+(``tune.space``); ``HeadHyperModel.build`` reads it, and its ``fit`` forwards the tuner's
+``**kwargs`` (they carry the tuner's callbacks, and Hyperband's epochs) to ``model.fit``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import pandas as pd
+
+from pipeline import head, runtime, training, tracking
+from pipeline.config import FloatRange, Params, SearchSpace, TrainHeadParams, TuneParams
+from pipeline.features import FeatureSet
+
+# Keras Tuner's trial states as MLflow run states.
+_RUN_STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "INVALID": "FAILED", "STOPPED": "KILLED"}
+
+
+def sample_settings(hp: kt.HyperParameters, space: SearchSpace) -> head.HeadSettings:
+    """Declare the search space on ``hp`` and return the head settings it picked.
+
+    A list in params becomes ``hp.Choice``, a range ``hp.Float`` (log-sampled where asked).
+    ``units`` and ``activation`` are ignored by heads with no hidden layer.
+    """
+    return head.HeadSettings(
+        hidden_layers=hp.Choice("hidden_layers", list(space.hidden_layers)),
+        units=hp.Choice("units", list(space.units)),
+        activation=hp.Choice("activation", list(space.activation)),
+        dropout=_float(hp, "dropout", space.dropout),
+        optimizer=hp.Choice("optimizer", list(space.optimizer)),
+        learning_rate=_float(hp, "learning_rate", space.learning_rate),
+        batch_size=hp.Choice("batch_size", list(space.batch_size)),
+    )
+
+
+def _float(hp: kt.HyperParameters, name: str, spec: FloatRange) -> float:
+    return hp.Float(name, spec.min, spec.max, step=spec.step, sampling=spec.sampling)
+
+
+class TrialLog:
+    """Opens an MLflow child run per trial (its hyperparameters, per-epoch metrics, status) and
+    times each trial."""
+
+    def __init__(self, run: tracking.StageRun, algorithm: str) -> None:
+        self.run = run
+        self.algorithm = algorithm
+        self.current: tracking.ChildRun | None = None
+        self.run_ids: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}
+        self._started = 0.0
+
+    def begin(self, trial: kt.engine.trial.Trial) -> None:
+        """Open the trial's child run."""
+        self._started = time.perf_counter()
+        values = {k.replace("tuner/", "tuner."): v for k, v in trial.hyperparameters.values.items()}
+        self.current = self.run.start_child(
+            f"trial {trial.trial_id}", values, {"tuner.trial_id": str(trial.trial_id), "tuner.algorithm": self.algorithm}
+        )
+        self.run_ids[trial.trial_id] = self.current.run_id
+
+    def log_epoch(self, metrics: dict[str, float], step: int) -> None:
+        """Per-epoch metrics of the running trial (called by ``training.EpochLog``)."""
+        if self.current is not None:
+            self.current.log_metrics(metrics, step)
+
+    def end(self, trial: kt.engine.trial.Trial) -> None:
+        """Close the trial's run with its status, objective and duration."""
+        if self.current is None:
+            return
+        seconds = time.perf_counter() - self._started
+        self.seconds[trial.trial_id] = seconds
+        final = {"seconds": seconds, "rss_mb": runtime.resident_memory_mb()}
+        if trial.score is not None:
+            final["objective"] = trial.score
+        self.current.log_metrics(final)
+        self.current.set_tags({"tuner.status": str(trial.status)})
+        self.current.end(_RUN_STATUS.get(str(trial.status), "FAILED"))
+        self.current = None
+
+
+class HeadHyperModel(kt.HyperModel):
+    """Builds a head from the search space in params and fits it on cached features.
+
+    Args:
+        space: ``tune.space``.
+        feature_width: the width of the cached features.
+        num_classes: the number of classes.
+        params: ``train_head`` (epochs, patience, class weighting).
+        objective: the monitored val metric.
+        seed: every trial starts from the same seed, so equal hyperparameters give equal results.
+        trial_log: receives each epoch's metrics, or None.
+    """
+
+    def __init__(self, space: SearchSpace, feature_width: int, num_classes: int, params: TrainHeadParams,
+                 objective: str, seed: int, trial_log: TrialLog | None = None) -> None:
+        super().__init__(name="head")
+        self.space, self.feature_width, self.num_classes = space, feature_width, num_classes
+        self.params, self.objective, self.seed, self.trial_log = params, objective, seed, trial_log
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        settings = sample_settings(hp, self.space)
+        training.seed_everything(self.seed)
+        return head.build_head(self.feature_width, self.num_classes, settings)
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, train: FeatureSet, val: FeatureSet,
+            **kwargs: Any) -> keras.callbacks.History:
+        callbacks = list(kwargs.pop("callbacks", []))
+        if self.trial_log is not None:
+            callbacks.append(training.EpochLog(self.trial_log.log_epoch))
+        settings = head.HeadSettings.from_values(hp.values)
+        return head.fit_head(model, train, val, settings, self.params, self.objective, callbacks, **kwargs)
+
+
+class _LoggedTrials:
+    """Mixed into a Keras Tuner tuner: tells the trial log when each trial begins and ends."""
+
+    trial_log: TrialLog | None = None
+
+    def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_begin(trial)
+        if self.trial_log is not None:
+            self.trial_log.begin(trial)
+
+    def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
+        super().on_trial_end(trial)  # the oracle scores the trial here
+        if self.trial_log is not None:
+            self.trial_log.end(self.oracle.get_trial(trial.trial_id))
+
+
+class RandomSearch(_LoggedTrials, kt.RandomSearch):
+    """Random search whose trials are MLflow child runs."""
+
+
+class BayesianOptimization(_LoggedTrials, kt.BayesianOptimization):
+    """Bayesian optimisation whose trials are MLflow child runs."""
+
+
+class Hyperband(_LoggedTrials, kt.Hyperband):
+    """Hyperband whose trials are MLflow child runs."""
+
+
+TUNERS = {"random": RandomSearch, "bayesian": BayesianOptimization, "hyperband": Hyperband}
+
+
+def make_tuner(hypermodel: HeadHyperModel, tune: TuneParams, epochs: int, directory: Path, seed: int,
+               trial_log: TrialLog | None = None) -> kt.Tuner:
+    """A tuner of the configured algorithm writing its trials under ``directory`` (emptied first).
+
+    Args:
+        hypermodel: the head's hypermodel.
+        tune: algorithm, trials, objective.
+        epochs: the most epochs a trial trains (Hyperband's ``max_epochs``).
+        directory: the tuner's folder; ``overwrite`` makes every run a new search.
+        seed: the oracle's seed.
+        trial_log: MLflow child runs for the trials, or None.
+    """
+    objective = kt.Objective(tune.objective, direction=training.objective_mode(tune.objective))
+    common = dict(hypermodel=hypermodel, objective=objective, seed=seed, overwrite=True,
+                  directory=str(directory.parent), project_name=directory.name,
+                  executions_per_trial=tune.executions_per_trial)
+    if tune.algorithm == "hyperband":
+        tuner = Hyperband(max_epochs=epochs, factor=tune.hyperband_factor, **common)
+    else:
+        tuner = TUNERS[tune.algorithm](max_trials=tune.max_trials, **common)
+    tuner.trial_log = trial_log
+    return tuner
+
+
+def trials_frame(tuner: kt.Tuner, trial_log: TrialLog | None = None) -> pd.DataFrame:
+    """Every trial of a search as one row: id, status, hyperparameters, objective, best epoch, seconds."""
+    rows = []
+    for trial_id, trial in sorted(tuner.oracle.trials.items()):
+        row: dict[str, Any] = {"trial": trial_id, "status": str(trial.status)}
+        row.update({k.replace("tuner/", "tuner."): v for k, v in trial.hyperparameters.values.items()})
+        row["objective"] = trial.score
+        row["best_epoch"] = None if trial.best_step is None else int(trial.best_step) + 1
+        if trial_log is not None:
+            row["seconds"] = trial_log.seconds.get(trial_id)
+            row["mlflow_run_id"] = trial_log.run_ids.get(trial_id)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class HeadResult:
+    """The chosen head: its settings, the trained model, its per-epoch history and every trial."""
+
+    settings: head.HeadSettings
+    model: keras.Model
+    history: pd.DataFrame
+    trials: pd.DataFrame  # empty when tuning is off
+    objective: str
+
+    def best_epoch(self) -> dict[str, float]:
+        """The history row of the epoch whose weights the head kept (the best on the objective)."""
+        values = self.history[self.objective]
+        row = values.idxmin() if training.objective_mode(self.objective) == "min" else values.idxmax()
+        return {name: float(value) for name, value in self.history.loc[row].items()}
+
+    def summary(self) -> dict[str, float]:
+        """The numbers for metrics/train_head.json: the kept epoch's metrics (``best_`` prefixed; the plain
+        names are the per-epoch series in MLflow) and the search's cost."""
+        best = self.best_epoch()
+        numbers = {f"best_{name}": value for name, value in best.items() if name not in ("epoch", "learning_rate")}
+        numbers.update({"best_epoch": int(best["epoch"]), "epochs_trained": len(self.history)})
+        if not self.trials.empty:
+            seconds = self.trials["seconds"].dropna()
+            numbers.update({
+                "trials": len(self.trials),
+                "trials_completed": int((self.trials["status"] == "COMPLETED").sum()),
+                "best_trial_objective": float(self.trials["objective"].dropna().agg(
+                    "min" if training.objective_mode(self.objective) == "min" else "max")),
+                "seconds_per_trial": float(seconds.mean()) if len(seconds) else 0.0,
+                "search_seconds": float(seconds.sum()),
+            })
+        return numbers
+
+
+def select_head(train: FeatureSet, val: FeatureSet, params: Params, run: tracking.StageRun) -> HeadResult:
+    """Sweep the head with Keras Tuner (or take the fixed settings) and train the chosen one.
+
+    The chosen settings are trained once more from the same seed, with every epoch logged to the
+    stage's run; for random and Bayesian search that reproduces the best trial exactly. Hyperband's
+    best trial may have resumed another trial's weights, so its final head is trained from scratch
+    with the full epoch budget.
+
+    Args:
+        train: the train split's features.
+        val: the val split's features.
+        params: the whole params (``train_head``, ``tune``, ``seed``, ``paths.tuner``).
+        run: the stage's MLflow run; each trial becomes a child run of it.
+    """
+    width, num_classes = train.features.shape[1], len(train.classes)
+    objective = params.tune.objective
+    trials = pd.DataFrame()
+    if params.tune.enabled:
+        log = TrialLog(run, params.tune.algorithm)
+        hypermodel = HeadHyperModel(params.tune.space, width, num_classes, params.train_head, objective,
+                                    params.seed, log)
+        tuner = make_tuner(hypermodel, params.tune, params.train_head.epochs, params.path("tuner"), params.seed, log)
+        tuner.search(train, val, epochs=params.train_head.epochs)
+        settings = head.HeadSettings.from_values(tuner.get_best_hyperparameters(1)[0].values)
+        trials = trials_frame(tuner, log)
+    else:
+        settings = head.HeadSettings.from_params(params.train_head)
+    keras.backend.clear_session()  # as the tuner does before each trial, so the final fit starts alike
+    training.seed_everything(params.seed)
+    model = head.build_head(width, num_classes, settings)
+    fitted = head.fit_head(model, train, val, settings, params.train_head, objective,
+                           [training.EpochLog(run.log_metrics)])
+    return HeadResult(settings, model, training.history_frame(fitted.history), trials, objective)

@@ -1,0 +1,137 @@
+"""Fine-tuning: unfreezing by cut point or layer count, frozen BatchNormalization, augmentation only in
+training, and the finetune stage's model taking raw uint8 images."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import backbones, config, features, finetune, head, inputs
+from pipeline.errors import UserError
+
+SIZE = 32
+
+
+def _core(name: str) -> tuple[backbones.Backbone, keras.Model]:
+    entry = backbones.get(name)
+    core, _ = backbones.build_backbone(entry, max(SIZE, entry.min_size), "none", None, None)
+    core.trainable = False
+    return entry, core
+
+
+def _finetune_params(base_params, **changes) -> config.FinetuneParams:
+    fields = {**base_params["finetune"], **changes}
+    return config.FinetuneParams(**fields)
+
+
+@pytest.mark.parametrize(("name", "cut"), [("efficientnet_lite0", "block6a"), ("mobilenet_v2", "block_13"),
+                                           ("resnet50", "conv5_block1"), ("inception_v3", "mixed9")])
+def test_unfreezing_from_a_cut_point_trains_that_block_and_after_it_batchnorm_excepted(base_params, name, cut):
+    entry, core = _core(name)
+    trainable = finetune.unfreeze(core, entry, _finetune_params(base_params, unfreeze_from=cut, unfreeze_top=None))
+    start = backbones.cut_index(core.layers, entry, cut)
+    expected = [layer.name for layer in core.layers[start:]
+                if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    assert trainable == expected and trainable
+    assert all(not layer.trainable for layer in core.layers[:start])
+    assert all(not layer.trainable for layer in core.layers if isinstance(layer, keras.layers.BatchNormalization))
+    trained = {w.path for w in core.trainable_weights}
+    assert trained == {w.path for layer in core.layers if layer.name in expected for w in layer.weights}
+
+
+def test_unfreezing_the_top_n_layers(base_params):
+    entry, core = _core("efficientnet_lite0")
+    trainable = finetune.unfreeze(core, entry, _finetune_params(base_params, unfreeze_from=None, unfreeze_top=10))
+    top = core.layers[-10:]
+    assert trainable == [l.name for l in top if l.weights and not isinstance(l, keras.layers.BatchNormalization)]
+    assert sum(layer.trainable for layer in core.layers) == sum(
+        not isinstance(l, keras.layers.BatchNormalization) for l in top)
+    with pytest.raises(UserError, match="has 142 layers; found 500"):
+        finetune.unfreeze(core, entry, _finetune_params(base_params, unfreeze_from=None, unfreeze_top=500))
+    with pytest.raises(UserError, match="'block_13' is not a cut point of efficientnet_lite0"):
+        finetune.unfreeze(core, entry, _finetune_params(base_params, unfreeze_from="block_13", unfreeze_top=None))
+
+
+def test_augmentation_acts_only_in_training(base_params):
+    params = config.AugmentParams(flip="horizontal_and_vertical", rotation=0.2, zoom=0.2, contrast=0.5)
+    layers = finetune.augmentation_layers(params, seed=1)
+    assert [type(l).__name__ for l in layers.layers] == ["RandomFlip", "RandomRotation", "RandomZoom", "RandomContrast"]
+    images = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_array_equal(layers(images, training=False), images)
+    assert np.abs(np.asarray(layers(images, training=True)) - images).mean() > 1
+    none = finetune.augmentation_layers(config.AugmentParams("none", 0.0, 0.0, 0.0), seed=1)
+    np.testing.assert_array_equal(none(images, training=True), images)
+
+
+def test_the_assembled_model_equals_the_head_on_the_extractor(base_params):
+    entry, core = _core("efficientnet_lite0")
+    settings = head.HeadSettings(1, 8, "relu", 0.2, "adam", 1e-3, 8)
+    head_model = head.build_head(entry.feature_width, 3, settings)
+    augment = finetune.augmentation_layers(config.AugmentParams("horizontal", 0.1, 0.1, 0.1), seed=0)
+    model = finetune.with_probabilities(finetune.assemble(entry, core, head_model, SIZE, augment))
+    assert [layer.name for layer in model.layers[1:]] == list(finetune.LAYER_NAMES)
+    extractor = keras.Model(model.input, model.get_layer("features").output)
+    images = np.random.default_rng(1).integers(0, 256, (5, SIZE, SIZE, 3)).astype("float32")
+    expected = keras.ops.softmax(head_model(extractor(images, training=False), training=False))
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
+
+
+def _tiny_project(project, image_tree, **finetune_changes):
+    image_tree(project.params["data"]["folder"], {"cat": 8, "dog": 8, "owl": 8})
+    project.params["backbone"].update(weights="none", image_size=SIZE)
+    project.params["tune"].update(algorithm="random", max_trials=2)
+    project.params["train_head"].update(epochs=3)
+    project.params["finetune"].update(epochs=2, batch_size=4, images_per_epoch=8, **finetune_changes)
+    project.write_params()
+
+
+@pytest.mark.slow
+def test_finetune_stage_writes_a_model_that_classifies_raw_uint8_images(project, image_tree):
+    _tiny_project(project, image_tree)
+    project.run("dvc", "repro", "finetune")
+    root = project.root
+    model = keras.saving.load_model(root / "models/model.keras")
+    test = pd.read_csv(root / "data/splits/test.csv")
+    raw = np.stack([np.asarray(Image.open(root / p).convert("RGB").resize((SIZE, SIZE))) for p in test["path"]])
+    assert raw.dtype == np.uint8
+    probabilities = model.predict(raw, verbose=0)
+    assert probabilities.shape == (len(test), 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    (batch,) = inputs.image_dataset([root / p for p in test["path"]], SIZE, "center", 64)
+    np.testing.assert_allclose(model.predict(batch, verbose=0), probabilities, atol=1e-5)  # 32 px: nothing resized
+
+    best = json.loads((root / "metrics/train_head.json").read_text())["best_epoch"]
+    history = pd.read_csv(root / "plots/finetune/history.csv")
+    assert list(history["epoch"]) == list(range(best + 1, best + 1 + len(history))) and len(history) >= 1
+    metrics = json.loads((root / "metrics/finetune.json").read_text())
+    assert metrics["head_epochs"] == best and metrics["trainable_layers"] > 0
+    assert metrics["best_val_accuracy"] >= metrics["val_accuracy_before"]  # never worse than where it started
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    run = mlflow.get_run(metrics["mlflow"]["run_id"])
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == list(
+        history["epoch"])
+    logged = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+    assert logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, SIZE, SIZE, 3)
+    assert logged.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3)
+
+
+@pytest.mark.slow
+def test_finetune_disabled_hands_on_the_head_on_the_frozen_backbone(project, image_tree):
+    _tiny_project(project, image_tree, enabled=False)
+    project.run("dvc", "repro", "finetune")
+    root = project.root
+    model = keras.saving.load_model(root / "models/model.keras")
+    head_model = keras.saving.load_model(root / "models/head.keras")
+    cached = features.read_feature_set(root / "data/features/test.npz")
+    (batch,) = inputs.image_dataset([root / p for p in cached.paths], SIZE, "center", 64)
+    expected = keras.ops.softmax(head_model(cached.features, training=False))
+    np.testing.assert_allclose(model.predict(batch, verbose=0), expected, atol=1e-4)
+    assert pd.read_csv(root / "plots/finetune/history.csv").empty

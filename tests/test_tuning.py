@@ -1,0 +1,164 @@
+"""The head on cached features and its Keras Tuner search: space from params, MLflow child runs, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras_tuner as kt
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import config, features, head, tracking, training, tuning
+from pipeline.features import FeatureSet
+
+CLASSES = ("ant", "bee", "wasp")
+
+
+def tiny_features(per_class: int, seed: int, width: int = 12) -> FeatureSet:
+    """Three Gaussian clusters: separable enough for a head to learn in a few epochs."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, size=(len(CLASSES), width))
+    labels = np.repeat(np.arange(len(CLASSES)), per_class).astype(np.int32)
+    values = (centres[labels] + rng.normal(0, 1, size=(len(labels), width))).astype(np.float32)
+    names = np.array([f"img{i}.png" for i in range(len(labels))])
+    return FeatureSet(values, labels, names, names, CLASSES)
+
+
+@pytest.fixture
+def small_params(project) -> config.Params:
+    project.params["tune"].update(algorithm="random", max_trials=3)
+    project.params["train_head"].update(epochs=8, patience=3)
+    project.params["tune"]["space"].update(units=[8, 16], batch_size=[16, 32], hidden_layers=[0, 1])
+    project.params["tune"]["space"]["learning_rate"].update(min=0.01, max=0.1)
+    project.write_params()
+    return config.load(project.root / "params.yaml")
+
+
+def test_search_space_comes_from_params(small_params):
+    hp = kt.HyperParameters()
+    settings = tuning.sample_settings(hp, small_params.tune.space)
+    assert set(hp.values) == {"hidden_layers", "units", "activation", "dropout", "optimizer", "learning_rate", "batch_size"}
+    by_name = {h.name: h for h in hp.space}
+    assert list(by_name["units"].values) == [8, 16]
+    assert by_name["learning_rate"].sampling == "log"
+    assert (by_name["dropout"].min_value, by_name["dropout"].max_value, by_name["dropout"].step) == (0.0, 0.5, 0.1)
+    assert settings.units in (8, 16) and settings.batch_size in (16, 32)
+
+
+def test_head_layers_follow_the_settings():
+    settings = head.HeadSettings(hidden_layers=2, units=7, activation="gelu", dropout=0.3, optimizer="sgd",
+                                 learning_rate=0.01, batch_size=8)
+    model = head.build_head(12, 3, settings)
+    dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"]
+    assert [layer.units for layer in dense] == [7, 7, 3]
+    assert all(layer.get_config()["activation"] == "gelu" for layer in dense[:2])
+    assert dense[-1].get_config()["activation"] == "linear"  # logits: the loss applies the softmax
+    assert [layer.rate for layer in model.layers if layer.__class__.__name__ == "Dropout"] == [0.3] * 3
+    assert model.loss.get_config()["from_logits"] is True
+
+
+def test_balanced_class_weights():
+    weights = training.class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
+    assert weights == {0: pytest.approx(4 / (2 * 3)), 1: pytest.approx(4 / (2 * 1)), 2: 0.0}
+    assert training.class_weights(np.array([0, 1]), 2, "none") is None
+
+
+def _with_tune(params: config.Params, **changes) -> config.Params:
+    return dataclasses.replace(params, tune=dataclasses.replace(params.tune, **changes))
+
+
+def _search(params: config.Params, seed_data: int = 0) -> tuple[tuning.HeadResult, str]:
+    train, val = tiny_features(30, seed_data), tiny_features(10, seed_data + 1)
+    with tracking.stage_run("train_head", params) as run:
+        result = tuning.select_head(train, val, params, run)
+        run.log_metrics(result.summary())
+    return result, run.run_id
+
+
+def test_a_three_trial_search_logs_three_child_runs_under_the_stage_run(small_params, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result, parent = _search(small_params)
+    assert len(result.trials) == 3 and set(result.trials["status"]) == {"COMPLETED"}
+    assert (small_params.path("tuner") / "oracle.json").is_file()
+
+    client = mlflow.MlflowClient(tracking.tracking_uri(small_params))
+    experiment = client.get_experiment_by_name(small_params.tracking.experiment)
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == 3
+    assert sorted(r.data.tags["tuner.trial_id"] for r in children) == sorted(result.trials["trial"])
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["stage"] == "train_head"
+        trial = result.trials.set_index("trial").loc[child.data.tags["tuner.trial_id"]]
+        assert int(child.data.params["units"]) == trial["units"]
+        assert child.data.metrics["objective"] == pytest.approx(trial["objective"])
+        epochs = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.step for m in epochs] == list(range(1, len(epochs) + 1)) and len(epochs) >= 1
+        assert client.get_metric_history(child.info.run_id, "learning_rate")
+    # The final head is the best trial trained again from the same seed: the same best score.
+    assert result.best_epoch()["val_accuracy"] == pytest.approx(result.trials["objective"].max())
+    assert result.settings == head.HeadSettings.from_values(
+        result.trials.sort_values("objective", ascending=False, kind="stable").iloc[0].to_dict())
+    parent_run = client.get_run(parent)
+    assert parent_run.data.metrics["trials"] == 3
+    assert len(client.get_metric_history(parent, "val_loss")) == len(result.history)
+
+
+def test_the_same_seed_picks_the_same_best_hyperparameters(small_params, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, _ = _search(small_params)
+    second, _ = _search(small_params)
+    assert first.settings == second.settings
+    pd.testing.assert_series_equal(first.trials["objective"], second.trials["objective"])
+    np.testing.assert_array_equal(first.model.get_weights()[0], second.model.get_weights()[0])
+
+
+@pytest.mark.parametrize("algorithm", ["bayesian", "hyperband"])
+def test_every_algorithm_runs_and_logs_its_trials(small_params, monkeypatch, algorithm):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _with_tune(small_params, algorithm=algorithm, max_trials=2)
+    result, parent = _search(params)
+    client = mlflow.MlflowClient(tracking.tracking_uri(params))
+    children = client.search_runs([client.get_run(parent).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == len(result.trials) >= 2
+    assert {c.data.tags["tuner.algorithm"] for c in children} == {algorithm}
+
+
+def test_tuning_off_trains_the_fixed_head(small_params, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _with_tune(small_params, enabled=False)
+    result, parent = _search(params)
+    assert result.trials.empty and result.settings == head.HeadSettings.from_params(params.train_head)
+    assert not (params.path("tuner") / "oracle.json").exists()
+
+
+@pytest.mark.slow
+def test_train_head_stage_through_dvc(project, image_tree):
+    image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6, "owl": 6})
+    project.params["backbone"].update(weights="none", image_size=32)
+    project.params["tune"].update(algorithm="random", max_trials=3)
+    project.params["train_head"].update(epochs=3)
+    project.write_params()
+    project.run("dvc", "repro", "train_head")
+    root = project.root
+    best = yaml.safe_load((root / "models/best_hparams.yaml").read_text())
+    assert set(best) == {"hidden_layers", "units", "activation", "dropout", "optimizer", "learning_rate",
+                         "batch_size", "epochs"}
+    assert (root / "models/head.keras").is_file()
+    trials = pd.read_csv(root / "plots/train_head/trials.csv")
+    history = pd.read_csv(root / "plots/train_head/history.csv")
+    assert len(trials) == 3 and list(history["epoch"]) == list(range(1, len(history) + 1))
+    metrics = json.loads((root / "metrics/train_head.json").read_text())
+    assert metrics["trials"] == 3 and 0 <= metrics["best_val_accuracy"] <= 1 and metrics["seconds_per_trial"] > 0
+    # A head parameter re-runs train_head only; nothing upstream.
+    project.params["train_head"]["patience"] = 2
+    project.write_params()
+    out = project.run("dvc", "repro", "train_head").stdout
+    assert "Running stage 'train_head'" in out
+    assert not any(f"Running stage '{s}'" in out for s in ("download", "split", "extract"))
+    restored = features.read_feature_set(root / "data/features/val.npz")
+    assert restored.features.shape[0] == len(pd.read_csv(root / "data/splits/val.csv"))
