@@ -39,6 +39,7 @@ test: setup fashion-mnist ## the whole test suite
 
 bench: setup ## speed benchmarks on ../shared/datasets → benchmarks/results/*.json (not timed tests)
 	python -m benchmarks.extract
+	python -m benchmarks.tuning
 
 lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
 	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock

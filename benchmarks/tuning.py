@@ -1,0 +1,119 @@
+"""Benchmark: what cached features save a hyperparameter search, per trial.
+
+One trial is the same head (the ``train_head`` defaults in params.yaml), the same epochs, batch size,
+seed and data, trained two ways in one run on this machine:
+
+- ``cached``: on features the frozen backbone computed once (the train_head stage's way);
+- ``end_to_end``: from the image files through the frozen backbone every epoch (tf.data decode,
+  the backbone called with ``training=False`` inside the model, the head trained on top).
+
+Data: every flower photo in ``shared/datasets/flowers`` (4,317 JPEGs, 5 classes), every fifth file of
+each class held out for validation, at 96 px with EfficientNet-Lite0 ImageNet weights. Trials take
+turns, two of each; the faster of each is the result (both are recorded). The one-off extraction
+the cached trials rely on is timed too (``extract_s``). Writes ``benchmarks/results/tuning.json``::
+
+    python -m benchmarks.tuning [--epochs 5] [--size 96]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from benchmarks import machine
+from benchmarks.extract import FLOWERS, RESULTS, THREADS
+from pipeline import backbones, config, features, files, head, inputs, runtime, training
+
+ROUNDS = 2
+
+
+def flower_files(folder: Path) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
+    """Every JPEG with its class index; every fifth file of a class (sorted by name) goes to val."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    train, train_labels, val, val_labels = [], [], [], []
+    for index, name in enumerate(classes):
+        for position, path in enumerate(sorted((folder / name).glob("*.jpg"))):
+            (val if position % 5 == 4 else train).append(path)
+            (val_labels if position % 5 == 4 else train_labels).append(index)
+    return train, np.array(train_labels, np.int32), val, np.array(val_labels, np.int32)
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--size", type=int, default=96)
+    args = parser.parse_args()
+    runtime.configure(config.ComputeParams(threads=THREADS))
+    params = config.load()
+    settings = head.HeadSettings.from_params(params.train_head)
+    entry = backbones.get("efficientnet_lite0")
+    extractor, _ = backbones.build_extractor(entry, args.size, "imagenet", params.root, params.path("weights"))
+    train, train_labels, val, val_labels = flower_files(FLOWERS)
+    num_classes = int(train_labels.max()) + 1
+
+    forward = features.compile_forward(extractor)
+    cached: dict[str, np.ndarray] = {}
+
+    def extract() -> None:
+        for name, paths in (("train", train), ("val", val)):
+            batches = inputs.image_dataset(paths, args.size, "center", 64)
+            cached[name], _ = features.compute_features(forward, batches, len(paths), "float32", f"extract {name}")
+
+    extract_s = timed(extract)
+
+    def cached_trial() -> None:
+        keras.backend.clear_session()
+        training.seed_everything(params.seed)
+        model = head.build_head(entry.feature_width, num_classes, settings)
+        model.fit(cached["train"], train_labels, validation_data=(cached["val"], val_labels),
+                  batch_size=settings.batch_size, epochs=args.epochs, verbose=0)
+
+    def end_to_end_trial() -> None:
+        keras.backend.clear_session()
+        training.seed_everything(params.seed)
+        head_model = head.build_head(entry.feature_width, num_classes, settings)
+        images = keras.Input((args.size, args.size, 3))
+        model = keras.Model(images, head_model(extractor(images, training=False)))
+        training.compile_classifier(model, settings.optimizer, settings.learning_rate)
+        model.fit(inputs.image_dataset(train, args.size, "center", settings.batch_size, labels=train_labels,
+                                       shuffle_seed=params.seed),
+                  validation_data=inputs.image_dataset(val, args.size, "center", settings.batch_size, labels=val_labels),
+                  epochs=args.epochs, shuffle=False, verbose=0)  # the dataset shuffles its files
+
+    seconds: dict[str, list[float]] = {"cached": [], "end_to_end": []}
+    for _ in range(ROUNDS):
+        seconds["cached"].append(timed(cached_trial))
+        seconds["end_to_end"].append(timed(end_to_end_trial))
+        print({k: [round(s, 2) for s in v] for k, v in seconds.items()}, flush=True)
+    best = {name: min(values) for name, values in seconds.items()}
+    result = {
+        "benchmark": "tuning",
+        "machine": machine.describe(),
+        "data": f"shared/datasets/flowers: {len(train)} train + {len(val)} val JPEGs, {num_classes} classes",
+        "backbone": f"efficientnet_lite0 (imagenet), {args.size} px",
+        "head": settings.as_dict(),
+        "epochs": args.epochs,
+        "threads": THREADS,
+        "extract_s": round(extract_s, 2),
+        "s_per_trial_cached": round(best["cached"], 3),
+        "s_per_trial_end_to_end": round(best["end_to_end"], 3),
+        "speedup_cached_vs_end_to_end": round(best["end_to_end"] / best["cached"], 1),
+        "all_trials_s": {name: [round(s, 3) for s in values] for name, values in seconds.items()},
+    }
+    files.write_json(RESULTS / "tuning.json", result)
+    print({k: v for k, v in result.items() if k.startswith(("s_per", "speedup", "extract"))})
+
+
+if __name__ == "__main__":
+    main()
