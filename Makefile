@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # DVC runs stage commands as `python -m stages.<name>`: make them find the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test bench lock fashion-mnist ui clean
+.PHONY: setup run test bench lock fashion-mnist fonts ui clean
 
 setup: $(VENV)/.installed ## create .venv and install the locked dependencies
 
@@ -31,10 +31,20 @@ fashion-mnist: ## install Debian's Fashion-MNIST when possible; otherwise the do
 	  echo "note: dataset-fashion-mnist not installed (needs apt-get as root); the download stage will fetch the official files"; \
 	fi
 
-run: setup fashion-mnist ## dvc repro the default pipeline (STAGE=split: only up to that stage)
+fonts: ## install a font with CJK glyphs when possible, so class names in any script draw in figures
+	@if fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then \
+	  echo "CJK font: installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-zenhei >/dev/null) \
+	    || echo "warning: could not install fonts-wqy-zenhei; figures will note the glyphs they cannot draw"; \
+	else \
+	  echo "note: no CJK font (apt-get as root installs fonts-wqy-zenhei); figures will note the glyphs they cannot draw"; \
+	fi
+
+run: setup fashion-mnist fonts ## dvc repro the default pipeline (STAGE=split: only up to that stage)
 	dvc repro $(STAGE)
 
-test: setup fashion-mnist ## the whole test suite
+test: setup fashion-mnist fonts ## the whole test suite
 	pytest $(PYTEST_ARGS)
 
 bench: setup ## speed benchmarks on ../shared/datasets → benchmarks/results/*.json (not timed tests)

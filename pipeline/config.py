@@ -80,6 +80,8 @@ class PathsParams:
     head_model: RelPath
     best_hparams: RelPath
     model: RelPath
+    predictions: RelPath
+    report: RelPath
     metrics: RelPath
     plots: RelPath
     reports: RelPath
@@ -276,6 +278,24 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
+class EvaluateParams:
+    """Scoring the classifier on the test split (evaluate stage)."""
+
+    top_k: Annotated[int, Range(2, 100)]
+    batch_size: BatchSize
+    calibration_bins: Annotated[int, Range(2, 100)]
+
+
+@dataclass(frozen=True)
+class AnalyzeParams:
+    """The error analysis and its report (analyze stage)."""
+
+    worst_errors: Annotated[int, Range(1, 500)]
+    confused_pairs: Annotated[int, Range(1, 500)]
+    gradcam: bool
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     """MLflow settings; MLFLOW_TRACKING_URI in the environment overrides the embedded store."""
 
@@ -297,6 +317,8 @@ class Params:
     tune: TuneParams
     finetune: FinetuneParams
     augment: AugmentParams
+    evaluate: EvaluateParams
+    analyze: AnalyzeParams
     tracking: TrackingParams
     root: Path = dataclasses.field(default=Path("."), metadata={"internal": True})
 

@@ -17,13 +17,6 @@ class UserError(Exception):
     """A problem in the user's input, reported as a message rather than a traceback."""
 
 
-class NotImplementedStage(UserError):
-    """A stage declared in dvc.yaml whose implementation lands with a later issue."""
-
-    def __init__(self, stage: str) -> None:
-        super().__init__(f"stage '{stage}' is not implemented yet")
-
-
 def run_cli(main: Callable[[], object]) -> None:
     """Run ``main`` and turn user errors into one message and exit status 2.
 

@@ -23,6 +23,18 @@ import pandas as pd
 _CHUNK = 1 << 20
 
 
+def _publish(temporary: str | Path, path: Path) -> None:
+    """Give a finished temporary file the permissions of a normally created file, then rename it into place.
+
+    ``mkstemp`` creates files readable by their owner only; outputs are shared (DVC cache, a team's
+    remote, a report opened by others), so they get the usual ``0o666 & ~umask``.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
+
+
 def sha256_file(path: Path) -> str:
     """The sha256 hex digest of a file's bytes."""
     digest = hashlib.sha256()
@@ -50,6 +62,9 @@ def staged_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output is not
     replace_dir(staging, final)
 
 
@@ -72,7 +87,21 @@ def write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
             stream.write(text)
-        os.replace(temporary, path)
+        _publish(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a binary file atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        _publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -86,6 +115,14 @@ def write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON file written by ``write_json``."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_csv(path: Path, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV; ``text_columns`` stay strings exactly as written (a class named "NA" or "1" too).
+
+    No value is read as missing: the files this reads hold no gaps.
+    """
+    return pd.read_csv(path, dtype={name: str for name in text_columns}, keep_default_na=False)
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -110,7 +147,7 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
                 member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 with archive.open(member, "w", force_zip64=True) as stream:
                     np.lib.format.write_array(stream, np.asanyarray(array), allow_pickle=False)
-        os.replace(temporary, path)
+        _publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -138,7 +175,7 @@ def save_model(model: Any, path: Path) -> None:
     os.close(handle)
     try:
         model.save(temporary)
-        os.replace(temporary, path)
+        _publish(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
 
@@ -160,6 +197,6 @@ def save_figure(figure: Any, path: Path, dpi: int = 120) -> None:
     os.close(handle)
     try:
         figure.savefig(temporary, dpi=dpi, format="png")
-        os.replace(temporary, path)
+        _publish(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)

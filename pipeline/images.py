@@ -178,3 +178,14 @@ def _exif_orientation(tiff: bytes) -> int:
 
 def _valid_orientation(value: object) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def load_thumbnail(path: Path, size: int) -> "np.ndarray":
+    """An image upright (EXIF orientation applied), as RGB, shrunk to fit ``size`` x ``size`` (for galleries)."""
+    import numpy as np
+    from PIL import ImageOps
+
+    with Image.open(path) as image:
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+        upright.thumbnail((size, size), Image.Resampling.LANCZOS)
+        return np.asarray(upright)

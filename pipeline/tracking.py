@@ -46,13 +46,18 @@ class StageRun:
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.tags = tags
-        self.metrics: dict[str, float] = {}
+        self.metrics: dict[str, Any] = {}
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log numbers to MLflow; the last value of each (without a step) also goes to the metrics JSON."""
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
         if step is None:
             self.metrics.update(metrics)
+
+    def record(self, key: str, value: Any) -> None:
+        """Put a (nested) JSON value into the metrics JSON only, e.g. per-class numbers that are no
+        MLflow metric names (class names may be any Unicode)."""
+        self.metrics[key] = value
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tag the run."""

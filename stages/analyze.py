@@ -1,13 +1,86 @@
-"""analyze stage: declared in dvc.yaml; its implementation lands with a later issue.
+"""analyze stage: error analysis of the test predictions, and one self-contained HTML report.
 
-Until then it stops with "not implemented yet" instead of pretending to succeed.
+Reads:  paths.predictions, paths.metrics/evaluate.json, paths.model and the test images; params
+        ``analyze``, ``evaluate.calibration_bins``, ``backbone.crop``, ``compute``
+Writes: paths.report (images embedded; opens with no network); paths.plots/analyze/ (per_class_accuracy.csv,
+        confused_pairs.csv, worst_errors.csv and the report's figures as PNG); paths.metrics/analyze.json
 """
 
-from pipeline.errors import NotImplementedStage, run_cli
+import numpy as np
+
+from pipeline import analysis, analysis_report, config, files, gradcam, images, inputs, predict, report, runtime
+from pipeline import tracking
+from pipeline.errors import UserError, run_cli
+
+THUMBNAIL_PX = 200
 
 
 def main() -> None:
-    raise NotImplementedStage("analyze")
+    params = config.load()
+    runtime.configure(params.compute)
+    with tracking.stage_run("analyze", params) as run:
+        predictions = files.read_csv(params.path("predictions"), text_columns=("path", "label", "predicted"))
+        scores = files.read_json(params.path("metrics") / "evaluate.json")
+        classes = analysis.class_names(predictions)
+        worst = analysis.worst_errors(predictions, params.analyze.worst_errors)
+        examples = load_examples(worst, classes, params)
+        rendered = analysis_report.Rendered()
+        sections = [
+            analysis_report.overview_section(predictions, scores, rendered, params.evaluate.calibration_bins),
+            analysis_report.class_section(predictions, params.analyze.confused_pairs, rendered),
+            analysis_report.confidence_section(predictions, rendered),
+            *analysis_report.error_sections(worst, examples, rendered),
+        ]
+        notes = analysis_report.glyph_notes(rendered.missing_glyphs, classes)
+        html = report.build_report(
+            "Error analysis", f"{len(predictions)} test images · {len(classes)} classes · {params.backbone.name}",
+            {"test accuracy": scores["finetuned"]["accuracy"], "head alone": scores["head_only"]["accuracy"],
+             "errors": int((~predictions["correct"]).sum()), "classes": len(classes)},
+            sections, notes)
+        if report.find_external_references(html):
+            raise RuntimeError(f"the report refers outside itself: {report.find_external_references(html)}")
+        files.write_text(params.path("report"), html)
+        write_tables_and_figures(predictions, worst, classes, rendered, params, run)
+        run.log_artifact(params.path("report"))
+        per_class = analysis.per_class_accuracy(predictions, classes)
+        run.log_metrics({"errors": int((~predictions["correct"]).sum()), "worst_class_accuracy":
+                         float(per_class["accuracy"].iloc[0]), "missing_glyphs": len(rendered.missing_glyphs)})
+        run.record("worst_class", str(per_class["class"].iloc[0]))
+        print(f"analyze: report with {len(sections)} sections → {params.paths.report}")
+
+
+def load_examples(worst, classes, params) -> analysis_report.Examples:  # noqa: ANN001 - frames and params
+    """The worst errors as pictures: originals, what the model saw, and Grad-CAM for the predicted class."""
+    paths = [params.root / p for p in worst["path"]]
+    originals = [images.load_thumbnail(p, THUMBNAIL_PX) for p in paths]
+    if not paths or not params.analyze.gradcam:
+        return analysis_report.Examples(originals, None, [])
+    model = predict.load_model(params.path("model"))
+    size = predict.input_size(model)
+    views = np.concatenate([b.numpy() for b in inputs.image_dataset(paths, size, params.backbone.crop, 64)])
+    predicted = np.array([classes.index(name) for name in worst["predicted"]])
+    try:
+        heatmaps = gradcam.grad_cam(model, views, predicted)
+    except ValueError as error:
+        raise UserError(f"Grad-CAM: {error}; set analyze.gradcam: false to skip it") from None
+    views = np.clip(np.round(views), 0, 255).astype(np.uint8)
+    return analysis_report.Examples(originals, [gradcam.overlay(v, h) for v, h in zip(views, heatmaps)], list(views))
+
+
+def write_tables_and_figures(predictions, worst, classes, rendered, params, run) -> None:  # noqa: ANN001
+    """The tables behind the report as CSV for `dvc plots`, and its figures as PNG, locally and in MLflow."""
+    folder = params.path("plots") / "analyze"
+    tables = {
+        "per_class_accuracy": analysis.per_class_accuracy(predictions, classes),
+        "confused_pairs": analysis.confused_pairs(predictions, params.analyze.confused_pairs),
+        "worst_errors": worst,
+    }
+    for name, table in tables.items():
+        files.write_csv(folder / f"{name}.csv", table)
+        run.log_table(table, name)
+    for name, png in rendered.pngs.items():
+        files.write_bytes(folder / f"{name}.png", png)
+        run.log_artifact(folder / f"{name}.png", "figures")
 
 
 if __name__ == "__main__":

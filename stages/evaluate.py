@@ -1,13 +1,62 @@
-"""evaluate stage: declared in dvc.yaml; its implementation lands with a later issue.
+"""evaluate stage: score the classifier on the test split, and the head alone on the cached test features.
 
-Until then it stops with "not implemented yet" instead of pretending to succeed.
+Reads:  paths.splits/test.csv, the test images, paths.model, paths.features/test.npz, paths.head_model;
+        params ``evaluate``, ``backbone.crop``, ``compute``
+Writes: paths.predictions; paths.plots/evaluate/ (confusion.csv for `dvc plots`, confusion_matrix.png,
+        reliability.png/.csv, roc.csv, pr.csv and curves.png: class 1's for two classes, else micro-averaged);
+        paths.metrics/evaluate.json (both models side by side)
 """
 
-from pipeline.errors import NotImplementedStage, run_cli
+from pipeline import config, evaluation, features, figures, files, finetune, predict, runtime, split, tracking
+from pipeline.errors import run_cli
+
+MODELS = ("finetuned", "head_only")
 
 
 def main() -> None:
-    raise NotImplementedStage("evaluate")
+    params = config.load()
+    runtime.configure(params.compute)
+    with tracking.stage_run("evaluate", params) as run:
+        test = split.read_split_files(params.path("splits"), "test", params.root)
+        classes = list(test.classes)
+        cached = features.read_feature_set(params.path("features") / "test.npz")
+        predict.check_same_rows(test.rel_paths, cached.paths, "the cached test features")
+        probabilities = {
+            "finetuned": predict.predict_probabilities(predict.load_model(params.path("model")), test.paths,
+                                                       params.backbone.crop, params.evaluate.batch_size, "evaluate"),
+            "head_only": predict.head_probabilities(finetune.load_head(params.path("head_model")), cached.features),
+        }
+        scores = {name: evaluation.summarize(test.labels, probabilities[name], classes, params.evaluate.top_k,
+                                             params.evaluate.calibration_bins) for name in MODELS}
+        frame = predict.predictions_frame(test.rel_paths, test.labels, probabilities["finetuned"], classes)
+        files.write_csv(params.path("predictions"), frame)
+        plots = params.path("plots") / "evaluate"
+        for name, table in evaluation.plot_tables(test.labels, probabilities["finetuned"], classes,
+                                                  params.evaluate.calibration_bins).items():
+            files.write_csv(plots / f"{name}.csv", table)
+        for name, figure in evaluation_figures(test.labels, probabilities["finetuned"], classes, scores, params):
+            files.save_figure(figure, plots / f"{name}.png")
+            run.log_figure(figure, f"{name}.png")
+        for name in MODELS:
+            run.log_metrics({f"{name}.{key}": value for key, value in scores[name].items() if key != "per_class"})
+            run.record(name, scores[name])
+        run.log_table(frame, "predictions")
+        print(f"evaluate: test accuracy {scores['finetuned']['accuracy']:.4f} "
+              f"(head alone on cached features: {scores['head_only']['accuracy']:.4f}) on {len(frame)} images")
+
+
+def evaluation_figures(labels, probabilities, classes, scores, params):  # noqa: ANN001, ANN201 - arrays and dicts
+    """(name, figure) pairs: confusion matrix, reliability diagram, and ROC/PR curves for two classes."""
+    confusion = evaluation.confusion_matrix(labels, probabilities.argmax(axis=1), len(classes))
+    yield "confusion_matrix", figures.confusion_matrix_chart(confusion, classes)
+    bins = evaluation.reliability_bins(labels, probabilities, params.evaluate.calibration_bins)
+    yield "reliability", figures.reliability_chart(bins, scores["finetuned"]["ece"])
+    truth, positive, kind = evaluation.curve_inputs(labels, probabilities)
+    fpr, tpr, _ = evaluation.roc_curve(truth, positive)
+    precision, recall, _ = evaluation.precision_recall_curve(truth, positive)
+    yield "curves", figures.curves_chart((fpr, tpr), evaluation.roc_auc(truth, positive), (precision, recall),
+                                         evaluation.average_precision(truth, positive),
+                                         classes[1] if len(classes) == 2 else kind)
 
 
 if __name__ == "__main__":

@@ -147,3 +147,4 @@ def test_split_stage_on_unicode_names_with_bad_files(project, image_tree) -> Non
     hashes = Counter(h for f in frames.values() for h in set(f["sha256"]))
     assert max(hashes.values()) == 1
     assert (project.root / "plots" / "split" / "class_counts.png").stat().st_size > 1000
+

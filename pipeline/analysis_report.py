@@ -1,0 +1,144 @@
+"""The analyze stage's report: which tables, charts, galleries and Grad-CAM heatmaps, in which order.
+
+``build_sections`` turns the predictions and the evaluate stage's numbers into report sections; the
+figures are rendered once here and handed back too, so the stage can save and log the same PNGs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import analysis, evaluation, figures, gallery, report
+
+# The headline numbers compared between the fine-tuned model and the head alone, in this order.
+_COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "log_loss", "ece",
+             "roc_auc")
+
+
+@dataclass
+class Rendered:
+    """What the sections need rendered: PNGs by name, and every character no font could draw."""
+
+    pngs: dict[str, bytes] = field(default_factory=dict)
+    missing_glyphs: set[str] = field(default_factory=set)
+
+    def add(self, name: str, figure: Any, caption: str) -> report.Image:
+        """Render a figure once; remember its PNG and any glyph it lacked."""
+        png, missing = figures.to_png(figure)
+        self.pngs[name] = png
+        self.missing_glyphs |= set(missing)
+        return report.Image(png, caption, alt=caption)
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The worst errors as pictures: originals for the gallery, model-size views and their Grad-CAM overlays."""
+
+    originals: list[np.ndarray]
+    overlays: list[np.ndarray] | None  # None: Grad-CAM switched off
+    model_views: list[np.ndarray]
+
+
+def comparison_table(scores: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """The fine-tuned model next to the head alone, one row per headline metric."""
+    keys = [k for k in scores["finetuned"] if k.startswith("top_")] + list(_COMPARED)
+    rows = [{"metric": key, "fine-tuned model": scores["finetuned"].get(key),
+             "head on cached features": scores["head_only"].get(key)} for key in keys if key in scores["finetuned"]]
+    return pd.DataFrame(rows)
+
+
+def example_captions(worst: pd.DataFrame) -> list[str]:
+    """'true: cat / predicted: dog (0.93)' under each example."""
+    return [f"true: {row.label}\npredicted: {row.predicted} ({row.confidence:.2f})" for row in worst.itertuples()]
+
+
+def overview_section(predictions: pd.DataFrame, scores: dict[str, dict[str, Any]], rendered: Rendered,
+                     bins: int) -> report.Section:
+    """Headline numbers of both models, the confusion matrix and the most-confused pairs."""
+    classes = analysis.class_names(predictions)
+    labels = predictions["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probabilities = analysis.probabilities(predictions)
+    confusion = evaluation.confusion_matrix(labels, probabilities.argmax(axis=1), len(classes))
+    matrix = rendered.add("confusion_matrix", figures.confusion_matrix_chart(confusion, classes),
+                          "Confusion matrix of the fine-tuned model on the test split (rows: true class).")
+    reliability = rendered.add("reliability", figures.reliability_chart(
+        evaluation.reliability_bins(labels, probabilities, bins), scores["finetuned"]["ece"]),
+        "Reliability: accuracy against confidence; the diagonal is perfect calibration.")
+    return report.Section(
+        "overview", "Overview",
+        "The fine-tuned model scores the test split's images; the head alone scores the cached features of the "
+        "same images, which shows what fine-tuning added.",
+        images=(matrix, reliability),
+        tables=(report.Table(comparison_table(scores), "Test-split metrics of both models"),),
+    )
+
+
+def class_section(predictions: pd.DataFrame, confused_pairs: int, rendered: Rendered) -> report.Section:
+    """Per-class accuracy, worst first, and the most frequent confusions."""
+    classes = analysis.class_names(predictions)
+    per_class = analysis.per_class_accuracy(predictions, classes)
+    chart = rendered.add("per_class_accuracy", figures.per_class_accuracy_chart(
+        per_class["class"], per_class["accuracy"].fillna(0), per_class["support"]), "Accuracy of each class, worst first.")
+    pairs = analysis.confused_pairs(predictions, confused_pairs)
+    return report.Section(
+        "classes", "Classes",
+        "Which classes fail most, and what they are mistaken for.",
+        images=(chart,),
+        tables=(report.Table(per_class, "Per-class accuracy, worst first"),
+                report.Table(pairs, "Most-confused pairs (true → predicted)")),
+    )
+
+
+def confidence_section(predictions: pd.DataFrame, rendered: Rendered) -> report.Section:
+    """How confident right and wrong answers are."""
+    histogram = rendered.add("confidence", figures.confidence_histogram(
+        predictions["confidence"].to_numpy(), predictions["correct"].astype(bool).to_numpy()),
+        "Top-class confidence of correct and wrong predictions.")
+    return report.Section(
+        "confidence", "Confidence",
+        "A well-behaved model is less sure when it is wrong: the two histograms should separate.",
+        images=(histogram,),
+        tables=(report.Table(analysis.confidence_summary(predictions), "Confidence of right and wrong answers"),),
+    )
+
+
+def error_sections(worst: pd.DataFrame, examples: Examples, rendered: Rendered) -> list[report.Section]:
+    """The gallery of the worst errors and, when computed, their Grad-CAM heatmaps."""
+    if worst.empty:
+        return [report.Section("errors", "Worst errors", "There are no wrong predictions on the test split.")]
+    captions = example_captions(worst)
+    grid = rendered.add("worst_errors", gallery.image_grid(examples.originals, captions,
+                                                           f"The {len(worst)} worst errors, by loss"),
+                        "Wrong predictions with the highest loss: the most confident mistakes first.")
+    sections = [report.Section(
+        "errors", "Worst errors",
+        "Each image with its true label, the prediction and the model's confidence in it.",
+        images=(grid,), tables=(report.Table(worst, "The worst errors"),),
+    )]
+    if examples.overlays is not None:
+        heat = rendered.add("gradcam", gallery.heatmap_grid(examples.model_views, examples.overlays, captions,
+                                                            "Grad-CAM for the predicted class"),
+                            "Where the backbone's last convolutional block looked to predict the wrong class.")
+        sections.append(report.Section(
+            "gradcam", "Grad-CAM",
+            "Grad-CAM weighs the last convolutional block's feature maps by the gradient of the predicted class's "
+            "logit: warm regions pushed the model towards its (wrong) answer. Each image is shown as the model "
+            "saw it (cropped and resized) next to the heatmap.",
+            images=(heat,),
+        ))
+    return sections
+
+
+def glyph_notes(missing: set[str], texts: Sequence[str]) -> list[str]:
+    """A note for every character the figures could not draw (the report's text still has them)."""
+    if not missing:
+        return []
+    affected = sorted({t for t in texts if set(t) & missing})
+    return [f"No installed font could draw {len(missing)} character(s) ({''.join(sorted(missing))}); they show as "
+            f"empty boxes in the figures for: {', '.join(affected)}. The tables give the names in full. Installing "
+            "a font with CJK glyphs (Debian: fonts-wqy-zenhei or fonts-noto-cjk) fixes the figures."]

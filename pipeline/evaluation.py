@@ -1,0 +1,444 @@
+"""Classification metrics for the evaluate stage, in plain NumPy.
+
+The fine-tuned model and the head-only model are scored by these same functions on the same test
+split, so their numbers compare directly. Every function is pure: arrays in, numbers out.
+
+Conventions, shared by all functions:
+
+- ``labels`` are integer class indices, shape ``(n,)``; ``probabilities`` are shape ``(n, k)``,
+  one row per sample; ``binary_truth`` is 0/1 (or bool) and ``scores`` are the positive class's.
+- The predicted class is the arg-max of a row; an exact tie goes to the lowest class index.
+- A ratio whose denominator is 0 (precision of a class never predicted, recall of a class never
+  present) is 0.0, as scikit-learn's ``zero_division=0``.
+- A ranking metric that needs both outcomes in the truth (ROC AUC) is nan when only one is present.
+- No samples at all is a ValueError: an empty test split is a bug upstream, not a score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Count samples by true class (rows) and predicted class (columns).
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        predicted: predicted class indices, shape ``(n,)``.
+        num_classes: ``k``, the number of classes; classes that never occur still get a row and a column.
+
+    Returns:
+        A ``(k, k)`` integer matrix.
+
+    Raises:
+        ValueError: no samples, mismatched lengths, or an index outside ``[0, k)``.
+    """
+    labels = _class_indices(labels, num_classes, "labels")
+    predicted = _class_indices(predicted, num_classes, "predicted")
+    if len(labels) != len(predicted):
+        raise ValueError(f"labels ({len(labels)}) and predicted ({len(predicted)}) differ in length")
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    return confusion
+
+
+def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support of each class, read off a confusion matrix.
+
+    Args:
+        confusion: a ``(k, k)`` matrix from ``confusion_matrix``.
+
+    Returns:
+        ``precision``, ``recall``, ``f1`` (float arrays, shape ``(k,)``; 0/0 counts as 0.0) and
+        ``support`` (int array: true samples per class).
+    """
+    confusion = np.asarray(confusion)
+    hits = np.diag(confusion).astype(float)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    return {
+        "precision": _divide(hits, predicted),
+        "recall": _divide(hits, support),
+        # 2TP / (2TP + FP + FN): the harmonic mean of precision and recall, and 0.0 when both are.
+        "f1": _divide(2 * hits, support + predicted),
+        "support": support.astype(np.int64),
+    }
+
+
+def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:
+    """Fraction of samples whose true class is among the ``k`` most probable.
+
+    Tie rule: the true class counts as in the top ``k`` when fewer than ``k`` classes have a
+    strictly higher probability. Ties therefore go to the true class, and the result does not
+    depend on class order (so ``k=1`` can exceed arg-max accuracy on exactly tied rows).
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        probabilities: shape ``(n, num_classes)``.
+        k: how many of the most probable classes count; at least 1.
+
+    Returns:
+        A fraction in ``[0, 1]``; 1.0 whenever ``k >= num_classes``.
+
+    Raises:
+        ValueError: ``k < 1`` or invalid inputs (see ``confusion_matrix``).
+    """
+    labels, probabilities = _check_predictions(labels, probabilities)
+    if k < 1:
+        raise ValueError(f"top-k accuracy needs k >= 1, got {k}")
+    truth = probabilities[np.arange(len(labels)), labels]
+    higher = (probabilities > truth[:, None]).sum(axis=1)
+    return float(np.mean(higher < k))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-15) -> float:
+    """Mean negative natural log of the probability given to the true class.
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        probabilities: shape ``(n, num_classes)``.
+        eps: probabilities are clipped to ``[eps, 1]`` first, so a confident miss costs ``-log(eps)``
+            rather than infinity.
+
+    Returns:
+        The mean loss, in nats.
+    """
+    labels, probabilities = _check_predictions(labels, probabilities)
+    truth = np.clip(probabilities[np.arange(len(labels)), labels], eps, 1.0)
+    return float(np.mean(-np.log(truth)))
+
+
+def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> list[dict[str, Any]]:
+    """Group predictions by confidence (the top probability) into equal-width bins on ``[0, 1]``.
+
+    Each bin is ``[lower, upper)``, except the last, which is ``[lower, 1]``: a confidence of
+    exactly 1.0 lands there, and one on an inner edge lands in the bin above it.
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        probabilities: shape ``(n, num_classes)``.
+        bins: number of bins.
+
+    Returns:
+        One dict per bin, in order: ``lower``, ``upper``, ``count`` (int), ``confidence`` (mean top
+        probability) and ``accuracy`` (fraction whose arg-max is right); the last two are nan for
+        an empty bin (nothing to plot). Plain Python numbers.
+    """
+    labels, probabilities = _check_predictions(labels, probabilities)
+    if bins < 1:
+        raise ValueError(f"reliability needs at least one bin, got {bins}")
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.searchsorted(edges[1:-1], confidence, side="right")
+    result = []
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        result.append({
+            "lower": float(edges[b]),
+            "upper": float(edges[b + 1]),
+            "count": count,
+            "confidence": float(confidence[members].mean()) if count else float("nan"),
+            "accuracy": float(correct[members].mean()) if count else float("nan"),
+        })
+    return result
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: sum over bins of ``count / n * |accuracy - confidence|``.
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        probabilities: shape ``(n, num_classes)``.
+        bins: number of equal-width confidence bins (see ``reliability_bins``).
+
+    Returns:
+        A value in ``[0, 1]``; 0 for a perfectly calibrated model.
+    """
+    table = reliability_bins(labels, probabilities, bins)
+    n = sum(b["count"] for b in table)
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in table if b["count"]))
+
+
+def roc_curve(binary_truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ROC curve, one point per distinct score, highest threshold first.
+
+    A sample is called positive when its score is ``>=`` the threshold, so tied scores enter the
+    curve together (a diagonal step). Collinear points are kept.
+
+    Args:
+        binary_truth: 0/1 or bool, shape ``(n,)``.
+        scores: higher means more likely positive, shape ``(n,)``.
+
+    Returns:
+        ``(fpr, tpr, thresholds)``, each of length distinct scores + 1; the first point is
+        ``(0, 0)`` at threshold ``inf``. ``fpr`` (``tpr``) is nan when the truth has no negatives
+        (positives).
+    """
+    fps, tps, thresholds = _binary_counts(binary_truth, scores)
+    fps, tps = np.r_[0, fps], np.r_[0, tps]
+    return _divide(fps, fps[-1], empty=np.nan), _divide(tps, tps[-1], empty=np.nan), np.r_[np.inf, thresholds]
+
+
+def roc_auc(binary_truth: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve, by the trapezoid rule over ``roc_curve``.
+
+    Equal to the probability that a random positive scores above a random negative, a tie
+    counting 1/2 (the Mann-Whitney statistic).
+
+    Args:
+        binary_truth: 0/1 or bool, shape ``(n,)``.
+        scores: higher means more likely positive, shape ``(n,)``.
+
+    Returns:
+        The AUC in ``[0, 1]``, or nan when the truth holds only one class.
+    """
+    fpr, tpr, _ = roc_curve(binary_truth, scores)
+    if np.isnan(fpr[-1]) or np.isnan(tpr[-1]):
+        return float("nan")
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def precision_recall_curve(binary_truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall at each distinct score threshold, laid out as scikit-learn does.
+
+    Args:
+        binary_truth: 0/1 or bool, shape ``(n,)``.
+        scores: higher means more likely positive, shape ``(n,)``.
+
+    Returns:
+        ``(precision, recall, thresholds)``: thresholds ascending; ``precision`` and ``recall`` one
+        longer, ending with the point ``(1, 0)``, so recall is non-increasing. Recall is nan when
+        the truth has no positives.
+    """
+    fps, tps, thresholds = _binary_counts(binary_truth, scores)
+    precision = _divide(tps, tps + fps)
+    recall = _divide(tps, tps[-1], empty=np.nan)
+    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
+
+
+def average_precision(binary_truth: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision, step-wise: the sum of ``(R_n - R_{n-1}) * P_n`` over thresholds.
+
+    No interpolation, as scikit-learn's ``average_precision_score``.
+
+    Args:
+        binary_truth: 0/1 or bool, shape ``(n,)``.
+        scores: higher means more likely positive, shape ``(n,)``.
+
+    Returns:
+        AP in ``[0, 1]``, or nan when the truth has no positives.
+    """
+    precision, recall, _ = precision_recall_curve(binary_truth, scores)
+    if np.isnan(recall[0]):
+        return float("nan")
+    return float(-np.sum(np.diff(recall) * precision[:-1]))
+
+
+def roc_auc_ovr(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """One-vs-rest ROC AUC of each class, and their macro and support-weighted means.
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        probabilities: shape ``(n, num_classes)``.
+
+    Returns:
+        ``per_class`` (float array, nan for a class that is absent from the truth or is all of it),
+        ``macro`` (mean over the classes whose AUC is defined) and ``weighted`` (the same classes,
+        weighted by support); both nan when no class has a defined AUC.
+    """
+    labels, probabilities = _check_predictions(labels, probabilities)
+    classes = range(probabilities.shape[1])
+    per_class = np.array([roc_auc(labels == c, probabilities[:, c]) for c in classes])
+    support = np.bincount(labels, minlength=probabilities.shape[1])
+    defined = ~np.isnan(per_class)
+    if not defined.any():
+        return {"per_class": per_class, "macro": float("nan"), "weighted": float("nan")}
+    weighted = np.sum(per_class[defined] * support[defined]) / np.sum(support[defined])
+    return {"per_class": per_class, "macro": float(np.mean(per_class[defined])), "weighted": float(weighted)}
+
+
+def summarize(
+    labels: np.ndarray, probabilities: np.ndarray, classes: list[str], top_k: int, bins: int = 15
+) -> dict[str, Any]:
+    """Every headline number for one model on one split, as a JSON-ready dict (nothing rounded).
+
+    Macro means run over the classes that occur in the truth or the predictions (scikit-learn's
+    default); a class absent from both still appears under ``per_class``, with zeros.
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        probabilities: shape ``(n, len(classes))``.
+        classes: class names, in index order.
+        top_k: ``k`` for ``top_{k}_accuracy``, reported only when there are more than ``k`` classes.
+        bins: confidence bins for the ECE.
+
+    Returns:
+        ``n``, ``accuracy``, ``precision``/``recall``/``f1`` with ``_macro`` and ``_weighted``
+        suffixes, ``log_loss``, ``ece``, ``roc_auc`` (binary: class 1's AUC; more classes: the
+        macro one-vs-rest AUC, plus ``roc_auc_weighted``), maybe ``top_{k}_accuracy``, and
+        ``per_class``: ``{name: {precision, recall, f1, support, accuracy}}``. AUCs may be nan.
+    """
+    labels, probabilities = _check_predictions(labels, probabilities)
+    _check_classes(classes, probabilities.shape[1])
+    predicted = probabilities.argmax(axis=1)
+    scores = per_class_scores(confusion_matrix(labels, predicted, len(classes)))
+    summary: dict[str, Any] = {"n": len(labels), "accuracy": float(np.mean(predicted == labels))}
+    if len(classes) > top_k:
+        summary[f"top_{top_k}_accuracy"] = top_k_accuracy(labels, probabilities, top_k)
+    summary.update(_averages(scores, present=np.isin(np.arange(len(classes)), np.r_[labels, predicted])))
+    summary["log_loss"] = log_loss(labels, probabilities)
+    summary["ece"] = expected_calibration_error(labels, probabilities, bins)
+    summary.update(_auc_summary(labels, probabilities))
+    summary["per_class"] = _per_class(scores, classes)
+    return summary
+
+
+def _per_class(scores: dict[str, np.ndarray], classes: list[str]) -> dict[str, dict[str, float | int]]:
+    return {
+        name: {
+            "precision": float(scores["precision"][c]),
+            "recall": float(scores["recall"][c]),
+            "f1": float(scores["f1"][c]),
+            "support": int(scores["support"][c]),
+            "accuracy": float(scores["recall"][c]),  # a class's accuracy is its recall
+        }
+        for c, name in enumerate(classes)
+    }
+
+
+def _averages(scores: dict[str, np.ndarray], present: np.ndarray) -> dict[str, float]:
+    """Macro (over ``present`` classes) and support-weighted precision, recall and F1."""
+    support = scores["support"]
+    result = {}
+    for name in ("precision", "recall", "f1"):
+        result[f"{name}_macro"] = float(np.mean(scores[name][present]))
+        result[f"{name}_weighted"] = float(np.sum(scores[name] * support) / np.sum(support))
+    return result
+
+
+def _auc_summary(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    if probabilities.shape[1] == 2:
+        return {"roc_auc": roc_auc(labels == 1, probabilities[:, 1])}
+    ovr = roc_auc_ovr(labels, probabilities)
+    return {"roc_auc": ovr["macro"], "roc_auc_weighted": ovr["weighted"]}
+
+
+def _binary_counts(binary_truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positives at each distinct score used as a threshold, highest first."""
+    truth, scores = _check_binary(binary_truth, scores)
+    order = np.argsort(-scores, kind="stable")
+    scores, truth = scores[order], truth[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last sample of each run of equal scores
+    tps = np.cumsum(truth)[last]
+    fps = last + 1 - tps
+    return fps, tps, scores[last]
+
+
+def _check_predictions(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.ndim != 2:
+        raise ValueError(f"probabilities must be 2-D (samples, classes), got shape {probabilities.shape}")
+    labels = _class_indices(labels, probabilities.shape[1], "labels")
+    if len(labels) != len(probabilities):
+        raise ValueError(f"labels ({len(labels)}) and probabilities ({len(probabilities)}) differ in length")
+    return labels, probabilities
+
+
+def _class_indices(values: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {values.shape}")
+    if len(values) == 0:
+        raise ValueError(f"no samples to evaluate: {name} is empty")
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name} must be integer class indices, got dtype {values.dtype}")
+    if values.min() < 0 or values.max() >= num_classes:
+        raise ValueError(f"{name} must lie in [0, {num_classes}), found {values.min()}..{values.max()}")
+    return values
+
+
+def _check_binary(binary_truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    truth, scores = np.asarray(binary_truth), np.asarray(scores, dtype=float)
+    if truth.ndim != 1 or truth.shape != scores.shape:
+        raise ValueError(f"binary_truth {truth.shape} and scores {scores.shape} must be 1-D and of equal length")
+    if len(truth) == 0:
+        raise ValueError("no samples to evaluate: binary_truth is empty")
+    if not np.isin(truth, (0, 1)).all():
+        raise ValueError("binary_truth must hold only 0/1 (or False/True)")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    return truth.astype(np.int64), scores
+
+
+def _check_classes(classes: list[str], num_classes: int) -> None:
+    if len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names for {num_classes} probability columns")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"class names must be unique, got {classes}")
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray, empty: float = 0.0) -> np.ndarray:
+    """Element-wise ratio, ``empty`` where the denominator is 0."""
+    numerator = np.asarray(numerator, dtype=float)
+    denominator = np.broadcast_to(np.asarray(denominator, dtype=float), numerator.shape)
+    result = np.full(numerator.shape, empty, dtype=float)
+    np.divide(numerator, denominator, out=result, where=denominator != 0)
+    return result
+
+
+def curve_inputs(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Truth and scores for one ROC/PR curve: class 1's probability for two classes, otherwise the
+    micro average (every one-vs-rest decision pooled).
+
+    Returns:
+        Binary truth, scores, and what the curve is of (for titles).
+    """
+    labels, probabilities = _check_predictions(labels, probabilities)
+    if probabilities.shape[1] == 2:
+        return labels == 1, probabilities[:, 1], "class 1"
+    onehot = np.eye(probabilities.shape[1], dtype=bool)[labels]
+    return onehot.ravel(), probabilities.ravel(), "micro-average, one-vs-rest"
+
+
+def thin(table_length: int, most: int) -> np.ndarray:
+    """Indices of at most ``most`` rows spread evenly over a table, first and last included."""
+    if table_length <= most:
+        return np.arange(table_length)
+    return np.unique(np.linspace(0, table_length - 1, most).round().astype(int))
+
+
+def plot_tables(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], bins: int,
+                curve_points: int = 500) -> dict[str, Any]:
+    """The data-series files `dvc plots` draws, as tables by name.
+
+    ``confusion``: one row per sample with the ``actual`` and ``predicted`` class names (DVC's
+    confusion template counts them); ``reliability``: the confidence bins; ``roc`` (fpr, tpr,
+    threshold) and ``pr`` (recall, precision, threshold) of ``curve_inputs``, thinned to at most
+    ``curve_points`` rows so the files stay small.
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        probabilities: shape ``(n, len(classes))``.
+        classes: class names, in index order.
+        bins: confidence bins of the reliability table.
+        curve_points: the most rows of a curve table.
+    """
+    import pandas as pd
+
+    labels, probabilities = _check_predictions(labels, probabilities)
+    names = np.asarray(classes, dtype=object)
+    truth, scores, _ = curve_inputs(labels, probabilities)
+    fpr, tpr, thresholds = roc_curve(truth, scores)
+    precision, recall, cuts = precision_recall_curve(truth, scores)
+    roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
+    pr = pd.DataFrame({"recall": recall, "precision": precision, "threshold": np.append(cuts, np.nan)})
+    return {
+        "confusion": pd.DataFrame({"actual": names[labels], "predicted": names[probabilities.argmax(axis=1)]}),
+        "reliability": pd.DataFrame(reliability_bins(labels, probabilities, bins)),
+        "roc": roc.iloc[thin(len(roc), curve_points)].reset_index(drop=True),
+        "pr": pr.iloc[thin(len(pr), curve_points)].reset_index(drop=True),
+    }

@@ -1,0 +1,335 @@
+"""Evaluation metrics against hand-made predictions whose answers are worked out by hand below."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import evaluation
+
+# Three classes, eight samples. Probabilities are multiples of 1/8, so every log and mean is exact.
+#
+#  #  label  probabilities (cat, dog, fox)  arg-max  right  confidence  p(true)  classes strictly above true
+#  1   0     0.5    0.25   0.25             0        yes    0.5         1/2      none
+#  2   0     0.75   0.125  0.125            0        yes    0.75        3/4      none
+#  3   0     0.25   0.625  0.125            1        no     0.625       1/4      dog          -> top-2 hit
+#  4   1     0.125  0.75   0.125            1        yes    0.75        3/4      none
+#  5   1     0.625  0.25   0.125            0        no     0.625       1/4      cat          -> top-2 hit
+#  6   1     0.5    0.125  0.375            0        no     0.5         1/8      cat, fox     -> top-2 miss
+#  7   2     0.125  0.125  0.75             2        yes    0.75        3/4      none
+#  8   2     0.25   0.25   0.5              2        yes    0.5         1/2      none
+CLASSES = ["cat", "dog", "fox"]
+LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+PROBABILITIES = np.array([
+    [0.5, 0.25, 0.25],
+    [0.75, 0.125, 0.125],
+    [0.25, 0.625, 0.125],
+    [0.125, 0.75, 0.125],
+    [0.625, 0.25, 0.125],
+    [0.5, 0.125, 0.375],
+    [0.125, 0.125, 0.75],
+    [0.25, 0.25, 0.5],
+])
+PREDICTED = np.array([0, 0, 1, 1, 0, 0, 2, 2])
+
+# Confusion (rows true, columns predicted):  cat [2, 1, 0], dog [2, 1, 0], fox [0, 0, 2].
+# Predicted per class (column sums): 4, 2, 2.  Support (row sums): 3, 3, 2.
+#   cat: precision 2/4 = 1/2, recall 2/3, F1 = 2*2 / (3 + 4) = 4/7
+#   dog: precision 1/2,       recall 1/3, F1 = 2*1 / (3 + 2) = 2/5
+#   fox: precision 2/2 = 1,   recall 2/2 = 1, F1 = 1
+# Macro:    precision (1/2 + 1/2 + 1) / 3 = 2/3, recall (2/3 + 1/3 + 1) / 3 = 2/3,
+#           F1 (4/7 + 2/5 + 1) / 3 = (20 + 14 + 35) / 105 = 23/35
+# Weighted: precision (3/2 + 3/2 + 2) / 8 = 5/8, recall (2 + 1 + 2) / 8 = 5/8,
+#           F1 (12/7 + 6/5 + 2) / 8 = (60 + 42 + 70) / 280 = 43/70
+# Accuracy 5/8; top-2 accuracy 7/8 (only sample 6 misses).
+# Log loss = -(log 1/2 + log 3/4 + log 1/4 + log 3/4 + log 1/4 + log 1/8 + log 3/4 + log 1/2) / 8
+#          = (15 log 2 - 3 log 3) / 8.
+EXPECTED_LOG_LOSS = -(
+    math.log(1 / 2) + math.log(3 / 4) + math.log(1 / 4) + math.log(3 / 4)
+    + math.log(1 / 4) + math.log(1 / 8) + math.log(3 / 4) + math.log(1 / 2)
+) / 8
+# ECE with 4 bins (edges 0, 1/4, 1/2, 3/4, 1; an edge goes to the bin above it):
+#   [0.5, 0.75): samples 1, 3, 5, 6, 8: confidence (0.5 + 0.625 + 0.625 + 0.5 + 0.5) / 5 = 0.55,
+#                accuracy 2/5 (1 and 8 right), gap 0.15
+#   [0.75, 1]:   samples 2, 4, 7: confidence 0.75, accuracy 3/3, gap 0.25
+#   ECE = 5/8 * 0.15 + 3/8 * 0.25 = 3/16
+# One-vs-rest AUC, counting (positive, negative) pairs with the positive scored higher, a tie 1/2:
+#   cat: positives p = 0.5, 0.75, 0.25; negatives p = 0.125, 0.625, 0.5, 0.125, 0.25
+#        0.5 -> 1 + 0 + 1/2 + 1 + 1 = 3.5; 0.75 -> 5; 0.25 -> 1 + 0 + 0 + 1 + 1/2 = 2.5; AUC 11/15
+#   dog: positives p = 0.75, 0.25, 0.125; negatives p = 0.25, 0.125, 0.625, 0.125, 0.25
+#        0.75 -> 5; 0.25 -> 1/2 + 1 + 0 + 1 + 1/2 = 3; 0.125 -> 0 + 1/2 + 0 + 1/2 + 0 = 1; AUC 9/15
+#   fox: positives 0.75, 0.5 above every negative (at most 0.375); AUC 1
+#   macro (11/15 + 9/15 + 1) / 3 = 7/9; weighted (3 * 11/15 + 3 * 9/15 + 2 * 1) / 8 = 3/4
+
+# Binary: eight samples, four positives, one positive tied with a negative at 0.7.
+BINARY_TRUTH = np.array([1, 1, 0, 1, 0, 1, 0, 0])
+BINARY_SCORES = np.array([0.9, 0.8, 0.7, 0.7, 0.6, 0.4, 0.3, 0.2])
+# Pairs (4 x 4 = 16): positive 0.9 beats all 4, 0.8 all 4, 0.7 ties 0.7 (1/2) and beats 0.6, 0.3, 0.2,
+# 0.4 beats 0.3 and 0.2: (4 + 4 + 3.5 + 2) / 16 = 27/32.
+# Thresholds 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2 give (TP, FP) = (1,0) (2,0) (3,1) (3,2) (4,2) (4,3) (4,4):
+#   recall    1/4, 1/2, 3/4, 3/4, 1,   1,   1
+#   precision 1,   1,   3/4, 3/5, 2/3, 4/7, 1/2
+# AP = sum of recall step * precision = 1/4 * 1 + 1/4 * 1 + 1/4 * 3/4 + 1/4 * 2/3 = 41/48.
+
+
+def test_confusion_matrix_counts_true_rows_against_predicted_columns() -> None:
+    confusion = evaluation.confusion_matrix(LABELS, PREDICTED, 3)
+    assert confusion.tolist() == [[2, 1, 0], [2, 1, 0], [0, 0, 2]]
+
+
+def test_per_class_scores_match_the_hand_worked_values() -> None:
+    scores = evaluation.per_class_scores(np.array([[2, 1, 0], [2, 1, 0], [0, 0, 2]]))
+    assert scores["precision"] == pytest.approx([1 / 2, 1 / 2, 1])
+    assert scores["recall"] == pytest.approx([2 / 3, 1 / 3, 1])
+    assert scores["f1"] == pytest.approx([4 / 7, 2 / 5, 1])
+    assert scores["support"].tolist() == [3, 3, 2]
+
+
+def test_zero_division_gives_zero_for_classes_never_predicted_or_never_present() -> None:
+    # Labels [0, 0, 1], predicted [0, 2, 1], four classes. Class 2 is predicted once but never true:
+    # precision 0/1 = 0, recall 0/0 = 0. Class 3 is neither: everything 0/0 = 0.
+    confusion = evaluation.confusion_matrix(np.array([0, 0, 1]), np.array([0, 2, 1]), 4)
+    assert confusion.tolist() == [[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    scores = evaluation.per_class_scores(confusion)
+    # class 0: precision 1/1, recall 1/2, F1 2*1 / (2 + 1) = 2/3; class 3 never seen: all 0/0 -> 0
+    assert scores["precision"] == pytest.approx([1, 1, 0, 0])
+    assert scores["recall"] == pytest.approx([1 / 2, 1, 0, 0])
+    assert scores["f1"] == pytest.approx([2 / 3, 1, 0, 0])
+    assert scores["support"].tolist() == [2, 1, 0, 0]
+
+
+def test_top_k_accuracy_of_the_hand_made_set() -> None:
+    assert evaluation.top_k_accuracy(LABELS, PROBABILITIES, 1) == pytest.approx(5 / 8)
+    assert evaluation.top_k_accuracy(LABELS, PROBABILITIES, 2) == pytest.approx(7 / 8)
+    assert evaluation.top_k_accuracy(LABELS, PROBABILITIES, 3) == 1.0
+
+
+def test_top_k_ties_go_to_the_true_class() -> None:
+    probabilities = np.array([[0.4, 0.4, 0.2]])
+    # No class is strictly above class 0 or class 1, so either counts as a top-1 hit.
+    assert evaluation.top_k_accuracy(np.array([0]), probabilities, 1) == 1.0
+    assert evaluation.top_k_accuracy(np.array([1]), probabilities, 1) == 1.0
+    # Two classes are strictly above class 2: outside the top 2, inside the top 3.
+    assert evaluation.top_k_accuracy(np.array([2]), probabilities, 2) == 0.0
+    assert evaluation.top_k_accuracy(np.array([2]), probabilities, 3) == 1.0
+    # A uniform row is a hit for every label.
+    assert evaluation.top_k_accuracy(np.array([0, 1, 2]), np.full((3, 3), 1 / 3), 1) == 1.0
+
+
+def test_top_k_rejects_k_below_one() -> None:
+    with pytest.raises(ValueError, match="k >= 1"):
+        evaluation.top_k_accuracy(LABELS, PROBABILITIES, 0)
+
+
+def test_log_loss_of_the_hand_made_set() -> None:
+    assert evaluation.log_loss(LABELS, PROBABILITIES) == pytest.approx(EXPECTED_LOG_LOSS)
+    assert evaluation.log_loss(LABELS, PROBABILITIES) == pytest.approx((15 * math.log(2) - 3 * math.log(3)) / 8)
+
+
+def test_log_loss_clips_a_zero_true_class_probability() -> None:
+    labels = np.array([0, 1])
+    probabilities = np.array([[1.0, 0.0], [1.0, 0.0]])
+    # Losses -log(1) = 0 and -log(eps).
+    assert evaluation.log_loss(labels, probabilities) == pytest.approx(-math.log(1e-15) / 2)
+    assert evaluation.log_loss(labels, probabilities, eps=1e-7) == pytest.approx(-math.log(1e-7) / 2)
+
+
+def test_reliability_bins_of_the_hand_made_set() -> None:
+    table = evaluation.reliability_bins(LABELS, PROBABILITIES, bins=4)
+    assert [(b["lower"], b["upper"], b["count"]) for b in table] == [
+        (0.0, 0.25, 0),
+        (0.25, 0.5, 0),
+        (0.5, 0.75, 5),
+        (0.75, 1.0, 3),
+    ]
+    assert math.isnan(table[0]["confidence"]) and math.isnan(table[0]["accuracy"])
+    assert table[2]["confidence"] == pytest.approx(0.55)
+    assert table[2]["accuracy"] == pytest.approx(2 / 5)
+    assert table[3]["confidence"] == pytest.approx(0.75)
+    assert table[3]["accuracy"] == 1.0
+
+
+def test_expected_calibration_error_of_the_hand_made_set() -> None:
+    assert evaluation.expected_calibration_error(LABELS, PROBABILITIES, bins=4) == pytest.approx(3 / 16)
+    # Two bins: everything lands in [0.5, 1], mean confidence (3*0.5 + 2*0.625 + 3*0.75) / 8 = 5/8 = accuracy.
+    assert evaluation.expected_calibration_error(LABELS, PROBABILITIES, bins=2) == pytest.approx(0.0)
+
+
+def test_a_confidence_of_exactly_one_goes_to_the_last_bin() -> None:
+    # Sample 1: confidence 1.0, wrong. Sample 2: confidence 0.25 (on an edge, so the bin above), right.
+    labels = np.array([1, 0])
+    probabilities = np.array([[1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    table = evaluation.reliability_bins(labels, probabilities, bins=4)
+    assert [b["count"] for b in table] == [0, 1, 0, 1]
+    assert table[3]["accuracy"] == 0.0
+    # ECE = 1/2 * |0 - 1| + 1/2 * |1 - 0.25| = 7/8
+    assert evaluation.expected_calibration_error(labels, probabilities, bins=4) == pytest.approx(7 / 8)
+
+
+def test_roc_curve_steps_through_distinct_scores_with_ties_together() -> None:
+    fpr, tpr, thresholds = evaluation.roc_curve(BINARY_TRUTH, BINARY_SCORES)
+    assert thresholds.tolist() == [math.inf, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2]
+    assert fpr == pytest.approx([0, 0, 0, 1 / 4, 1 / 2, 1 / 2, 3 / 4, 1])
+    assert tpr == pytest.approx([0, 1 / 4, 1 / 2, 3 / 4, 3 / 4, 1, 1, 1])
+
+
+def test_roc_auc_counts_a_tied_pair_as_half() -> None:
+    assert evaluation.roc_auc(BINARY_TRUTH, BINARY_SCORES) == pytest.approx(27 / 32)
+    assert evaluation.roc_auc(BINARY_TRUTH.astype(bool), BINARY_SCORES) == pytest.approx(27 / 32)
+    # All scores equal: every pair is a tie, AUC 1/2. Reversed scores: 1 - 27/32.
+    assert evaluation.roc_auc(BINARY_TRUTH, np.full(8, 0.3)) == pytest.approx(1 / 2)
+    assert evaluation.roc_auc(BINARY_TRUTH, -BINARY_SCORES) == pytest.approx(5 / 32)
+
+
+def test_precision_recall_curve_and_average_precision() -> None:
+    precision, recall, thresholds = evaluation.precision_recall_curve(BINARY_TRUTH, BINARY_SCORES)
+    assert thresholds.tolist() == [0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9]
+    assert precision == pytest.approx([1 / 2, 4 / 7, 2 / 3, 3 / 5, 3 / 4, 1, 1, 1])
+    assert recall == pytest.approx([1, 1, 1, 3 / 4, 3 / 4, 1 / 2, 1 / 4, 0])
+    assert evaluation.average_precision(BINARY_TRUTH, BINARY_SCORES) == pytest.approx(41 / 48)
+
+
+def test_average_precision_with_a_tie_at_the_top() -> None:
+    # Scores 0.9 (pos), 0.9 (neg), 0.1 (pos): threshold 0.9 gives TP 1, FP 1 -> P 1/2, R 1/2;
+    # threshold 0.1 gives TP 2, FP 1 -> P 2/3, R 1. AP = 1/2 * 1/2 + 1/2 * 2/3 = 7/12.
+    assert evaluation.average_precision(np.array([1, 0, 1]), np.array([0.9, 0.9, 0.1])) == pytest.approx(7 / 12)
+
+
+@pytest.mark.parametrize("truth", [[1, 1, 1], [0, 0, 0]])
+def test_a_single_class_in_the_truth_gives_nan_auc(truth: list[int]) -> None:
+    assert math.isnan(evaluation.roc_auc(np.array(truth), np.array([0.1, 0.5, 0.9])))
+
+
+def test_average_precision_is_nan_without_positives_and_one_with_only_positives() -> None:
+    scores = np.array([0.1, 0.5, 0.9])
+    assert math.isnan(evaluation.average_precision(np.array([0, 0, 0]), scores))
+    assert evaluation.average_precision(np.array([1, 1, 1]), scores) == pytest.approx(1.0)
+
+
+def test_roc_auc_ovr_of_the_hand_made_set() -> None:
+    ovr = evaluation.roc_auc_ovr(LABELS, PROBABILITIES)
+    assert ovr["per_class"] == pytest.approx([11 / 15, 9 / 15, 1])
+    assert ovr["macro"] == pytest.approx(7 / 9)
+    assert ovr["weighted"] == pytest.approx(3 / 4)
+
+
+def test_roc_auc_ovr_skips_classes_without_both_outcomes() -> None:
+    # Class 2 never occurs: its AUC is nan and it is left out of both means.
+    # cat: positives p = 0.5, 0.25 vs negatives 0.25, 0.5 -> 1 + 1/2 + 1/2 + 0 = 2 of 4 pairs; dog likewise.
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.5, 0.25], [0.5, 0.25, 0.25]])
+    ovr = evaluation.roc_auc_ovr(labels, probabilities)
+    assert ovr["per_class"][:2] == pytest.approx([1 / 2, 1 / 2])
+    assert math.isnan(ovr["per_class"][2])
+    assert ovr["macro"] == pytest.approx(1 / 2)
+    assert ovr["weighted"] == pytest.approx(1 / 2)
+    single = evaluation.roc_auc_ovr(np.array([0, 0]), np.array([[0.9, 0.1], [0.6, 0.4]]))
+    assert math.isnan(single["macro"]) and math.isnan(single["weighted"])
+
+
+def test_summarize_a_multiclass_set() -> None:
+    summary = evaluation.summarize(LABELS, PROBABILITIES, CLASSES, top_k=2, bins=4)
+    assert json.loads(json.dumps(summary, allow_nan=False)) == summary
+    assert set(summary) == {
+        "n", "accuracy", "top_2_accuracy", "precision_macro", "precision_weighted", "recall_macro",
+        "recall_weighted", "f1_macro", "f1_weighted", "log_loss", "ece", "roc_auc", "roc_auc_weighted", "per_class",
+    }
+    assert summary["n"] == 8
+    assert summary["accuracy"] == pytest.approx(5 / 8)
+    assert summary["top_2_accuracy"] == pytest.approx(7 / 8)
+    assert summary["precision_macro"] == pytest.approx(2 / 3)
+    assert summary["recall_macro"] == pytest.approx(2 / 3)
+    assert summary["f1_macro"] == pytest.approx(23 / 35)
+    assert summary["precision_weighted"] == pytest.approx(5 / 8)
+    assert summary["recall_weighted"] == pytest.approx(5 / 8)
+    assert summary["f1_weighted"] == pytest.approx(43 / 70)
+    assert summary["log_loss"] == pytest.approx(EXPECTED_LOG_LOSS)
+    assert summary["ece"] == pytest.approx(3 / 16)
+    assert summary["roc_auc"] == pytest.approx(7 / 9)
+    assert summary["roc_auc_weighted"] == pytest.approx(3 / 4)
+    assert summary["per_class"]["dog"] == pytest.approx(
+        {"precision": 1 / 2, "recall": 1 / 3, "f1": 2 / 5, "support": 3, "accuracy": 1 / 3}
+    )
+    assert list(summary["per_class"]) == CLASSES
+
+
+def test_summarize_returns_plain_python_numbers() -> None:
+    summary = evaluation.summarize(LABELS, PROBABILITIES, CLASSES, top_k=2)
+    values = [v for k, v in summary.items() if k != "per_class"]
+    values += [v for scores in summary["per_class"].values() for v in scores.values()]
+    assert all(type(v) in (int, float) for v in values)
+    assert type(summary["n"]) is int and type(summary["per_class"]["cat"]["support"]) is int
+
+
+def test_summarize_a_binary_set_uses_class_one_auc_and_omits_top_k() -> None:
+    probabilities = np.stack([1 - BINARY_SCORES, BINARY_SCORES], axis=1)
+    summary = evaluation.summarize(BINARY_TRUTH, probabilities, ["no", "yes"], top_k=2)
+    assert summary["roc_auc"] == pytest.approx(27 / 32)
+    assert "roc_auc_weighted" not in summary
+    assert not any(key.startswith("top_") for key in summary)
+    # Arg-max is "yes" above 0.5: right for 0.9, 0.8 and the positive 0.7, wrong for the negative 0.7 and 0.6;
+    # "no" below: wrong for the positive 0.4, right for 0.3 and 0.2. 5 of 8.
+    assert summary["accuracy"] == pytest.approx(5 / 8)
+
+
+def test_top_k_key_is_absent_when_classes_do_not_exceed_k() -> None:
+    assert "top_3_accuracy" not in evaluation.summarize(LABELS, PROBABILITIES, CLASSES, top_k=3)
+    assert "top_5_accuracy" not in evaluation.summarize(LABELS, PROBABILITIES, CLASSES, top_k=5)
+
+
+def test_summarize_survives_a_class_that_never_occurs() -> None:
+    # Same four samples as the OvR test; "fox" is neither true nor predicted.
+    # Confusion cat [1, 1, 0], dog [1, 1, 0]: precision, recall, F1 all 1/2 for cat and dog, 0 for fox.
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.5, 0.25], [0.5, 0.25, 0.25]])
+    summary = evaluation.summarize(labels, probabilities, CLASSES, top_k=2)
+    json.dumps(summary, allow_nan=False)
+    # Macro over the classes that occur (cat, dog), not dragged down to 1/3 by fox.
+    assert summary["precision_macro"] == pytest.approx(1 / 2)
+    assert summary["f1_macro"] == pytest.approx(1 / 2)
+    assert summary["per_class"]["fox"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "accuracy": 0.0}
+    assert summary["roc_auc"] == pytest.approx(1 / 2)
+
+
+def test_summarize_with_a_single_class_in_the_truth_reports_nan_auc() -> None:
+    labels = np.array([1, 1, 1])
+    probabilities = np.array([[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]])
+    summary = evaluation.summarize(labels, probabilities, ["no", "yes"], top_k=1)
+    assert math.isnan(summary["roc_auc"])
+    json.dumps(summary)  # nan is written as NaN, which Python's json reads back
+    # Arg-max: yes, no (tie -> lowest index), no: accuracy 1/3. Top-1 with ties to the true class: 2/3.
+    assert summary["accuracy"] == pytest.approx(1 / 3)
+    assert summary["top_1_accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: evaluation.confusion_matrix(np.array([], dtype=int), np.array([], dtype=int), 3),
+        lambda: evaluation.top_k_accuracy(np.array([], dtype=int), np.zeros((0, 3)), 1),
+        lambda: evaluation.log_loss(np.array([], dtype=int), np.zeros((0, 3))),
+        lambda: evaluation.expected_calibration_error(np.array([], dtype=int), np.zeros((0, 3))),
+        lambda: evaluation.roc_auc(np.array([]), np.array([])),
+        lambda: evaluation.average_precision(np.array([]), np.array([])),
+        lambda: evaluation.roc_auc_ovr(np.array([], dtype=int), np.zeros((0, 3))),
+        lambda: evaluation.summarize(np.array([], dtype=int), np.zeros((0, 3)), CLASSES, top_k=2),
+        lambda: evaluation.summarize([], np.zeros((0, 3)), CLASSES, top_k=2),
+    ],
+)
+def test_empty_input_raises_a_clear_error(call: object) -> None:
+    with pytest.raises(ValueError, match="no samples"):
+        call()  # type: ignore[operator]
+
+
+def test_invalid_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        evaluation.log_loss(np.array([0, 3]), np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match="differ in length"):
+        evaluation.log_loss(np.array([0, 1, 2]), np.full((2, 3), 1 / 3))
+    with pytest.raises(ValueError, match="class names"):
+        evaluation.summarize(LABELS, PROBABILITIES, ["cat", "dog"], top_k=2)
+    with pytest.raises(ValueError, match="0/1"):
+        evaluation.roc_auc(np.array([0, 2]), np.array([0.1, 0.2]))
