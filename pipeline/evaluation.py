@@ -16,6 +16,7 @@ Conventions, shared by all functions:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -402,6 +403,28 @@ def curve_inputs(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndar
         return labels == 1, probabilities[:, 1], "class 1"
     onehot = np.eye(probabilities.shape[1], dtype=bool)[labels]
     return onehot.ravel(), probabilities.ravel(), "micro-average, one-vs-rest"
+
+
+@dataclass(frozen=True)
+class Curves:
+    """ROC and precision-recall curves of one positive class (or of the micro average)."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    auc: float
+    precision: np.ndarray
+    recall: np.ndarray
+    average_precision: float
+    label: str  # what the curves are of: a class name, or the micro average
+
+
+def curves(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> Curves:
+    """The ROC and PR curves of ``curve_inputs``, with their areas."""
+    truth, scores, kind = curve_inputs(labels, probabilities)
+    fpr, tpr, _ = roc_curve(truth, scores)
+    precision, recall, _ = precision_recall_curve(truth, scores)
+    label = classes[1] if len(classes) == 2 else kind
+    return Curves(fpr, tpr, roc_auc(truth, scores), precision, recall, average_precision(truth, scores), label)
 
 
 def thin(table_length: int, most: int) -> np.ndarray:

@@ -48,10 +48,11 @@ class StageRun:
         self.tags = tags
         self.metrics: dict[str, Any] = {}
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Log numbers to MLflow; the last value of each (without a step) also goes to the metrics JSON."""
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, to_json: bool = True) -> None:
+        """Log numbers to MLflow; without a step, their last values also go to the metrics JSON
+        (unless ``to_json`` is false: numbers the JSON holds in another shape, see ``record``)."""
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
-        if step is None:
+        if step is None and to_json:
             self.metrics.update(metrics)
 
     def record(self, key: str, value: Any) -> None:

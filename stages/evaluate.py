@@ -34,29 +34,26 @@ def main() -> None:
         for name, table in evaluation.plot_tables(test.labels, probabilities["finetuned"], classes,
                                                   params.evaluate.calibration_bins).items():
             files.write_csv(plots / f"{name}.csv", table)
-        for name, figure in evaluation_figures(test.labels, probabilities["finetuned"], classes, scores, params):
+        predicted = probabilities["finetuned"].argmax(axis=1)
+        curves = evaluation.curves(test.labels, probabilities["finetuned"], classes)
+        charts = {
+            "confusion_matrix": figures.confusion_matrix_chart(
+                evaluation.confusion_matrix(test.labels, predicted, len(classes)), classes),
+            "reliability": figures.reliability_chart(evaluation.reliability_bins(
+                test.labels, probabilities["finetuned"], params.evaluate.calibration_bins), scores["finetuned"]["ece"]),
+            "curves": figures.curves_chart((curves.fpr, curves.tpr), curves.auc, (curves.precision, curves.recall),
+                                           curves.average_precision, curves.label),
+        }
+        for name, figure in charts.items():
             files.save_figure(figure, plots / f"{name}.png")
             run.log_figure(figure, f"{name}.png")
         for name in MODELS:
-            run.log_metrics({f"{name}.{key}": value for key, value in scores[name].items() if key != "per_class"})
-            run.record(name, scores[name])
+            run.log_metrics({f"{name}.{key}": value for key, value in scores[name].items() if key != "per_class"},
+                            to_json=False)
+            run.record(name, scores[name])  # nested, per-class numbers included: dvc metrics show/diff
         run.log_table(frame, "predictions")
         print(f"evaluate: test accuracy {scores['finetuned']['accuracy']:.4f} "
               f"(head alone on cached features: {scores['head_only']['accuracy']:.4f}) on {len(frame)} images")
-
-
-def evaluation_figures(labels, probabilities, classes, scores, params):  # noqa: ANN001, ANN201 - arrays and dicts
-    """(name, figure) pairs: confusion matrix, reliability diagram, and ROC/PR curves for two classes."""
-    confusion = evaluation.confusion_matrix(labels, probabilities.argmax(axis=1), len(classes))
-    yield "confusion_matrix", figures.confusion_matrix_chart(confusion, classes)
-    bins = evaluation.reliability_bins(labels, probabilities, params.evaluate.calibration_bins)
-    yield "reliability", figures.reliability_chart(bins, scores["finetuned"]["ece"])
-    truth, positive, kind = evaluation.curve_inputs(labels, probabilities)
-    fpr, tpr, _ = evaluation.roc_curve(truth, positive)
-    precision, recall, _ = evaluation.precision_recall_curve(truth, positive)
-    yield "curves", figures.curves_chart((fpr, tpr), evaluation.roc_auc(truth, positive), (precision, recall),
-                                         evaluation.average_precision(truth, positive),
-                                         classes[1] if len(classes) == 2 else kind)
 
 
 if __name__ == "__main__":
