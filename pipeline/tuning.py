@@ -47,20 +47,23 @@ def _float(hp: kt.HyperParameters, name: str, spec: FloatRange) -> float:
 
 
 class TrialLog:
-    """Opens an MLflow child run per trial (its hyperparameters, per-epoch metrics, status) and
-    times each trial."""
+    """Times each trial and records the process's memory after it; with a stage run, also opens an
+    MLflow child run per trial (its hyperparameters, per-epoch metrics, status)."""
 
-    def __init__(self, run: tracking.StageRun, algorithm: str) -> None:
+    def __init__(self, run: tracking.StageRun | None, algorithm: str) -> None:
         self.run = run
         self.algorithm = algorithm
         self.current: tracking.ChildRun | None = None
         self.run_ids: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
+        self.rss_mb: dict[str, float] = {}
         self._started = 0.0
 
     def begin(self, trial: kt.engine.trial.Trial) -> None:
-        """Open the trial's child run."""
+        """Start the clock; open the trial's child run."""
         self._started = time.perf_counter()
+        if self.run is None:
+            return
         values = {k.replace("tuner/", "tuner."): v for k, v in trial.hyperparameters.values.items()}
         self.current = self.run.start_child(
             f"trial {trial.trial_id}", values, {"tuner.trial_id": str(trial.trial_id), "tuner.algorithm": self.algorithm}
@@ -73,12 +76,12 @@ class TrialLog:
             self.current.log_metrics(metrics, step)
 
     def end(self, trial: kt.engine.trial.Trial) -> None:
-        """Close the trial's run with its status, objective and duration."""
+        """Record the duration and memory; close the trial's run with its status and objective."""
+        self.seconds[trial.trial_id] = time.perf_counter() - self._started
+        self.rss_mb[trial.trial_id] = runtime.resident_memory_mb()
         if self.current is None:
             return
-        seconds = time.perf_counter() - self._started
-        self.seconds[trial.trial_id] = seconds
-        final = {"seconds": seconds, "rss_mb": runtime.resident_memory_mb()}
+        final = {"seconds": self.seconds[trial.trial_id], "rss_mb": self.rss_mb[trial.trial_id]}
         if trial.score is not None:
             final["objective"] = trial.score
         self.current.log_metrics(final)
@@ -185,6 +188,7 @@ def trials_frame(tuner: kt.Tuner, trial_log: TrialLog | None = None) -> pd.DataF
         row["best_epoch"] = None if trial.best_step is None else int(trial.best_step) + 1
         if trial_log is not None:
             row["seconds"] = trial_log.seconds.get(trial_id)
+            row["rss_mb"] = trial_log.rss_mb.get(trial_id)
             row["mlflow_run_id"] = trial_log.run_ids.get(trial_id)
         rows.append(row)
     return pd.DataFrame(rows)
