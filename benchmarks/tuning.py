@@ -9,8 +9,10 @@ seed and data, trained two ways in one run on this machine:
 
 Data: every flower photo in ``shared/datasets/flowers`` (4,317 JPEGs, 5 classes), every fifth file of
 each class held out for validation, at 96 px with EfficientNet-Lite0 ImageNet weights. Trials take
-turns, two of each; the faster of each is the result (both are recorded). The one-off extraction
-the cached trials rely on is timed too (``extract_s``). Writes ``benchmarks/results/tuning.json``::
+turns, three of each; the fastest of each is the result (all are recorded). The one-off extraction
+the cached trials rely on is timed too (``extract_s``). Last, a 12-trial random search over the space in
+params.yaml on the same cached features records the process's resident memory after every trial
+(``rss_mb_by_trial``): it must stay flat. Writes ``benchmarks/results/tuning.json``::
 
     python -m benchmarks.tuning [--epochs 5] [--size 96]
 """
@@ -18,6 +20,8 @@ the cached trials rely on is timed too (``extract_s``). Writes ``benchmarks/resu
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +31,9 @@ import numpy as np
 
 from benchmarks import machine
 from benchmarks.extract import FLOWERS, RESULTS, THREADS
-from pipeline import backbones, config, features, files, head, inputs, runtime, training
+from pipeline import backbones, config, features, files, head, inputs, runtime, training, tuning
 
-ROUNDS = 2
+ROUNDS = 3
 
 
 def flower_files(folder: Path) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
@@ -47,6 +51,22 @@ def timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
+
+
+def memory_by_trial(cached: dict[str, np.ndarray], train_labels: np.ndarray, val_labels: np.ndarray,
+                    num_classes: int, width: int, params: config.Params, trials: int = 12) -> list[float]:
+    """Resident memory after each trial of a real random search on the cached features: flat if
+    every trial's graph and weights are released (Keras Tuner clears the session between trials)."""
+    train = features.FeatureSet(cached["train"], train_labels, np.array([]), np.array([]), tuple(map(str, range(num_classes))))
+    val = features.FeatureSet(cached["val"], val_labels, np.array([]), np.array([]), train.classes)
+    log = tuning.TrialLog(None, "random")
+    hypermodel = tuning.HeadHyperModel(params.tune.space, width, num_classes, params.train_head,
+                                       params.tune.objective, params.seed, log)
+    tune = dataclasses.replace(params.tune, algorithm="random", max_trials=trials)
+    with tempfile.TemporaryDirectory() as folder:
+        tuner = tuning.make_tuner(hypermodel, tune, params.train_head.epochs, Path(folder) / "tuner", params.seed, log)
+        tuner.search(train, val, epochs=params.train_head.epochs, verbose=0)
+    return [log.rss_mb[trial_id] for trial_id in sorted(log.rss_mb)]
 
 
 def main() -> None:
@@ -97,6 +117,7 @@ def main() -> None:
         seconds["end_to_end"].append(timed(end_to_end_trial))
         print({k: [round(s, 2) for s in v] for k, v in seconds.items()}, flush=True)
     best = {name: min(values) for name, values in seconds.items()}
+    memory = memory_by_trial(cached, train_labels, val_labels, num_classes, entry.feature_width, params)
     result = {
         "benchmark": "tuning",
         "machine": machine.describe(),
@@ -110,6 +131,9 @@ def main() -> None:
         "s_per_trial_end_to_end": round(best["end_to_end"], 3),
         "speedup_cached_vs_end_to_end": round(best["end_to_end"] / best["cached"], 1),
         "all_trials_s": {name: [round(s, 3) for s in values] for name, values in seconds.items()},
+        "search_trials": len(memory),
+        "rss_mb_by_trial": [round(m, 1) for m in memory],
+        "rss_growth_mb_after_first_trial": round(memory[-1] - memory[0], 1),
     }
     files.write_json(RESULTS / "tuning.json", result)
     print({k: v for k, v in result.items() if k.startswith(("s_per", "speedup", "extract"))})

@@ -93,6 +93,7 @@ def fit_head(
         The training history.
     """
     fit_options.setdefault("epochs", params.epochs)
+    fit_options.setdefault("verbose", 0)
     return model.fit(
         as_inputs(train.features),
         train.labels,
@@ -100,7 +101,6 @@ def fit_head(
         batch_size=settings.batch_size,
         class_weight=training.class_weights(train.labels, len(train.classes), params.class_weight),
         callbacks=[training.KeepBest(objective, params.patience), *(callbacks or [])],
-        verbose=0,
         **fit_options,
     )
 
