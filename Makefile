@@ -21,25 +21,23 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	@touch $@
 
+# $(call apt_install,<package>,<what happens without it>): install a Debian package when apt-get runs as root.
+define apt_install
+if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null) \
+    || echo "warning: could not install $(1); $(2)"; \
+else \
+  echo "note: $(1) not installed (needs apt-get as root); $(2)"; \
+fi
+endef
+
 fashion-mnist: ## install Debian's Fashion-MNIST when possible; otherwise the download stage uses the official URLs
-	@if [ -d $(FASHION_MNIST_DIR) ]; then \
-	  echo "Fashion-MNIST: $(FASHION_MNIST_DIR)"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
-	    || echo "warning: could not install dataset-fashion-mnist; the download stage will fetch the official files"; \
-	else \
-	  echo "note: dataset-fashion-mnist not installed (needs apt-get as root); the download stage will fetch the official files"; \
-	fi
+	@if [ -d $(FASHION_MNIST_DIR) ]; then echo "Fashion-MNIST: $(FASHION_MNIST_DIR)"; \
+	else $(call apt_install,dataset-fashion-mnist,the download stage will fetch the official files); fi
 
 fonts: ## install a font with CJK glyphs when possible, so class names in any script draw in figures
-	@if fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then \
-	  echo "CJK font: installed"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-zenhei >/dev/null) \
-	    || echo "warning: could not install fonts-wqy-zenhei; figures will note the glyphs they cannot draw"; \
-	else \
-	  echo "note: no CJK font (apt-get as root installs fonts-wqy-zenhei); figures will note the glyphs they cannot draw"; \
-	fi
+	@if fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then echo "CJK font: installed"; \
+	else $(call apt_install,fonts-wqy-zenhei,figures will note the glyphs they cannot draw); fi
 
 run: setup fashion-mnist fonts ## dvc repro the default pipeline (STAGE=split: only up to that stage)
 	dvc repro $(STAGE)

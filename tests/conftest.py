@@ -62,6 +62,22 @@ class Project:
             self.params = params
         (self.root / "params.yaml").write_text(yaml.safe_dump(self.params, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
+    def shrink(self, trials: int = 1, head_epochs: int = 2, **sections: dict[str, Any]) -> None:
+        """Make every training stage tiny: an untrained backbone at 32 px, a few trials and epochs.
+
+        Args:
+            trials: random-search trials.
+            head_epochs: the most epochs a head trains.
+            **sections: further changes per params section, e.g. ``finetune={"enabled": False}``.
+        """
+        self.params["backbone"].update(weights="none", image_size=32)
+        self.params["tune"].update(algorithm="random", max_trials=trials)
+        self.params["train_head"].update(epochs=head_epochs)
+        self.params["finetune"].update(epochs=1, batch_size=4, images_per_epoch=4)
+        for section, changes in sections.items():
+            self.params[section].update(changes)
+        self.write_params()
+
     def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run a command in the project with the test interpreter's bin folder first on PATH."""
         bin_dir = str(Path(sys.executable).parent)

@@ -96,12 +96,7 @@ class _Tree(html.parser.HTMLParser):
 @pytest.mark.slow
 def test_evaluate_and_analyze_through_dvc(project, image_tree):
     image_tree(project.params["data"]["folder"], {"cat": 8, "sea lion": 8, "猫": 8})
-    project.params["backbone"].update(weights="none", image_size=32)
-    project.params["tune"].update(algorithm="random", max_trials=1)
-    project.params["train_head"].update(epochs=2)
-    project.params["finetune"].update(epochs=1, images_per_epoch=4)
-    project.params["analyze"].update(worst_errors=4)
-    project.write_params()
+    project.shrink(analyze={"worst_errors": 4})
     project.run("dvc", "repro", "analyze")
     root = project.root
 

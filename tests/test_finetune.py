@@ -85,11 +85,7 @@ def test_the_assembled_model_equals_the_head_on_the_extractor(base_params):
 
 def _tiny_project(project, image_tree, **finetune_changes):
     image_tree(project.params["data"]["folder"], {"cat": 8, "dog": 8, "owl": 8})
-    project.params["backbone"].update(weights="none", image_size=SIZE)
-    project.params["tune"].update(algorithm="random", max_trials=2)
-    project.params["train_head"].update(epochs=3)
-    project.params["finetune"].update(epochs=2, batch_size=4, images_per_epoch=8, **finetune_changes)
-    project.write_params()
+    project.shrink(trials=2, head_epochs=3, finetune={"epochs": 2, "images_per_epoch": 8, **finetune_changes})
 
 
 @pytest.mark.slow

@@ -39,11 +39,7 @@ def test_repro_download_and_split_then_nothing_to_do(project, image_tree) -> Non
 
 def test_the_whole_pipeline_runs_then_nothing_is_left_to_do(project, image_tree) -> None:
     image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6})
-    project.params["backbone"].update({"weights": "none", "image_size": 32})
-    project.params["tune"].update({"algorithm": "random", "max_trials": 1})
-    project.params["train_head"].update({"epochs": 1})
-    project.params["finetune"].update({"epochs": 1, "images_per_epoch": 4})
-    project.write_params()
+    project.shrink(head_epochs=1)
     first = project.run("dvc", "repro")
     stages = ("download", "split", "extract", "train_head", "finetune", "evaluate", "analyze")
     assert all(f"Running stage '{stage}'" in first.stdout for stage in stages)

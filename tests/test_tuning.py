@@ -139,10 +139,7 @@ def test_tuning_off_trains_the_fixed_head(small_params, monkeypatch):
 @pytest.mark.slow
 def test_train_head_stage_through_dvc(project, image_tree):
     image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6, "owl": 6})
-    project.params["backbone"].update(weights="none", image_size=32)
-    project.params["tune"].update(algorithm="random", max_trials=3)
-    project.params["train_head"].update(epochs=3)
-    project.write_params()
+    project.shrink(trials=3, head_epochs=3)
     project.run("dvc", "repro", "train_head")
     root = project.root
     best = yaml.safe_load((root / "models/best_hparams.yaml").read_text())
