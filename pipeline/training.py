@@ -39,6 +39,10 @@ def compile_classifier(model: keras.Model, optimizer: str, learning_rate: float)
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
+    # Built now, eagerly, rather than inside the first traced training step: variables created while
+    # tracing leave one uncollectable TensorFlow graph per optimizer behind, which a tuner building a
+    # model per trial would pile up (measured: half of the memory a trial left behind).
+    model.optimizer.build(model.trainable_variables)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
