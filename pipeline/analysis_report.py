@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import analysis, evaluation, figures, gallery, report
+from pipeline import analysis, evaluation, figures, gallery, gradcam, images, inputs, predict, report
+from pipeline.config import Params
+from pipeline.errors import UserError
 
 # The headline numbers compared between the fine-tuned model and the head alone, in this order.
 _COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "log_loss", "ece",
@@ -142,3 +144,26 @@ def glyph_notes(missing: set[str], texts: Sequence[str]) -> list[str]:
     return [f"No installed font could draw {len(missing)} character(s) ({''.join(sorted(missing))}); they show as "
             f"empty boxes in the figures for: {', '.join(affected)}. The tables give the names in full. Installing "
             "a font with CJK glyphs (Debian: fonts-wqy-zenhei or fonts-noto-cjk) fixes the figures."]
+
+
+def load_examples(worst: pd.DataFrame, classes: Sequence[str], params: Params, thumbnail_px: int) -> Examples:
+    """The worst errors as pictures: upright originals for the gallery and, when ``analyze.gradcam``
+    is on, the images as the model saw them with Grad-CAM overlays for the predicted class.
+
+    Raises:
+        UserError: the model does not have the layers Grad-CAM needs.
+    """
+    paths = [params.root / p for p in worst["path"]]
+    originals = [images.load_thumbnail(p, thumbnail_px) for p in paths]
+    if not paths or not params.analyze.gradcam:
+        return Examples(originals, None, [])
+    model = predict.load_model(params.path("model"))
+    views = np.concatenate([b.numpy() for b in inputs.image_dataset(
+        paths, predict.input_size(model), params.backbone.crop, 64)])
+    predicted = np.array([list(classes).index(name) for name in worst["predicted"]])
+    try:
+        heatmaps = gradcam.grad_cam(model, views, predicted)
+    except ValueError as error:
+        raise UserError(f"Grad-CAM: {error}; set analyze.gradcam: false to skip it") from None
+    views = np.clip(np.round(views), 0, 255).astype(np.uint8)
+    return Examples(originals, [gradcam.overlay(v, h) for v, h in zip(views, heatmaps)], list(views))

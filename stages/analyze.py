@@ -6,11 +6,8 @@ Writes: paths.report (images embedded; opens with no network); paths.plots/analy
         confused_pairs.csv, worst_errors.csv and the report's figures as PNG); paths.metrics/analyze.json
 """
 
-import numpy as np
-
-from pipeline import analysis, analysis_report, config, files, gradcam, images, inputs, predict, report, runtime
-from pipeline import tracking
-from pipeline.errors import UserError, run_cli
+from pipeline import analysis, analysis_report, config, files, report, runtime, tracking
+from pipeline.errors import run_cli
 
 THUMBNAIL_PX = 200
 
@@ -23,7 +20,7 @@ def main() -> None:
         scores = files.read_json(params.path("metrics") / "evaluate.json")
         classes = analysis.class_names(predictions)
         worst = analysis.worst_errors(predictions, params.analyze.worst_errors)
-        examples = load_examples(worst, classes, params)
+        examples = analysis_report.load_examples(worst, classes, params, THUMBNAIL_PX)
         rendered = analysis_report.Rendered()
         sections = [
             analysis_report.overview_section(predictions, scores, rendered, params.evaluate.calibration_bins),
@@ -47,24 +44,6 @@ def main() -> None:
                          float(per_class["accuracy"].iloc[0]), "missing_glyphs": len(rendered.missing_glyphs)})
         run.record("worst_class", str(per_class["class"].iloc[0]))
         print(f"analyze: report with {len(sections)} sections → {params.paths.report}")
-
-
-def load_examples(worst, classes, params) -> analysis_report.Examples:  # noqa: ANN001 - frames and params
-    """The worst errors as pictures: originals, what the model saw, and Grad-CAM for the predicted class."""
-    paths = [params.root / p for p in worst["path"]]
-    originals = [images.load_thumbnail(p, THUMBNAIL_PX) for p in paths]
-    if not paths or not params.analyze.gradcam:
-        return analysis_report.Examples(originals, None, [])
-    model = predict.load_model(params.path("model"))
-    size = predict.input_size(model)
-    views = np.concatenate([b.numpy() for b in inputs.image_dataset(paths, size, params.backbone.crop, 64)])
-    predicted = np.array([classes.index(name) for name in worst["predicted"]])
-    try:
-        heatmaps = gradcam.grad_cam(model, views, predicted)
-    except ValueError as error:
-        raise UserError(f"Grad-CAM: {error}; set analyze.gradcam: false to skip it") from None
-    views = np.clip(np.round(views), 0, 255).astype(np.uint8)
-    return analysis_report.Examples(originals, [gradcam.overlay(v, h) for v, h in zip(views, heatmaps)], list(views))
 
 
 def write_tables_and_figures(predictions, worst, classes, rendered, params, run) -> None:  # noqa: ANN001
