@@ -80,13 +80,11 @@ def overview_section(predictions: pd.DataFrame, scores: dict[str, dict[str, Any]
     )
 
 
-def class_section(predictions: pd.DataFrame, confused_pairs: int, rendered: Rendered) -> report.Section:
-    """Per-class accuracy, worst first, and the most frequent confusions."""
-    classes = analysis.class_names(predictions)
-    per_class = analysis.per_class_accuracy(predictions, classes)
+def class_section(per_class: pd.DataFrame, pairs: pd.DataFrame, rendered: Rendered) -> report.Section:
+    """Per-class accuracy, worst first (``analysis.per_class_accuracy``), and the most frequent
+    confusions (``analysis.confused_pairs``)."""
     chart = rendered.add("per_class_accuracy", figures.per_class_accuracy_chart(
         per_class["class"], per_class["accuracy"].fillna(0), per_class["support"]), "Accuracy of each class, worst first.")
-    pairs = analysis.confused_pairs(predictions, confused_pairs)
     return report.Section(
         "classes", "Classes",
         "Which classes fail most, and what they are mistaken for.",

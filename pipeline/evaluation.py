@@ -411,9 +411,11 @@ class Curves:
 
     fpr: np.ndarray
     tpr: np.ndarray
+    roc_thresholds: np.ndarray
     auc: float
     precision: np.ndarray
     recall: np.ndarray
+    pr_thresholds: np.ndarray  # one fewer than points: the last point (recall 0) has none
     average_precision: float
     label: str  # what the curves are of: a class name, or the micro average
 
@@ -421,10 +423,11 @@ class Curves:
 def curves(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> Curves:
     """The ROC and PR curves of ``curve_inputs``, with their areas."""
     truth, scores, kind = curve_inputs(labels, probabilities)
-    fpr, tpr, _ = roc_curve(truth, scores)
-    precision, recall, _ = precision_recall_curve(truth, scores)
+    fpr, tpr, roc_thresholds = roc_curve(truth, scores)
+    precision, recall, pr_thresholds = precision_recall_curve(truth, scores)
     label = classes[1] if len(classes) == 2 else kind
-    return Curves(fpr, tpr, roc_auc(truth, scores), precision, recall, average_precision(truth, scores), label)
+    return Curves(fpr, tpr, roc_thresholds, roc_auc(truth, scores), precision, recall, pr_thresholds,
+                  average_precision(truth, scores), label)
 
 
 def thin(table_length: int, most: int) -> np.ndarray:
@@ -434,13 +437,13 @@ def thin(table_length: int, most: int) -> np.ndarray:
     return np.unique(np.linspace(0, table_length - 1, most).round().astype(int))
 
 
-def plot_tables(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], bins: int,
+def plot_tables(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], bins: int, found: Curves,
                 curve_points: int = 500) -> dict[str, Any]:
     """The data-series files `dvc plots` draws, as tables by name.
 
     ``confusion``: one row per sample with the ``actual`` and ``predicted`` class names (DVC's
     confusion template counts them); ``reliability``: the confidence bins; ``roc`` (fpr, tpr,
-    threshold) and ``pr`` (recall, precision, threshold) of ``curve_inputs``, thinned to at most
+    threshold) and ``pr`` (recall, precision, threshold) of the curves, thinned to at most
     ``curve_points`` rows so the files stay small.
 
     Args:
@@ -448,17 +451,16 @@ def plot_tables(labels: np.ndarray, probabilities: np.ndarray, classes: list[str
         probabilities: shape ``(n, len(classes))``.
         classes: class names, in index order.
         bins: confidence bins of the reliability table.
+        found: the ROC and PR curves, from ``curves``.
         curve_points: the most rows of a curve table.
     """
     import pandas as pd
 
     labels, probabilities = _check_predictions(labels, probabilities)
     names = np.asarray(classes, dtype=object)
-    truth, scores, _ = curve_inputs(labels, probabilities)
-    fpr, tpr, thresholds = roc_curve(truth, scores)
-    precision, recall, cuts = precision_recall_curve(truth, scores)
-    roc = pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
-    pr = pd.DataFrame({"recall": recall, "precision": precision, "threshold": np.append(cuts, np.nan)})
+    roc = pd.DataFrame({"fpr": found.fpr, "tpr": found.tpr, "threshold": found.roc_thresholds})
+    pr = pd.DataFrame({"recall": found.recall, "precision": found.precision,
+                       "threshold": np.append(found.pr_thresholds, np.nan)})
     return {
         "confusion": pd.DataFrame({"actual": names[labels], "predicted": names[probabilities.argmax(axis=1)]}),
         "reliability": pd.DataFrame(reliability_bins(labels, probabilities, bins)),

@@ -23,15 +23,20 @@ import pandas as pd
 _CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is put back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _publish(temporary: str | Path, path: Path) -> None:
     """Give a finished temporary file the permissions of a normally created file, then rename it into place.
 
     ``mkstemp`` creates files readable by their owner only; outputs are shared (DVC cache, a team's
     remote, a report opened by others), so they get the usual ``0o666 & ~umask``.
     """
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
+    os.chmod(temporary, 0o666 & ~_umask())
     os.replace(temporary, path)
 
 
@@ -62,9 +67,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output is not
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the output is not
     replace_dir(staging, final)
 
 
@@ -79,20 +82,6 @@ def replace_dir(source: Path, final: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a UTF-8 text file atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        _publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a binary file atomically (temporary file, then rename)."""
     path = Path(path)
@@ -105,6 +94,11 @@ def write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a UTF-8 text file atomically, line endings as given."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: Path, data: Any) -> None:

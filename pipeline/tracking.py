@@ -85,12 +85,6 @@ class StageRun:
         """Log more parameters (values chosen while the stage runs, such as the tuner's best)."""
         self._mlflow.log_params(params)
 
-    def log_history(self, history: pd.DataFrame) -> None:
-        """Log a per-epoch table (an ``epoch`` column and one column per metric) as stepped metrics."""
-        for row in history.to_dict("records"):
-            step = int(row.pop("epoch"))
-            self._mlflow.log_metrics({k: float(v) for k, v in row.items() if pd.notna(v)}, step=step)
-
     def log_keras_model(self, model: Any, inputs: tuple[int, ...], outputs: tuple[int, ...]) -> str:
         """Log a Keras model as an MLflow model with a tensor signature; returns its model URI.
 

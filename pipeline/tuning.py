@@ -46,6 +46,12 @@ def _float(hp: kt.HyperParameters, name: str, spec: FloatRange) -> float:
     return hp.Float(name, spec.min, spec.max, step=spec.step, sampling=spec.sampling)
 
 
+def trial_values(trial: kt.engine.trial.Trial) -> dict[str, Any]:
+    """A trial's hyperparameters, Hyperband's own ``tuner/epochs`` etc. renamed ``tuner.epochs``
+    (a valid MLflow param name)."""
+    return {k.replace("tuner/", "tuner."): v for k, v in trial.hyperparameters.values.items()}
+
+
 class TrialLog:
     """Times each trial and records the process's memory after it; with a stage run, also opens an
     MLflow child run per trial (its hyperparameters, per-epoch metrics, status)."""
@@ -64,9 +70,8 @@ class TrialLog:
         self._started = time.perf_counter()
         if self.run is None:
             return
-        values = {k.replace("tuner/", "tuner."): v for k, v in trial.hyperparameters.values.items()}
         self.current = self.run.start_child(
-            f"trial {trial.trial_id}", values, {"tuner.trial_id": str(trial.trial_id), "tuner.algorithm": self.algorithm}
+            f"trial {trial.trial_id}", trial_values(trial), {"tuner.trial_id": str(trial.trial_id), "tuner.algorithm": self.algorithm}
         )
         self.run_ids[trial.trial_id] = self.current.run_id
 
@@ -183,7 +188,7 @@ def trials_frame(tuner: kt.Tuner, trial_log: TrialLog | None = None) -> pd.DataF
     rows = []
     for trial_id, trial in sorted(tuner.oracle.trials.items()):
         row: dict[str, Any] = {"trial": trial_id, "status": str(trial.status)}
-        row.update({k.replace("tuner/", "tuner."): v for k, v in trial.hyperparameters.values.items()})
+        row.update(trial_values(trial))
         row["objective"] = trial.score
         row["best_epoch"] = None if trial.best_step is None else int(trial.best_step) + 1
         if trial_log is not None:

@@ -19,12 +19,18 @@ def main() -> None:
         predictions = files.read_csv(params.path("predictions"), text_columns=("path", "label", "predicted"))
         scores = files.read_json(params.path("metrics") / "evaluate.json")
         classes = analysis.class_names(predictions)
-        worst = analysis.worst_errors(predictions, params.analyze.worst_errors)
+        tables = {
+            "per_class_accuracy": analysis.per_class_accuracy(predictions, classes),
+            "confused_pairs": analysis.confused_pairs(predictions, params.analyze.confused_pairs),
+            "worst_errors": analysis.worst_errors(predictions, params.analyze.worst_errors),
+        }
+        worst, per_class = tables["worst_errors"], tables["per_class_accuracy"]
+        errors = int((~predictions["correct"]).sum())
         examples = analysis_report.load_examples(worst, classes, params, THUMBNAIL_PX)
         rendered = analysis_report.Rendered()
         sections = [
             analysis_report.overview_section(predictions, scores, rendered, params.evaluate.calibration_bins),
-            analysis_report.class_section(predictions, params.analyze.confused_pairs, rendered),
+            analysis_report.class_section(per_class, tables["confused_pairs"], rendered),
             analysis_report.confidence_section(predictions, rendered),
             *analysis_report.error_sections(worst, examples, rendered),
         ]
@@ -32,28 +38,23 @@ def main() -> None:
         html = report.build_report(
             "Error analysis", f"{len(predictions)} test images · {len(classes)} classes · {params.backbone.name}",
             {"test accuracy": scores["finetuned"]["accuracy"], "head alone": scores["head_only"]["accuracy"],
-             "errors": int((~predictions["correct"]).sum()), "classes": len(classes)},
+             "errors": errors, "classes": len(classes)},
             sections, notes)
-        if report.find_external_references(html):
-            raise RuntimeError(f"the report refers outside itself: {report.find_external_references(html)}")
+        outside = report.find_external_references(html)
+        if outside:
+            raise RuntimeError(f"the report refers outside itself: {outside}")
         files.write_text(params.path("report"), html)
-        write_tables_and_figures(predictions, worst, classes, rendered, params, run)
+        write_tables_and_figures(tables, rendered, params, run)
         run.log_artifact(params.path("report"))
-        per_class = analysis.per_class_accuracy(predictions, classes)
-        run.log_metrics({"errors": int((~predictions["correct"]).sum()), "worst_class_accuracy":
+        run.log_metrics({"errors": errors, "worst_class_accuracy":
                          float(per_class["accuracy"].iloc[0]), "missing_glyphs": len(rendered.missing_glyphs)})
         run.record("worst_class", str(per_class["class"].iloc[0]))
         print(f"analyze: report with {len(sections)} sections → {params.paths.report}")
 
 
-def write_tables_and_figures(predictions, worst, classes, rendered, params, run) -> None:  # noqa: ANN001
+def write_tables_and_figures(tables, rendered, params, run) -> None:  # noqa: ANN001
     """The tables behind the report as CSV for `dvc plots`, and its figures as PNG, locally and in MLflow."""
     folder = params.path("plots") / "analyze"
-    tables = {
-        "per_class_accuracy": analysis.per_class_accuracy(predictions, classes),
-        "confused_pairs": analysis.confused_pairs(predictions, params.analyze.confused_pairs),
-        "worst_errors": worst,
-    }
     for name, table in tables.items():
         files.write_csv(folder / f"{name}.csv", table)
         run.log_table(table, name)

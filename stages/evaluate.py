@@ -31,11 +31,11 @@ def main() -> None:
         frame = predict.predictions_frame(test.rel_paths, test.labels, probabilities["finetuned"], classes)
         files.write_csv(params.path("predictions"), frame)
         plots = params.path("plots") / "evaluate"
+        curves = evaluation.curves(test.labels, probabilities["finetuned"], classes)
         for name, table in evaluation.plot_tables(test.labels, probabilities["finetuned"], classes,
-                                                  params.evaluate.calibration_bins).items():
+                                                  params.evaluate.calibration_bins, curves).items():
             files.write_csv(plots / f"{name}.csv", table)
         predicted = probabilities["finetuned"].argmax(axis=1)
-        curves = evaluation.curves(test.labels, probabilities["finetuned"], classes)
         charts = {
             "confusion_matrix": figures.confusion_matrix_chart(
                 evaluation.confusion_matrix(test.labels, predicted, len(classes)), classes),

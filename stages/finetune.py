@@ -41,8 +41,9 @@ def main() -> None:
             metrics.update(finetune.summarize(frame, params.tune.objective, start, kept, trainable, model,
                                               time.perf_counter() - started))
         files.write_csv(params.path("plots") / "finetune" / "history.csv", frame)
-        files.save_model(finetune.with_probabilities(model), params.path("model"))
-        run.log_keras_model(finetune.with_probabilities(model), (size, size, 3), (model.output_shape[-1],))
+        classifier = finetune.with_probabilities(model)
+        files.save_model(classifier, params.path("model"))
+        run.log_keras_model(classifier, (size, size, 3), (model.output_shape[-1],))
         run.log_metrics(metrics)
         print(f"finetune: {metrics} → {params.paths.model}")
 
