@@ -90,6 +90,7 @@ class PathsParams:
     tuner: RelPath
     mlflow_db: RelPath
     mlflow_artifacts: RelPath
+    tflite: RelPath
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,14 @@ class SearchSpace:
 
 
 @dataclass(frozen=True)
+class DistributedParams:
+    """Keras Tuner's chief/worker mode; the KERASTUNER_* environment variables override these."""
+
+    oracle_ip: Optional[Annotated[str, Pattern(r"\S+", "a host name or IP address")]]
+    oracle_port: Annotated[int, Range(1, 65535)]
+
+
+@dataclass(frozen=True)
 class TuneParams:
     """The Keras Tuner search over the head (train_head stage)."""
 
@@ -244,6 +253,7 @@ class TuneParams:
     executions_per_trial: Annotated[int, Range(1, 100)]
     hyperband_factor: Annotated[int, Range(2, 100)]
     space: SearchSpace
+    distributed: DistributedParams
 
 
 @dataclass(frozen=True)
@@ -287,6 +297,24 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class RegistryParams:
+    """The MLflow model registry entry evaluate makes for each new classifier."""
+
+    enabled: bool
+    model_name: Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9_.\- ]*", "a registered model name")]
+    primary_metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted"]
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """TFLite models made from model.keras (export stage), each checked against it on the test split."""
+
+    enabled: bool
+    formats: list[Literal["float32", "float16", "dynamic_range"]]
+    min_agreement: Annotated[float, Range(0.0, 1.0)]
+
+
+@dataclass(frozen=True)
 class AnalyzeParams:
     """The error analysis and its report (analyze stage)."""
 
@@ -318,7 +346,9 @@ class Params:
     finetune: FinetuneParams
     augment: AugmentParams
     evaluate: EvaluateParams
+    registry: RegistryParams
     analyze: AnalyzeParams
+    export: ExportParams
     tracking: TrackingParams
     root: Path = dataclasses.field(default=Path("."), metadata={"internal": True})
 

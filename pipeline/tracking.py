@@ -35,6 +35,7 @@ from pipeline.config import PARAMS_FILE, Params
 from pipeline.errors import UserError
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"
+ROOT_ENV = "DVC_ROOT"
 _PROBE_TIMEOUT_S = 5.0
 
 
@@ -200,7 +201,17 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
 
 def tracking_uri(params: Params) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the embedded sqlite store at the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{params.path('mlflow_db')}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_path(params, 'mlflow_db')}"
+
+
+def store_path(params: Params, name: str) -> Path:
+    """``paths.mlflow_db`` or ``paths.mlflow_artifacts`` of the embedded store.
+
+    Under ``dvc exp run --queue`` or ``--temp`` a stage runs in a temporary copy of the repository;
+    DVC then sets ``DVC_ROOT`` to the original, so every experiment's runs land in one store.
+    """
+    root = Path(os.environ.get(ROOT_ENV) or params.root)
+    return root / getattr(params.paths, name)
 
 
 def check_reachable(uri: str, params: Params) -> None:
@@ -210,7 +221,7 @@ def check_reachable(uri: str, params: Params) -> None:
         UserError: an http(s) server does not answer, or a sqlite file's folder is missing.
     """
     parsed = urllib.parse.urlparse(uri)
-    hint = f"start the server, correct MLFLOW_TRACKING_URI, or unset it to use the embedded store {params.path('mlflow_db')}"
+    hint = f"start the server, correct MLFLOW_TRACKING_URI, or unset it to use the embedded store {store_path(params, 'mlflow_db')}"
     if parsed.scheme in ("http", "https"):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=_PROBE_TIMEOUT_S).close()
@@ -264,7 +275,7 @@ def _experiment_id(mlflow: Any, params: Params, uri: str) -> str:
     if found is not None:
         return found.experiment_id
     local = urllib.parse.urlparse(uri).scheme not in ("http", "https", "databricks")
-    location = params.path("mlflow_artifacts").resolve().as_uri() if local else None
+    location = store_path(params, "mlflow_artifacts").resolve().as_uri() if local else None
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:
