@@ -4,25 +4,31 @@ Training on cached features costs seconds per trial instead of a pass through th
 epoch, which is what makes a real search affordable. The search space is declared in params.yaml
 (``tune.space``); ``HeadHyperModel.build`` reads it, and its ``fit`` forwards the tuner's
 ``**kwargs`` (they carry the tuner's callbacks, and Hyperband's epochs) to ``model.fit``.
+
+Distributed tuning (Keras Tuner's chief/worker mode) builds on these pieces: see ``pipeline.distributed``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import keras_tuner as kt
 import pandas as pd
 
-from pipeline import head, runtime, training, tracking
+from pipeline import files, head, runtime, training, tracking
 from pipeline.config import FloatRange, Params, SearchSpace, TrainHeadParams, TuneParams
 from pipeline.features import FeatureSet
 
 # Keras Tuner's trial states as MLflow run states.
 _RUN_STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "INVALID": "FAILED", "STOPPED": "KILLED"}
+
+WORKER_FILE = "worker.json"  # a distributed worker's record of a trial, in trial_<id>/
+_RECORD_COLUMNS = ("seconds", "rss_mb", "mlflow_run_id")
 
 
 def sample_settings(hp: kt.HyperParameters, space: SearchSpace) -> head.HeadSettings:
@@ -52,13 +58,28 @@ def trial_values(trial: kt.engine.trial.Trial) -> dict[str, Any]:
     return {k.replace("tuner/", "tuner."): v for k, v in trial.hyperparameters.values.items()}
 
 
-class TrialLog:
-    """Times each trial and records the process's memory after it; with a stage run, also opens an
-    MLflow child run per trial (its hyperparameters, per-epoch metrics, status)."""
+class ParentRun(Protocol):
+    """The run trials are nested under: the stage's own run, or in a worker the chief's."""
 
-    def __init__(self, run: tracking.StageRun | None, algorithm: str) -> None:
+    def start_child(self, name: str, params: dict[str, Any], tags: dict[str, str]) -> tracking.ChildRun: ...
+
+
+class TrialLog:
+    """Times each trial and records the process's memory after it; with a parent run, also opens an
+    MLflow child run per trial (its hyperparameters, per-epoch metrics, status).
+
+    Args:
+        run: the parent run, or None (no MLflow); a worker sets it once it has joined the chief.
+        algorithm: the search algorithm, a tag of every trial's run.
+        tuner_id: a worker's ``KERASTUNER_TUNER_ID``, tagged ``tuner.id`` on each trial's run.
+        folder: a worker's tuner folder: each trial's record goes to ``trial_<id>/worker.json``.
+    """
+
+    def __init__(self, run: ParentRun | None, algorithm: str, tuner_id: str | None = None,
+                 folder: Path | None = None) -> None:
         self.run = run
         self.algorithm = algorithm
+        self.tuner_id, self.folder = tuner_id, folder
         self.current: tracking.ChildRun | None = None
         self.run_ids: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
@@ -70,9 +91,10 @@ class TrialLog:
         self._started = time.perf_counter()
         if self.run is None:
             return
-        self.current = self.run.start_child(
-            f"trial {trial.trial_id}", trial_values(trial), {"tuner.trial_id": str(trial.trial_id), "tuner.algorithm": self.algorithm}
-        )
+        tags = {"tuner.trial_id": str(trial.trial_id), "tuner.algorithm": self.algorithm}
+        if self.tuner_id is not None:
+            tags["tuner.id"] = self.tuner_id
+        self.current = self.run.start_child(f"trial {trial.trial_id}", trial_values(trial), tags)
         self.run_ids[trial.trial_id] = self.current.run_id
 
     def log_epoch(self, metrics: dict[str, float], step: int) -> None:
@@ -84,15 +106,23 @@ class TrialLog:
         """Record the duration and memory; close the trial's run with its status and objective."""
         self.seconds[trial.trial_id] = time.perf_counter() - self._started
         self.rss_mb[trial.trial_id] = runtime.resident_memory_mb()
-        if self.current is None:
-            return
-        final = {"seconds": self.seconds[trial.trial_id], "rss_mb": self.rss_mb[trial.trial_id]}
-        if trial.score is not None:
-            final["objective"] = trial.score
-        self.current.log_metrics(final)
-        self.current.set_tags({"tuner.status": str(trial.status)})
-        self.current.end(_RUN_STATUS.get(str(trial.status), "FAILED"))
-        self.current = None
+        if self.current is not None:
+            final = {"seconds": self.seconds[trial.trial_id], "rss_mb": self.rss_mb[trial.trial_id]}
+            if trial.score is not None:
+                final["objective"] = trial.score
+            self.current.log_metrics(final)
+            self.current.set_tags({"tuner.status": str(trial.status)})
+            self.current.end(_RUN_STATUS.get(str(trial.status), "FAILED"))
+            self.current = None
+        if self.folder is not None:
+            record = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, **self.records()[trial.trial_id]}
+            files.write_json(self.folder / f"trial_{trial.trial_id}" / WORKER_FILE, record)
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """What this process measured and logged per trial id: seconds, rss_mb, mlflow_run_id."""
+        return {trial_id: {"seconds": seconds, "rss_mb": self.rss_mb.get(trial_id),
+                           "mlflow_run_id": self.run_ids.get(trial_id)}
+                for trial_id, seconds in self.seconds.items()}
 
 
 class HeadHyperModel(kt.HyperModel):
@@ -160,19 +190,21 @@ TUNERS = {"random": RandomSearch, "bayesian": BayesianOptimization, "hyperband":
 
 
 def make_tuner(hypermodel: HeadHyperModel, tune: TuneParams, epochs: int, directory: Path, seed: int,
-               trial_log: TrialLog | None = None) -> kt.Tuner:
-    """A tuner of the configured algorithm writing its trials under ``directory`` (emptied first).
+               trial_log: TrialLog | None = None, overwrite: bool = True) -> kt.Tuner:
+    """A tuner of the configured algorithm writing its trials under ``directory``.
 
     Args:
         hypermodel: the head's hypermodel.
         tune: algorithm, trials, objective.
         epochs: the most epochs a trial trains (Hyperband's ``max_epochs``).
-        directory: the tuner's folder; ``overwrite`` makes every run a new search.
+        directory: the tuner's folder.
         seed: the oracle's seed.
         trial_log: MLflow child runs for the trials, or None.
+        overwrite: empty ``directory`` first, so every run is a new search; a distributed worker
+            passes False, since the folder (and the search in it) belongs to the chief.
     """
     objective = kt.Objective(tune.objective, direction=training.objective_mode(tune.objective))
-    common = dict(hypermodel=hypermodel, objective=objective, seed=seed, overwrite=True,
+    common = dict(hypermodel=hypermodel, objective=objective, seed=seed, overwrite=overwrite,
                   directory=str(directory.parent), project_name=directory.name,
                   executions_per_trial=tune.executions_per_trial)
     if tune.algorithm == "hyperband":
@@ -183,18 +215,29 @@ def make_tuner(hypermodel: HeadHyperModel, tune: TuneParams, epochs: int, direct
     return tuner
 
 
-def trials_frame(tuner: kt.Tuner, trial_log: TrialLog | None = None) -> pd.DataFrame:
-    """Every trial of a search as one row: id, status, hyperparameters, objective, best epoch, seconds."""
+def make_search(train: FeatureSet, params: Params, trial_log: TrialLog | None, overwrite: bool = True) -> kt.Tuner:
+    """The configured tuner over heads for ``train``'s features, in ``paths.tuner``."""
+    hypermodel = HeadHyperModel(params.tune.space, train.features.shape[1], len(train.classes), params.train_head,
+                                params.tune.objective, params.seed, trial_log)
+    return make_tuner(hypermodel, params.tune, params.train_head.epochs, params.path("tuner"), params.seed,
+                      trial_log, overwrite)
+
+
+def trials_frame(tuner: kt.Tuner, records: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Every trial of a search as one row: id, status, hyperparameters, objective, best epoch, and from
+    ``records`` (``TrialLog.records`` or ``read_worker_records``) seconds, memory, MLflow run id and,
+    for a distributed search, the worker that ran it."""
+    columns = _RECORD_COLUMNS
+    if records is not None and any("tuner_id" in record for record in records.values()):
+        columns += ("tuner_id",)
     rows = []
     for trial_id, trial in sorted(tuner.oracle.trials.items()):
         row: dict[str, Any] = {"trial": trial_id, "status": str(trial.status)}
         row.update(trial_values(trial))
         row["objective"] = trial.score
         row["best_epoch"] = None if trial.best_step is None else int(trial.best_step) + 1
-        if trial_log is not None:
-            row["seconds"] = trial_log.seconds.get(trial_id)
-            row["rss_mb"] = trial_log.rss_mb.get(trial_id)
-            row["mlflow_run_id"] = trial_log.run_ids.get(trial_id)
+        if records is not None:
+            row.update({column: records.get(trial_id, {}).get(column) for column in columns})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -231,16 +274,13 @@ class HeadResult:
                 "seconds_per_trial": float(seconds.mean()) if len(seconds) else 0.0,
                 "search_seconds": float(seconds.sum()),
             })
+            if "tuner_id" in self.trials:
+                numbers["tuners"] = int(self.trials["tuner_id"].nunique())
         return numbers
 
 
 def select_head(train: FeatureSet, val: FeatureSet, params: Params, run: tracking.StageRun) -> HeadResult:
-    """Sweep the head with Keras Tuner (or take the fixed settings) and train the chosen one.
-
-    The chosen settings are trained once more from the same seed, with every epoch logged to the
-    stage's run; for random and Bayesian search that reproduces the best trial exactly. Hyperband's
-    best trial may have resumed another trial's weights, so its final head is trained from scratch
-    with the full epoch budget.
+    """Sweep the head with Keras Tuner in this process (or take the fixed settings) and train the chosen one.
 
     Args:
         train: the train split's features.
@@ -248,22 +288,38 @@ def select_head(train: FeatureSet, val: FeatureSet, params: Params, run: trackin
         params: the whole params (``train_head``, ``tune``, ``seed``, ``paths.tuner``).
         run: the stage's MLflow run; each trial becomes a child run of it.
     """
-    width, num_classes = train.features.shape[1], len(train.classes)
-    objective = params.tune.objective
-    trials = pd.DataFrame()
-    if params.tune.enabled:
-        log = TrialLog(run, params.tune.algorithm)
-        hypermodel = HeadHyperModel(params.tune.space, width, num_classes, params.train_head, objective,
-                                    params.seed, log)
-        tuner = make_tuner(hypermodel, params.tune, params.train_head.epochs, params.path("tuner"), params.seed, log)
-        tuner.search(train, val, epochs=params.train_head.epochs)
-        settings = head.HeadSettings.from_values(tuner.get_best_hyperparameters(1)[0].values)
-        trials = trials_frame(tuner, log)
-    else:
-        settings = head.HeadSettings.from_params(params.train_head)
+    if not params.tune.enabled:
+        return train_chosen(head.HeadSettings.from_params(params.train_head), pd.DataFrame(), train, val, params, run)
+    log = TrialLog(run, params.tune.algorithm)
+    tuner = make_search(train, params, log)
+    tuner.search(train, val, epochs=params.train_head.epochs)
+    return train_chosen(best_settings(tuner), trials_frame(tuner, log.records()), train, val, params, run)
+
+
+def best_settings(tuner: kt.Tuner) -> head.HeadSettings:
+    """The settings of a finished search's best trial."""
+    return head.HeadSettings.from_values(tuner.get_best_hyperparameters(1)[0].values)
+
+
+def train_chosen(settings: head.HeadSettings, trials: pd.DataFrame, train: FeatureSet, val: FeatureSet,
+                 params: Params, run: tracking.StageRun) -> HeadResult:
+    """Train the chosen settings once more from the seed, every epoch logged to the stage's run.
+
+    For random and Bayesian search that reproduces the best trial exactly. Hyperband's best trial
+    may have resumed another trial's weights, so its final head is trained from scratch with the
+    full epoch budget; so is a distributed chief's, whose trials ran in the workers.
+
+    Args:
+        settings: the head's settings.
+        trials: every trial of the search (empty when tuning is off).
+        train: the train split's features.
+        val: the val split's features.
+        params: the whole params.
+        run: the stage's MLflow run.
+    """
     keras.backend.clear_session()  # as the tuner does before each trial, so the final fit starts alike
     training.seed_everything(params.seed)
-    model = head.build_head(width, num_classes, settings)
-    fitted = head.fit_head(model, train, val, settings, params.train_head, objective,
+    model = head.build_head(train.features.shape[1], len(train.classes), settings)
+    fitted = head.fit_head(model, train, val, settings, params.train_head, params.tune.objective,
                            [training.EpochLog(run.log_metrics)])
-    return HeadResult(settings, model, training.history_frame(fitted.history), trials, objective)
+    return HeadResult(settings, model, training.history_frame(fitted.history), trials, params.tune.objective)

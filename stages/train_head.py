@@ -3,18 +3,34 @@
 Reads:  paths.features/{train,val}.npz; params ``train_head``, ``tune``, ``compute``, ``seed``
 Writes: paths.head_model, paths.best_hparams, paths.tuner (the search's trials);
         paths.plots/train_head/{trials,history}.csv; paths.metrics/train_head.json
+
+Distributed tuning (``KERASTUNER_TUNER_ID`` set; see ``pipeline.distributed``) runs this
+same command in every process. The chief is the stage: it serves the search, then trains the best
+head and writes everything above, under its MLflow stage run. A worker only runs trials (each a
+child run of the chief's stage run, see ``distributed.run_worker``) and writes nothing but its trial
+files in paths.tuner: no stage run, no model, no metrics JSON.
 """
 
-from pipeline import config, features, files, runtime, tracking, tuning
+from pipeline import config, distributed, features, files, runtime, tracking, tuning
+from pipeline.config import Params
 from pipeline.errors import run_cli
+from pipeline.features import FeatureSet
 
 
 def main() -> None:
     params = config.load()
+    role = distributed.configure(params)
     runtime.configure(params.compute)
+    if role.kind == "worker":
+        trials = distributed.run_worker(*read_features(params), params, role)
+        print(f"train_head worker {role.tuner_id}: ran trials {', '.join(trials) or 'none'}")
+        return
     with tracking.stage_run("train_head", params) as run:
-        train, val = (features.read_feature_set(params.path("features") / f"{name}.npz") for name in ("train", "val"))
-        result = tuning.select_head(train, val, params, run)
+        train, val = read_features(params)
+        if role.kind == "chief":
+            result = tuning.train_chosen(*distributed.serve_search(train, val, params, run, role), train, val, params, run)
+        else:
+            result = tuning.select_head(train, val, params, run)
         best = result.best_epoch()
         files.save_model(result.model, params.path("head_model"))
         files.write_yaml(params.path("best_hparams"), {**result.settings.as_dict(), "epochs": int(best["epoch"])})
@@ -28,6 +44,11 @@ def main() -> None:
         run.log_metrics(result.summary())
         print(f"train_head: {result.settings.as_dict()}: {params.tune.objective} {best[params.tune.objective]:.4f} "
               f"at epoch {int(best['epoch'])} → {params.paths.head_model}")
+
+
+def read_features(params: Params) -> tuple[FeatureSet, FeatureSet]:
+    """The train and val splits' cached features."""
+    return tuple(features.read_feature_set(params.path("features") / f"{name}.npz") for name in ("train", "val"))
 
 
 if __name__ == "__main__":
