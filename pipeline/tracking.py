@@ -9,7 +9,8 @@ Stages never call MLflow directly::
 opens the run (after checking the tracking store is reachable, before any heavy work), logs the
 stage's params as declared in dvc.yaml, tags it (stage, git commit and dirty flag, DVC experiment
 name, params.yaml hash), and on success writes the logged metrics plus the run id to the stage's
-metrics JSON, so every DVC-tracked result points at its MLflow run.
+metrics JSON, so every DVC-tracked result points at its MLflow run. ``pipeline.lineage`` adds the
+DVC hashes of the stage's deps and outs and the ids of the upstream runs that made its inputs.
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import mlflow  # imported here: it is slow, and only needed once a stage really runs
 
+    from pipeline import lineage  # imported here: lineage's command line uses this module
+
     mlflow.set_tracking_uri(uri)
     experiment_id = _experiment_id(mlflow, params, uri)
     tags = run_tags(stage, params)
@@ -187,9 +190,11 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     handle = StageRun(mlflow, active.info.run_id, experiment_id, tags)
     try:
         mlflow.log_params(stage_params(stage, params))
+        lineage.log_inputs(mlflow, stage, params)
         yield handle
         record = {**handle.metrics, "mlflow": {"run_id": handle.run_id, "experiment_id": experiment_id}}
-        files.write_json(params.path("metrics") / f"{stage}.json", record)
+        files.write_json(metrics_file(params, stage), record)
+        lineage.log_outputs(mlflow, stage, params)  # after the metrics JSON: it is an out too
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
@@ -197,6 +202,11 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def metrics_file(params: Params, stage: str) -> Path:
+    """``metrics/<stage>.json``: the stage's metrics and its MLflow run id, for DVC and for lineage."""
+    return params.path("metrics") / f"{stage}.json"
 
 
 def tracking_uri(params: Params) -> str:
