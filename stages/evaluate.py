@@ -1,13 +1,16 @@
 """evaluate stage: score the classifier on the test split, and the head alone on the cached test features.
 
 Reads:  paths.splits/test.csv, the test images, paths.model, paths.features/test.npz, paths.head_model;
-        params ``evaluate``, ``backbone.crop``, ``compute``
+        params ``evaluate``, ``backbone.crop``, ``compute``, ``registry``
 Writes: paths.predictions; paths.plots/evaluate/ (confusion.csv for `dvc plots`, confusion_matrix.png,
         reliability.png/.csv, roc.csv, pr.csv and curves.png: class 1's for two classes, else micro-averaged);
-        paths.metrics/evaluate.json (both models side by side)
+        paths.metrics/evaluate.json (both models side by side, and the registry decision);
+        with ``registry.enabled``, paths.model as a new version of ``registry.model_name`` in the MLflow
+        model registry (a pyfunc model: image bytes or paths in), alias candidate, champion when it wins
 """
 
-from pipeline import config, evaluation, features, figures, files, finetune, predict, runtime, split, tracking
+from pipeline import (config, evaluation, features, figures, files, finetune, predict, registry, runtime, split,
+                      tracking)
 from pipeline.errors import run_cli
 
 MODELS = ("finetuned", "head_only")
@@ -54,6 +57,11 @@ def main() -> None:
         run.log_table(frame, "predictions")
         print(f"evaluate: test accuracy {scores['finetuned']['accuracy']:.4f} "
               f"(head alone on cached features: {scores['head_only']['accuracy']:.4f}) on {len(frame)} images")
+        if params.registry.enabled:
+            entry = registry.register_classifier(params, scores["finetuned"], run.run_id, run.tags)
+            run.record("registry", entry)
+            print(f"evaluate: registered {entry['name']} v{entry['version']} (alias {registry.CANDIDATE}); "
+                  f"{entry['reason']}")
 
 
 if __name__ == "__main__":
