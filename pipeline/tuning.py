@@ -289,6 +289,7 @@ def select_head(train: FeatureSet, val: FeatureSet, params: Params, run: trackin
         run: the stage's MLflow run; each trial becomes a child run of it.
     """
     if not params.tune.enabled:
+        params.path("tuner").mkdir(parents=True, exist_ok=True)  # a stage output: empty, as there is no search
         return train_chosen(head.HeadSettings.from_params(params.train_head), pd.DataFrame(), train, val, params, run)
     log = TrialLog(run, params.tune.algorithm)
     tuner = make_search(train, params, log)
