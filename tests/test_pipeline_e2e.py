@@ -41,7 +41,7 @@ def test_the_whole_pipeline_runs_then_nothing_is_left_to_do(project, image_tree)
     image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6})
     project.shrink(head_epochs=1)
     first = project.run("dvc", "repro")
-    stages = ("download", "split", "extract", "train_head", "finetune", "evaluate", "analyze")
+    stages = ("download", "split", "extract", "train_head", "finetune", "evaluate", "analyze", "export")
     assert all(f"Running stage '{stage}'" in first.stdout for stage in stages)
     for output in ("models/model.keras", "reports/predictions.csv", "reports/report.html"):
         assert (project.root / output).is_file()
