@@ -94,10 +94,10 @@ class Project:
         return self.run(sys.executable, "-m", f"stages.{name}", check=check)
 
 
-@pytest.fixture
-def project(tmp_path: Path, base_params: dict[str, Any]) -> Project:
-    """A git + DVC repository holding the project's code, with params reading a folder source."""
-    root = tmp_path / "repo"
+def create_project(base: Path, params: dict[str, Any]) -> Project:
+    """A git + DVC repository at ``base/repo`` holding the project's code and its shipped .dvc/config,
+    with ``params`` changed to read a folder source at ``base/source``, split 50/25/25."""
+    root = base / "repo"
     root.mkdir()
     for name in PROJECT_FILES:
         source = REPO / name
@@ -105,8 +105,8 @@ def project(tmp_path: Path, base_params: dict[str, Any]) -> Project:
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, root / name)
-    params = copy.deepcopy(base_params)
-    params["data"].update({"source": "folder", "folder": str(tmp_path / "source")})
+    params = copy.deepcopy(params)
+    params["data"].update({"source": "folder", "folder": str(base / "source")})
     params["split"].update({"use_existing": False, "val": 0.25, "test": 0.25})
     proj = Project(root, params)
     proj.write_params()
@@ -114,7 +114,13 @@ def project(tmp_path: Path, base_params: dict[str, Any]) -> Project:
     proj.run("git", "config", "user.email", "test@example.com")
     proj.run("git", "config", "user.name", "test")
     proj.run("dvc", "init", "-q")
-    proj.run("dvc", "config", "core.analytics", "false")
+    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")  # analytics off, the default remote
     proj.run("git", "add", "-A")
     proj.run("git", "commit", "-qm", "init")
     return proj
+
+
+@pytest.fixture
+def project(tmp_path: Path, base_params: dict[str, Any]) -> Project:
+    """A git + DVC repository holding the project's code, with params reading a folder source."""
+    return create_project(tmp_path, base_params)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import socket
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import botocore.exceptions
 import pytest
 import yaml
 
-from conftest import PROJECT_FILES, REPO, Project, write_image
+from conftest import REPO, Project, create_project, write_image
 from seaweedfs import S3Server, create_client, run_seaweedfs
 
 pytestmark = pytest.mark.slow
@@ -25,36 +24,11 @@ pytestmark = pytest.mark.slow
 UP_TO_DATE = "Data and pipelines are up to date."
 
 
-def create_project(base: Path) -> Project:
-    """A git + DVC repository under ``base`` like conftest's ``project``, with the shipped .dvc/config."""
-    root = base / "repo"
-    root.mkdir()
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, root / name)
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["data"].update({"source": "folder", "folder": str(base / "source")})
-    params["split"].update({"use_existing": False, "val": 0.25, "test": 0.25})
-    project = Project(root, params)
-    project.write_params()
-    project.run("git", "init", "-q")
-    project.run("git", "config", "user.email", "test@example.com")
-    project.run("git", "config", "user.name", "test")
-    project.run("dvc", "init", "-q")
-    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-qm", "init")
-    return project
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Project:
     """The whole pipeline run once on tiny data and committed (dvc.lock, metrics, .gitignore files)."""
     base = tmp_path_factory.mktemp("remote")
-    project = create_project(base)
+    project = create_project(base, yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
     for label in ("cat", "dog"):
         for index in range(6):
             write_image(base / "source" / label / f"img{index:03d}.png", f"{label}/{index}")
