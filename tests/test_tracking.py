@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import sys
 
 import mlflow
@@ -12,6 +11,7 @@ import pytest
 
 from pipeline import config, tracking
 from pipeline.errors import UserError
+from processes import free_port
 
 
 @pytest.fixture
@@ -56,14 +56,8 @@ def test_failed_stage_marks_the_run_failed_and_writes_no_metrics(params, monkeyp
     assert not (params.path("metrics") / "download.json").exists()
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unreachable_tracking_server_is_a_user_error_naming_the_uri(params, monkeypatch) -> None:
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(UserError, match=f"MLflow tracking server {uri} is unreachable"):
         with tracking.stage_run("split", params):
@@ -72,7 +66,7 @@ def test_unreachable_tracking_server_is_a_user_error_naming_the_uri(params, monk
 
 def test_stage_stops_before_work_when_tracking_server_is_down(project, image_tree) -> None:
     image_tree(project.params["data"]["folder"], {"a": 4, "b": 4})
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     result = project.run(sys.executable, "-m", "stages.download", check=False, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 2
     assert f"MLflow tracking server {uri} is unreachable" in result.stderr

@@ -3,14 +3,7 @@ trials, artifacts through the server's proxy, the registered model), checked thr
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,18 +15,16 @@ from typing import Any
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+import processes
 
-START_TIMEOUT_S = 180.0  # importing MLflow and migrating a new sqlite store is slow on a busy machine
-STOP_TIMEOUT_S = 30.0
+pytestmark = pytest.mark.slow
 
 
 @dataclass(frozen=True)
 class Server:
-    """A running ``mlflow server``: its URL and where it keeps runs and artifacts."""
+    """A running ``mlflow server`` seen through its REST API: its URL and its artifacts folder."""
 
     url: str
-    store: Path
     artifacts: Path
 
     def get(self, endpoint: str, **query: str) -> dict[str, Any]:
@@ -61,80 +52,11 @@ class Server:
             raise AssertionError(f"{endpoint}: HTTP {error.code}: {error.read().decode('utf-8', 'replace')}") from None
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    """Poll ``/health`` until the server answers; fail with its log if it exits or takes too long."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited ({process.returncode}):\n{log.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(1)
-    pytest.fail(f"mlflow server did not answer {url}/health in {START_TIMEOUT_S:.0f} s:\n"
-                f"{log.read_text(errors='replace')}")
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (uvicorn and its worker), SIGKILL it if it lingers, and
-    return once no process of the group is left."""
-    group = process.pid  # the server leads its own session, so its group id is its pid
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, sig)
-        if group_exited(process, STOP_TIMEOUT_S):
-            return
-    pytest.fail(f"mlflow server's process group {group} survived SIGKILL")
-
-
-def group_exited(process: subprocess.Popen, timeout_s: float) -> bool:
-    """Wait up to ``timeout_s`` for the leader and every other process of its group to exit."""
-    deadline = time.monotonic() + timeout_s
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=timeout_s)
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return process.poll() is not None
-        time.sleep(0.2)
-    return False
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[Server]:
-    """``mlflow server`` on a free port of 127.0.0.1: sqlite store, one worker, artifacts proxied by
-    the server into its own folder (clients upload over HTTP). Stopped, with its workers, afterwards."""
-    folder = tmp_path / "server"
-    folder.mkdir()
-    port = free_port()
-    server = Server(f"http://127.0.0.1:{port}", folder / "server.db", folder / "artifacts")
-    command = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{server.store}",
-        "--artifacts-destination", str(server.artifacts),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log = folder / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        wait_until_healthy(server.url, process, log)
-        yield server
-    finally:
-        stop_process_group(process)
+    """A real ``mlflow server`` (see ``processes.mlflow_server``), stopped with its workers afterwards."""
+    with processes.mlflow_server(tmp_path / "server") as server:
+        yield Server(server.url, server.artifacts)
 
 
 def tag(run: dict[str, Any], key: str) -> str | None:
