@@ -3,6 +3,8 @@
 ``<split>.npz`` holds ``features`` (rows x width), ``labels`` (class indices into ``classes``),
 ``paths`` and ``sha256`` (the split CSV's rows, in its order) and ``classes``. ``meta.json`` says
 how the features were made, so a head trained on them knows what backbone to put back under it.
+Both are a function of the images and the params alone (no timings, no dates): two runs at the same
+``compute.threads`` write the same bytes.
 """
 
 from __future__ import annotations
@@ -118,8 +120,8 @@ def extract_splits(
     size: int,
     params: Params,
     out: Path,
-) -> dict:
-    """Extract every split listed in the split stage's CSVs into ``out``; return the metadata written.
+) -> tuple[dict, float]:
+    """Extract every split listed in the split stage's CSVs into ``out``.
 
     Args:
         model: the extractor from ``backbones.build_extractor``.
@@ -128,6 +130,10 @@ def extract_splits(
         size: its input size.
         params: the loaded params (splits folder, crop, batch size, dtype).
         out: the (staging) features folder.
+
+    Returns:
+        The metadata written to ``meta.json``, and the seconds the backbone's passes took (a
+        metric, kept out of the files so that they repeat bytewise).
     """
     forward = compile_forward(model)
     counts: dict[str, int] = {}
@@ -159,9 +165,7 @@ def extract_splits(
         "counts": counts,
         "batch_size": params.extract.batch_size,
         "threads": params.compute.threads,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(sum(counts.values()) / seconds, 1) if seconds else 0.0,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     files.write_json(out / META_FILE, meta)
-    return meta
+    return meta, seconds

@@ -7,6 +7,7 @@ fails or is killed never leaves a half-written output for DVC to cache.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 _CHUNK = 1 << 20
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip member can carry: stamped on every member written here
+_PARTIAL = ".partial-"  # temporaries are named ".<final name>.partial-<random>" (git- and dvc-ignored)
 
 
 def _umask() -> int:
@@ -38,6 +41,26 @@ def _publish(temporary: str | Path, path: Path) -> None:
     """
     os.chmod(temporary, 0o666 & ~_umask())
     os.replace(temporary, path)
+
+
+def _temporary_prefix(final: Path) -> str:
+    """The name prefix of ``final``'s temporaries (``.gitignore`` and ``.dvcignore`` match it)."""
+    return f".{final.name}{_PARTIAL}"
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Remove temporaries of ``final`` that a killed run left behind (SIGKILL allows no clean-up).
+
+    Only for stage outputs (``staged_dir``, ``save_model``): DVC runs one stage at a time per
+    repository, so any temporary of a stage output that exists when the stage starts writing it is
+    a leftover. Files that other processes may write at the same moment (caches shared between
+    repositories) are left alone.
+    """
+    for leftover in final.parent.glob(f"{glob.escape(_temporary_prefix(final))}*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -61,7 +84,8 @@ def staged_dir(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    _remove_leftovers(final)
+    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(final), dir=final.parent))
     try:
         yield staging
     except BaseException:
@@ -75,7 +99,7 @@ def replace_dir(source: Path, final: Path) -> None:
     """Move folder ``source`` to ``final``, replacing whatever was there, by renames only."""
     previous = None
     if final.exists() or final.is_symlink():
-        previous = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        previous = Path(tempfile.mkdtemp(prefix=f".{final.name}{_PARTIAL}old-", dir=final.parent))
         os.replace(final, previous / final.name)
     os.replace(source, final)
     if previous is not None:
@@ -86,7 +110,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     """Write a binary file atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -133,12 +157,12 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
     os.close(handle)
     try:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             for name, array in arrays.items():
-                member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
                 with archive.open(member, "w", force_zip64=True) as stream:
                     np.lib.format.write_array(stream, np.asanyarray(array), allow_pickle=False)
         _publish(temporary, path)
@@ -162,16 +186,68 @@ def read_yaml(path: Path) -> Any:
 
 
 def save_model(model: Any, path: Path) -> None:
-    """Save a Keras model (``.keras``) atomically: written beside its place, then renamed."""
+    """Save a Keras model (``.keras``) atomically and byte-reproducibly.
+
+    Keras writes the time of saving (``date_saved`` in ``metadata.json``, the weights member's zip
+    date) and memory addresses (the ids of shared objects in ``config.json``) into the archive; it is
+    rewritten without them, so the same model gives the same bytes, and DVC the same hash, on every
+    run. Written beside its place, then renamed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.partial-", dir=path.parent, suffix=path.suffix)
-    os.close(handle)
+    _remove_leftovers(path)
+    saved, temporary = (_new_file(_temporary_prefix(path), path.parent, path.suffix) for _ in range(2))
     try:
-        model.save(temporary)
+        model.save(saved)
+        _copy_keras_archive_without_dates(Path(saved), Path(temporary))
         _publish(temporary, path)
     finally:
+        Path(saved).unlink(missing_ok=True)
         Path(temporary).unlink(missing_ok=True)
+
+
+def _new_file(prefix: str, folder: Path, suffix: str) -> str:
+    """Create an empty temporary file and return its name."""
+    handle, name = tempfile.mkstemp(prefix=prefix, dir=folder, suffix=suffix)
+    os.close(handle)
+    return name
+
+
+def _copy_keras_archive_without_dates(source: Path, target: Path) -> None:
+    """Copy a ``.keras`` zip member by member, leaving out what differs between equal models.
+
+    Every member is dated ``_ZIP_EPOCH``; ``date_saved`` is dropped from ``metadata.json`` (Keras
+    does not read it back); in ``config.json`` the ids of shared objects, which Keras takes from
+    memory addresses, are renumbered in order of appearance. Weights are copied unchanged.
+    """
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", allowZip64=True) as new:
+        for info in old.infolist():
+            member = zipfile.ZipInfo(info.filename, date_time=_ZIP_EPOCH)
+            member.compress_type, member.external_attr = info.compress_type, info.external_attr
+            if info.filename == "metadata.json":
+                metadata = {k: v for k, v in json.loads(old.read(info)).items() if k != "date_saved"}
+                new.writestr(member, json.dumps(metadata))
+            elif info.filename == "config.json":
+                new.writestr(member, json.dumps(_renumber_shared_objects(json.loads(old.read(info)), {})))
+            else:
+                member.file_size = info.file_size  # tells ``open`` whether the member needs ZIP64
+                with old.open(info) as reader, new.open(member, "w") as writer:
+                    shutil.copyfileobj(reader, writer, _CHUNK)
+
+
+def _renumber_shared_objects(value: Any, numbers: dict[int, int]) -> Any:
+    """``value`` with every ``shared_object_id`` replaced by 1, 2, ... in order of first appearance
+    (the same object keeps the same number, which is all Keras needs to share it again on loading)."""
+    if isinstance(value, dict):
+        return {
+            key: numbers.setdefault(item, len(numbers) + 1)
+            if key == "shared_object_id" and isinstance(item, int)
+            else _renumber_shared_objects(item, numbers)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_renumber_shared_objects(item, numbers) for item in value]
+    return value
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -187,7 +263,7 @@ def save_figure(figure: Any, path: Path, dpi: int = 120) -> None:
     """Save a matplotlib figure as PNG atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent, suffix=".png")
+    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent, suffix=".png")
     os.close(handle)
     try:
         figure.savefig(temporary, dpi=dpi, format="png")

@@ -1,7 +1,8 @@
 """Extract stage: run the frozen pretrained backbone once over every image and cache its features.
 
 Reads:  paths.splits/{train,val,test}.csv, classes.json; the images; params ``backbone``, ``extract``, ``compute``
-Writes: paths.features/{train,val,test}.npz, meta.json; paths.metrics/extract.json
+Writes: paths.features/{train,val,test}.npz, meta.json (the same bytes on every run at a fixed
+        ``compute.threads``); paths.metrics/extract.json (with the timings)
 """
 
 from pipeline import backbones, config, features, files, runtime, tracking
@@ -19,19 +20,21 @@ def main() -> None:
         )
         run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256})
         with files.staged_dir(params.path("features")) as staging:
-            meta = features.extract_splits(model, backbone, weights, size, params, staging)
+            meta, seconds = features.extract_splits(model, backbone, weights, size, params, staging)
+        images = sum(meta["counts"].values())
+        images_per_s = round(images / seconds, 1) if seconds else 0.0
         run.log_dict(meta, "features_meta.json")
         run.log_metrics(
             {
-                "images_per_s": meta["images_per_s"],
-                "seconds": meta["seconds"],
+                "images_per_s": images_per_s,
+                "seconds": round(seconds, 3),
                 "feature_width": meta["feature_width"],
                 **{f"images_{name}": n for name, n in meta["counts"].items()},
             }
         )
         print(
-            f"extract: {sum(meta['counts'].values())} images → {meta['feature_width']} features each "
-            f"({backbone.name}, {size} px, {meta['images_per_s']:.0f} images/s) → {params.paths.features}"
+            f"extract: {images} images → {meta['feature_width']} features each "
+            f"({backbone.name}, {size} px, {images_per_s:.0f} images/s) → {params.paths.features}"
         )
 
 

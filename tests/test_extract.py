@@ -50,9 +50,10 @@ def test_extract_writes_features_in_split_order_and_repeats_bytewise(project, im
     assert meta["weights_sha256"] == efficientnet_lite.WEIGHTS_SHA256
     assert (meta["image_size"], meta["crop"], meta["feature_width"], meta["dtype"]) == (32, "center", 1280, "float32")
     assert meta["counts"] == {n: len(pd.read_csv(root / f"data/splits/{n}.csv")) for n in SPLITS}
-    assert meta["images_per_s"] > 0
+    assert "images_per_s" not in meta and "seconds" not in meta  # timings make bytes differ: metrics JSON only
 
     metrics = json.loads((root / "metrics/extract.json").read_text())
+    assert metrics["images_per_s"] > 0
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     run = mlflow.get_run(metrics["mlflow"]["run_id"])
     assert run.data.tags["weights.sha256"] == efficientnet_lite.WEIGHTS_SHA256

