@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # DVC runs stage commands as `python -m stages.<name>`: make them find the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test bench lock fashion-mnist fonts ui clean
+.PHONY: setup run test bench lock fashion-mnist fonts ui clean push pull
 
 setup: $(VENV)/.installed ## create .venv and install the locked dependencies
 
@@ -45,9 +45,8 @@ run: setup fashion-mnist fonts ## dvc repro the default pipeline (STAGE=split: o
 test: setup fashion-mnist fonts ## the whole test suite
 	pytest $(PYTEST_ARGS)
 
-bench: setup ## speed benchmarks on ../shared/datasets → benchmarks/results/*.json (not timed tests)
-	python -m benchmarks.extract
-	python -m benchmarks.tuning
+bench: setup ## benchmarks on ../shared/datasets → benchmarks/results/*.json, one table → benchmarks/RESULTS.md
+	python -m benchmarks.report --run extract tuning accuracy repro memory
 
 lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
 	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock
@@ -61,3 +60,9 @@ ui: setup ## the MLflow UI on the embedded store: http://127.0.0.1:5000
 
 clean: ## remove the venv and caches (not data, models or MLflow runs)
 	rm -rf $(VENV) .pytest_cache .cache
+
+push: setup ## dvc push the cached results to the default remote (README, "Share with a team")
+	dvc push
+
+pull: setup ## dvc pull a teammate's results for this commit; `make run` then has nothing to redo
+	dvc pull

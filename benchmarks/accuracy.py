@@ -1,0 +1,271 @@
+"""Benchmark: what a pretrained backbone buys in test accuracy, on real photos and on Fashion-MNIST.
+
+Three classifiers per dataset, trained on the same train/val split and scored on the same test images:
+
+- ``scratch_cnn``: a small CNN trained from random weights in the lecture notes' style (Conv2D/MaxPooling2D
+  stack, dropout, augmentation layers; ``benchmarks/scratch_cnn.py``), on small images;
+- ``head_only``: the pipeline's tuned head on cached EfficientNet-Lite0 features (the backbone frozen);
+- ``finetuned``: the pipeline's fine-tuned classifier (the top of the backbone unfrozen; best epoch on val).
+
+Each dataset runs the real pipeline, ``dvc repro`` one stage at a time up to evaluate, in a throw-away copy of
+the project: its own git + DVC repository and MLflow store in a temporary folder, the images copied in by the
+``folder`` source. Nothing is written to this repository but the result. ``head_only`` and ``finetuned`` come
+from that run's ``metrics/evaluate.json``; the scratch CNN trains on that run's ``data/splits`` CSVs.
+
+- ``flowers``: ``shared/datasets/flowers`` (5 classes, 4,317 photos of 128 px), split 80/10/10 by the pipeline;
+  backbone at 160 px (features at 160 px beat 128 px; 224 px adds nothing), scratch CNN at 64 px;
+- ``hymenoptera``: ``shared/datasets/hymenoptera_data`` (ants vs. bees, 398 photos); the shipped ``val/`` is the
+  test set (the classic protocol, 153 images), val is carved from ``train/``; 160 px, scratch CNN at 64 px;
+- ``fashion_mnist``: params.yaml's defaults (96 px, official test set), capped at ``FASHION_MAX_PER_CLASS``
+  images per class (over train and test) to fit the time budget; scratch CNN at 28 px (the native size).
+
+Writes ``benchmarks/results/accuracy.json`` (accuracies; images per split; seconds per method and per stage;
+the params each run used) and prints a summary table. ``--quick`` checks the whole benchmark end to end in a few
+minutes (a few images per class, tiny training, written to ``benchmarks/work/``; not a measurement)::
+
+    python -m benchmarks.accuracy [--datasets flowers hymenoptera fashion_mnist] [--quick] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks import machine
+from pipeline import files
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+RESULTS = REPO / "benchmarks" / "results"
+QUICK_OUTPUT = REPO / "benchmarks" / "work" / "accuracy_quick.json"
+PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
+STAGES = ("download", "split", "extract", "train_head", "finetune", "evaluate")
+METHODS = ("scratch_cnn", "head_only", "finetuned")
+FASHION_MAX_PER_CLASS = 2000
+QUICK_MAX_PER_CLASS = 30
+
+
+def copy_hymenoptera(scratch: Path) -> Path:
+    """ants/bees with the shipped ``val/`` as ``test/``, so the pipeline carves val from ``train/``."""
+    target = scratch / "hymenoptera"
+    for ours, theirs in (("train", "train"), ("test", "val")):
+        shutil.copytree(SHARED / "hymenoptera_data" / theirs, target / ours)
+    return target
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One benchmark dataset: where its images come from and how its run differs from params.yaml."""
+
+    description: str
+    params: dict[str, dict[str, Any]]  # params.yaml changes, by section
+    scratch_size: int  # the scratch CNN's input side in pixels
+    scratch_epochs: int  # at most; early stopping on val ends sooner
+    scratch_batch: int
+    source: Callable[[Path], Path] | None = None  # makes the folder the ``folder`` source reads
+
+
+DATASETS = {
+    "flowers": Dataset(
+        "shared/datasets/flowers: 5 classes of photos; split 80/10/10 by the pipeline (seeded, stratified)",
+        {"data": {"source": "folder"}, "split": {"use_existing": False}, "backbone": {"image_size": 160}},
+        scratch_size=64, scratch_epochs=25, scratch_batch=64, source=lambda _: SHARED / "flowers",
+    ),
+    "hymenoptera": Dataset(
+        "shared/datasets/hymenoptera_data: ants vs. bees; its val/ folder is the test set, val is 20% of train/",
+        {"data": {"source": "folder"}, "split": {"use_existing": True, "val": 0.2}, "backbone": {"image_size": 160}},
+        scratch_size=64, scratch_epochs=40, scratch_batch=32, source=copy_hymenoptera,
+    ),
+    "fashion_mnist": Dataset(
+        f"Fashion-MNIST (Debian package), at most {FASHION_MAX_PER_CLASS} images per class: test images from the "
+        "official test set, val is 10% of train",
+        {"data": {"max_per_class": FASHION_MAX_PER_CLASS}},
+        scratch_size=28, scratch_epochs=20, scratch_batch=128,
+    ),
+}
+
+
+def workspace_params(dataset: Dataset, folder: Path | None, quick: bool) -> dict[str, Any]:
+    """params.yaml for one dataset's run: this repository's, with the dataset's changes.
+
+    ``quick`` caps every class at a few images and makes every training phase tiny: a check that the
+    benchmark runs end to end, not a measurement.
+    """
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for section, changes in dataset.params.items():
+        params[section].update(copy.deepcopy(changes))
+    if folder is not None:
+        params["data"]["folder"] = str(folder)
+    if quick:
+        params["data"]["max_per_class"] = QUICK_MAX_PER_CLASS
+        params["backbone"]["image_size"] = 64
+        params["tune"].update(algorithm="random", max_trials=2)
+        params["train_head"]["epochs"] = 3
+        params["finetune"].update(epochs=1)
+    return params
+
+
+def make_workspace(root: Path, params: dict[str, Any]) -> None:
+    """A copy of the project's code with ``params`` in a fresh git + DVC repository at ``root``.
+
+    The converted backbone weights are linked in from this repository's cache when present, so the
+    run does not convert them again.
+    """
+    root.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    weights = REPO / params["paths"]["weights"]
+    if weights.is_dir():
+        for path in weights.iterdir():
+            files.link_or_copy(path, root / params["paths"]["weights"] / path.name)
+    for command in (("git", "init", "-q"), ("git", "config", "user.email", "bench@example.com"),
+                    ("git", "config", "user.name", "bench"), ("dvc", "init", "-q"),
+                    ("dvc", "config", "core.analytics", "false"), ("git", "add", "-A"),
+                    ("git", "commit", "-qm", "benchmark workspace")):
+        run_command(root, command)
+
+
+def run_command(root: Path, command: tuple[str, ...]) -> None:
+    """Run a command in the workspace with this interpreter's bin folder first on PATH.
+
+    Raises:
+        SystemExit: the command failed (the end of its output is shown).
+    """
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the workspace's own embedded store, never a shared one
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed in {root} ({result.returncode}):\n"
+                         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def run_pipeline(root: Path) -> dict[str, float]:
+    """``dvc repro`` each stage up to evaluate, in order; wall seconds per stage (process start included)."""
+    seconds = {}
+    for stage in STAGES:
+        started = time.perf_counter()
+        run_command(root, ("dvc", "repro", "--single-item", stage))
+        seconds[stage] = round(time.perf_counter() - started, 1)
+        print(f"  {stage}: {seconds[stage]} s", flush=True)
+    return seconds
+
+
+def read_metrics(root: Path, stage: str) -> dict[str, Any]:
+    """A stage's ``metrics/<stage>.json`` in the workspace."""
+    return json.loads((root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
+
+
+def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
+    """The pipeline's two classifiers and the scratch CNN on one dataset, in a workspace under ``scratch``.
+
+    Returns:
+        Test accuracy per method, with the images per split, seconds and the params the run used.
+    """
+    from benchmarks import scratch_cnn
+    from pipeline import config, split
+
+    root = scratch / "workspace"
+    make_workspace(root, workspace_params(dataset, dataset.source(scratch) if dataset.source else None, quick))
+    stage_seconds = run_pipeline(root)
+    params = config.load(root / "params.yaml")
+    evaluated, finetuned = read_metrics(root, "evaluate"), read_metrics(root, "finetune")
+    splits = {name: split.read_split_files(params.path("splits"), name, root) for name in ("train", "val", "test")}
+    print(f"  scratch CNN at {dataset.scratch_size} px ...", flush=True)
+    cnn = scratch_cnn.train_and_score(splits["train"], splits["val"], splits["test"], dataset.scratch_size,
+                                      epochs=2 if quick else dataset.scratch_epochs, patience=scratch_cnn.PATIENCE,
+                                      batch_size=dataset.scratch_batch, seed=params.seed)
+    head_s = stage_seconds["extract"] + stage_seconds["train_head"]
+    return {
+        "scratch_cnn": round(cnn.pop("accuracy"), 4),
+        "head_only": round(evaluated["head_only"]["accuracy"], 4),
+        "finetuned": round(evaluated["finetuned"]["accuracy"], 4),
+        "data": dataset.description,
+        "classes": len(splits["test"].classes),
+        "images": {name: len(files_of.paths) for name, files_of in splits.items()},
+        "max_per_class": params.data.max_per_class,
+        "image_size": params.backbone.image_size,
+        "scratch_image_size": dataset.scratch_size,
+        # head_only: extract + train_head; finetuned: those and the finetune stage; scratch_cnn: decoding
+        # the three splits, training and testing. Scoring both pipeline models is the evaluate stage.
+        "seconds": {"scratch_cnn": round(cnn["decode_s"] + cnn["train_s"] + cnn["test_s"], 1),
+                    "head_only": round(head_s, 1), "finetuned": round(head_s + stage_seconds["finetune"], 1)},
+        "stage_seconds": stage_seconds,
+        "head": files.read_yaml(params.path("best_hparams")),
+        "finetune": {
+            "params": dataclasses.asdict(params.finetune),
+            "augment": dataclasses.asdict(params.augment),
+            **{key: finetuned[key] for key in ("val_accuracy_before", "best_val_accuracy", "kept_epoch",
+                                                "epochs_trained", "trainable_params") if key in finetuned},
+        },
+        "scratch": cnn,
+    }
+
+
+def summary_table(results: dict[str, dict[str, Any]]) -> str:
+    """The results as a markdown table: test accuracy and seconds per method, per dataset."""
+    lines = ["| dataset | train / val / test images | scratch CNN | head only | fine-tuned "
+             "| seconds (scratch / head / fine-tuned) |", "|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        images = " / ".join(f"{result['images'][split]:,}" for split in ("train", "val", "test"))
+        accuracies = " | ".join(f"{result[method]:.3f}" for method in METHODS)
+        seconds = " / ".join(f"{result['seconds'][method]:.0f}" for method in METHODS)
+        lines.append(f"| {name} ({result['image_size']} px) | {images} | {accuracies} | {seconds} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--quick", action="store_true", help="a few images per class, tiny training: a smoke run")
+    parser.add_argument("--keep", type=Path, help="build the workspaces in this new folder and keep them")
+    args = parser.parse_args()
+    from pipeline import config, runtime
+
+    threads = config.load(REPO / "params.yaml").compute.threads
+    runtime.configure(config.ComputeParams(threads=threads))  # the scratch CNN's threads: the pipeline's
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="headstart-accuracy-") as temporary:
+        base = args.keep or Path(temporary)
+        for name in args.datasets:
+            print(f"{name}:", flush=True)
+            results[name] = run_dataset(DATASETS[name], base / name, args.quick)
+            print("  test accuracy: " + ", ".join(f"{m} {results[name][m]:.4f}" for m in METHODS), flush=True)
+    output = QUICK_OUTPUT if args.quick else RESULTS / "accuracy.json"
+    files.write_json(output, {
+        "benchmark": "accuracy",
+        "machine": machine.describe(),
+        # Other processes on the machine slow every number here down: the load before and after.
+        "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]},
+        "quick": args.quick,
+        "backbone": "efficientnet_lite0 (imagenet)",
+        "threads": threads,
+        **results,
+        "total_s": round(time.perf_counter() - started, 1),
+    })
+    print(summary_table(results))
+    print(f"→ {output.relative_to(REPO)} ({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

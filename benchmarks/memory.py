@@ -1,0 +1,101 @@
+"""Benchmark: the extract stage's peak memory at N and at 4N images.
+
+Extract streams the images (decoded a few batches ahead of the network) and writes features into
+one preallocated array, so only that array should grow with the number of images (4N x 1280
+float32: 10 MB for 2,000 images). In a throw-away copy of the project on the flower photos
+(``shared/datasets/flowers``, ``data.max_per_class`` = N / 5, params.yaml's values otherwise),
+``dvc repro split`` prepares the split, then ``python -m stages.extract`` runs as a child process
+whose peak resident memory the kernel reports when it ends (``wait4``'s ``ru_maxrss``); then again
+with 4N images. Writes ``benchmarks/results/memory.json``::
+
+    python -m benchmarks.memory [--n 500] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import machine
+from benchmarks.extract import RESULTS
+from benchmarks.repro import create_workspace, flower_params, run_in, write_params
+from pipeline import files
+
+CLASSES = 5  # the flower photos' classes
+
+
+def peak_rss_mb(root: Path, module: str) -> tuple[float, float]:
+    """Run ``python -m <module>`` in ``root``; its peak resident memory in MiB and its wall seconds.
+
+    Raises:
+        SystemExit: the command failed (its output is shown).
+    """
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.perf_counter()
+    with open(root / f"{module}.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", module], cwd=root, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"{module} failed in {root}:\n{(root / f'{module}.log').read_text()[-4000:]}")
+    return round(usage.ru_maxrss / 1024, 1), round(seconds, 1)  # ru_maxrss is in KiB on Linux
+
+
+def measure_at(root: Path, params: dict, images: int) -> dict[str, float]:
+    """Split ``images`` flower photos in the workspace, then extract them; peak memory and seconds."""
+    params["data"]["max_per_class"] = images // CLASSES
+    write_params(root, params)
+    started = time.perf_counter()
+    run_in(root, ("dvc", "repro", "split"))
+    split_s = round(time.perf_counter() - started, 1)
+    peak, extract_s = peak_rss_mb(root, "stages.extract")
+    counts = files.read_json(root / params["paths"]["features"] / "meta.json")["counts"]
+    print(f"{sum(counts.values())} images: extract peak RSS {peak} MiB ({extract_s} s)", flush=True)
+    return {"images": sum(counts.values()), "peak_rss_mb": peak, "extract_s": extract_s, "split_s": split_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=500, help="images in the smaller run (a multiple of 5)")
+    parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temporary folder)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    scratch = args.keep or Path(tempfile.mkdtemp(prefix="headstart-memory-"))
+    try:
+        params = flower_params(args.n // CLASSES)
+        root = scratch / "workspace"
+        create_workspace(root, params)
+        small, large = measure_at(root, params, args.n), measure_at(root, params, 4 * args.n)
+        width = files.read_json(root / params["paths"]["features"] / "meta.json")["feature_width"]
+    finally:
+        if args.keep is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    result = {
+        "benchmark": "memory",
+        "machine": machine.describe(),
+        "data": f"shared/datasets/flowers, {args.n // CLASSES} then {4 * args.n // CLASSES} photos per class",
+        "backbone": f"{params['backbone']['name']} ({params['backbone']['weights']}), "
+                    f"{params['backbone']['image_size']} px, batch {params['extract']['batch_size']}",
+        "n": small["images"],
+        "peak_rss_mb_n": small["peak_rss_mb"],
+        "peak_rss_mb_4n": large["peak_rss_mb"],
+        "growth_mb": round(large["peak_rss_mb"] - small["peak_rss_mb"], 1),
+        "feature_array_mb_4n": round(large["images"] * width * 4 / 2**20, 1),
+        "parts_s": {"extract_n": small["extract_s"], "extract_4n": large["extract_s"],
+                    "split_n": small["split_s"], "split_4n": large["split_s"]},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    files.write_json(RESULTS / "memory.json", result)
+    print({k: v for k, v in result.items() if k.startswith(("n", "peak", "growth", "feature"))})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The benchmark results as one markdown table: printed, and written to ``benchmarks/RESULTS.md``.
+
+Reads ``benchmarks/results/<name>.json`` (written by ``python -m benchmarks.<name>``). With ``--run``, runs
+the named benchmarks first, one after the other, and records how long each took in
+``results/timings.json``; ``make bench`` runs them all::
+
+    python -m benchmarks.report [--run extract tuning accuracy repro memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks import machine
+from pipeline import files
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REPORT = HERE / "RESULTS.md"
+TIMINGS = RESULTS / "timings.json"
+BENCHMARKS = ("extract", "tuning", "accuracy", "repro", "memory")  # make bench's order
+Row = tuple[str, str, str]  # what was measured, the result, on what data
+
+
+def run_benchmarks(names: list[str]) -> None:
+    """Run ``python -m benchmarks.<name>`` for each name in turn; record each one's wall time.
+
+    Raises:
+        SystemExit: a benchmark failed (the ones before it keep their results and timings).
+    """
+    timings = files.read_json(TIMINGS) if TIMINGS.exists() else {}
+    for name in names:
+        print(f"== benchmarks.{name}", flush=True)
+        started = time.perf_counter()
+        status = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], check=False).returncode
+        if status != 0:
+            raise SystemExit(f"benchmarks.{name} failed (exit status {status})")
+        timings[name] = {"seconds": round(time.perf_counter() - started, 1), "date": machine.describe()["date"]}
+        files.write_json(TIMINGS, timings)
+
+
+def extract_rows(result: dict[str, Any]) -> list[Row]:
+    return [(f"Extract speed, {size} px",
+             f"{rates['extract_images_per_s']:.0f} images/s: {result[f'ratio_vs_forward_{size}']:.2f}× the backbone "
+             f"alone on decoded images, {result[f'speedup_vs_naive_{size}']:.1f}× a PIL + `predict` loop",
+             result["data"]) for size, rates in result["sizes"].items()]
+
+
+def tuning_rows(result: dict[str, Any]) -> list[Row]:
+    return [("Head search, one trial",
+             f"{result['s_per_trial_cached']:.2f} s on cached features, {result['s_per_trial_end_to_end']:.1f} s "
+             f"through the frozen backbone ({result['speedup_cached_vs_end_to_end']}× faster); memory "
+             f"{result['rss_growth_mb_after_first_trial']:+.0f} MB over {result['search_trials']} trials",
+             result["data"])]
+
+
+def accuracy_rows(result: dict[str, Any]) -> list[Row]:
+    return [(f"Test accuracy, {name}",
+             f"scratch CNN {scores['scratch_cnn']:.3f} · head only {scores['head_only']:.3f} · "
+             f"fine-tuned {scores['finetuned']:.3f}", scores.get("data", ""))
+            for name, scores in result.items() if isinstance(scores, dict) and "scratch_cnn" in scores]
+
+
+def repro_rows(result: dict[str, Any]) -> list[Row]:
+    ran = ", ".join(result["head_change_stages"]) or "no stage"
+    return [("`dvc repro`",
+             f"full run {result['full_s']:.0f} s · nothing changed {result['noop_s']:.1f} s · "
+             f"{result['head_change']}: {result['head_change_s']:.0f} s (ran: {ran})", result["data"])]
+
+
+def memory_rows(result: dict[str, Any]) -> list[Row]:
+    return [("Extract peak memory",
+             f"{result['n']} images: {result['peak_rss_mb_n']:.0f} MiB · {4 * result['n']} images: "
+             f"{result['peak_rss_mb_4n']:.0f} MiB ({result['growth_mb']:+.0f} MiB; the 4N feature array is "
+             f"{result['feature_array_mb_4n']:.0f} MiB)", result["data"])]
+
+
+ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "extract": extract_rows, "tuning": tuning_rows, "accuracy": accuracy_rows, "repro": repro_rows,
+    "memory": memory_rows,
+}
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def build_table(results: dict[str, dict[str, Any]], timings: dict[str, dict[str, Any]]) -> str:
+    """One markdown table over every benchmark: its rows, when it was measured and how long it took.
+
+    Args:
+        results: benchmark name -> its results JSON (missing names are shown as not run).
+        timings: benchmark name -> ``{"seconds": ...}`` from ``--run``; otherwise the JSON's own ``seconds``.
+    """
+    lines = ["| Benchmark | Result | Data | Measured | Took |", "|---|---|---|---|---|"]
+    for name in BENCHMARKS:
+        result = results.get(name)
+        if result is None:
+            lines.append(f"| {name} | not run: `python -m benchmarks.{name}` | | | |")
+            continue
+        took = _minutes(timings.get(name, {}).get("seconds", result.get("seconds")))
+        measured = str(result.get("machine", {}).get("date", ""))[:10]
+        for index, (what, value, data) in enumerate(ROWS[name](result)):
+            lines.append(f"| {what} | {value} | {data} | {measured if index == 0 else ''} | {took if index == 0 else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def describe_machines(results: dict[str, dict[str, Any]]) -> str:
+    """The machine the results were measured on (or each, if they differ)."""
+    seen = {}
+    for name, result in results.items():
+        where = result.get("machine", {})
+        key = f"{where.get('cpu')}, {where.get('cores')} cores, {where.get('memory_gib')} GiB, {where.get('device')}"
+        seen.setdefault(key, []).append(name)
+    if len(seen) == 1:
+        return f"Measured on {next(iter(seen))}."
+    return "Measured on different machines: " + "; ".join(f"{k} ({', '.join(v)})" for k, v in seen.items()) + "."
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", nargs="*", choices=BENCHMARKS, metavar="NAME",
+                        help=f"run these benchmarks first (any of: {', '.join(BENCHMARKS)})")
+    args = parser.parse_args()
+    if args.run:
+        run_benchmarks(args.run)
+    results = {name: json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+               for name in BENCHMARKS if (RESULTS / f"{name}.json").exists()}
+    timings = files.read_json(TIMINGS) if TIMINGS.exists() else {}
+    table = build_table(results, timings)
+    timed = [name for name in BENCHMARKS if name in timings]
+    total = f" Run by `make bench`, {', '.join(timed)} took {_minutes(sum(timings[n]['seconds'] for n in timed))}." if timed else ""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    files.write_text(REPORT, f"# Benchmark results\n\nWritten {now} by `python -m benchmarks.report`. "
+                             f"{describe_machines(results)}{total}\n\n{table}")
+    print(table, end="")
+
+
+if __name__ == "__main__":
+    main()
