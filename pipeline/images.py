@@ -1,8 +1,9 @@
 """Opening and verifying image files before anything trains on them, and reading their headers.
 
-``inspect_image`` decodes a whole file with Pillow (the split stage's check); ``read_header`` reads
-only the few bytes that give the format, the size and the EXIF orientation, which the tf.data input
-pipeline needs to plan each file's decoding before it starts.
+``inspect_image`` (the split stage's check) reads a file's header with Pillow and decodes the whole
+file with the TensorFlow ops the tf.data input pipeline uses; ``read_header`` reads only the few
+bytes that give the format, the size and the EXIF orientation, which the input pipeline needs to plan
+each file's decoding before it starts.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -24,6 +27,8 @@ from pipeline import progress
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
 _EXIF_ORIENTATION = 0x0112
 _HEADER_BYTES = 1 << 16  # JPEG metadata (EXIF) sits before the frame header; 64 KiB covers nearly every camera
+_DECODE_BATCH = 256  # files per tf.data element in the split's decoding check
+_CORRUPT = "corrupt or truncated image: "
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic), which carry the size.
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -39,7 +44,7 @@ class Header:
 
 
 def inspect_image(path: Path, max_pixels: int) -> tuple[str, str | None]:
-    """Hash a file and check that it is a complete, decodable image of a supported format.
+    """Hash a file and check that it is a complete image of a supported format that extract can decode.
 
     Args:
         path: the file.
@@ -49,45 +54,139 @@ def inspect_image(path: Path, max_pixels: int) -> tuple[str, str | None]:
         ``(sha256, reason)``, where reason is None for a good image and otherwise says why the
         file cannot be used.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        return "", f"unreadable file: {error.strerror or error}"
-    digest = hashlib.sha256(data).hexdigest()
-    if not data:
-        return digest, "empty file (0 bytes)"
-    return digest, _decode_problem(io.BytesIO(data), max_pixels)
+    digest, image_format, problem = _check_header(path, max_pixels)
+    return digest, problem or _decode_problem(path, image_format)
 
 
 def inspect_images(paths: list[Path], max_pixels: int) -> list[tuple[str, str | None]]:
-    """``inspect_image`` for many files, in parallel threads (decoding releases the GIL)."""
+    """``inspect_image`` for many files: headers in parallel threads, then every file decoded in one
+    parallel tf.data pass (an eager TensorFlow op per file would cost more than the whole check of a
+    small image)."""
     # Our own size check reports large images; Pillow's warning would only repeat it, and its
     # hard limit (twice MAX_IMAGE_PIXELS) must not be lower than ours.
     Image.MAX_IMAGE_PIXELS = max(max_pixels, Image.MAX_IMAGE_PIXELS or 0)
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: inspect_image(p, max_pixels), paths)
-        return list(progress.bar(results, total=len(paths), desc="verify images", unit="img"))
+        results = pool.map(lambda p: _check_header(p, max_pixels), paths)
+        checked = list(progress.bar(results, total=len(paths), desc="verify images", unit="img"))
+    candidates = [i for i, (_, _, problem) in enumerate(checked) if problem is None]
+    refused = _refused_by_tf([paths[i] for i in candidates], [checked[i][1] == "JPEG" for i in candidates])
+    refused_paths = {candidates[i] for i in refused}
+    return [
+        (digest, problem or (_decode_problem(paths[i], image_format) if i in refused_paths else None))
+        for i, (digest, image_format, problem) in enumerate(checked)
+    ]
 
 
-def _decode_problem(content: io.BytesIO, max_pixels: int) -> str | None:
-    """Decode the bytes already read for hashing, so every file is read from disk once."""
+def _check_header(path: Path, max_pixels: int) -> tuple[str, str | None, str | None]:
+    """Hash a file and open it with Pillow, which reads the header: the format and the size, checked
+    before any pixel is decoded.
+
+    Returns:
+        ``(sha256, format, reason)``: the format Pillow recognised (None when none), and why the
+        file cannot be used (None when its header is good).
+    """
     try:
-        with Image.open(content) as image:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return "", None, f"unreadable file: {error.strerror or error}"
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        return digest, None, "empty file (0 bytes)"
+    image_format = None
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # the bytes already read for hashing: one disk read
+            image_format = image.format
             if image.format not in SUPPORTED_FORMATS:
-                return f"unsupported format {image.format} (supported: {', '.join(SUPPORTED_FORMATS)})"
+                supported = ", ".join(SUPPORTED_FORMATS)
+                return digest, image_format, f"unsupported format {image.format} (supported: {supported})"
             width, height = image.size
             if width * height > max_pixels:
-                return f"too large: {width}x{height} pixels exceeds split.max_image_pixels ({max_pixels})"
-            image.load()
+                too_large = f"{width}x{height} pixels exceeds split.max_image_pixels ({max_pixels})"
+                return digest, image_format, f"too large: {too_large}"
     except Image.DecompressionBombError as error:
-        return f"too large (decompression-bomb guard): {error}"
+        return digest, image_format, f"too large (decompression-bomb guard): {error}"
     except UnidentifiedImageError:
-        return "not an image (content not recognised)"
+        return digest, image_format, "not an image (content not recognised)"
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        return f"corrupt or truncated image: {error}"
+        return digest, image_format, _CORRUPT + str(error)
+    return digest, image_format, None
+
+
+def _decode_problem(path: Path, image_format: str | None) -> str | None:
+    """Why the tf.io decoders refuse a file whose header is good, or None when they decode it.
+
+    The pixels are decoded by the ops extract decodes with (libpng, libjpeg), with the settings of
+    ``inputs`` (JPEG at full scale): a file the split keeps must never stop extract. They are
+    stricter than Pillow (a bad chunk checksum, a marker inside JPEG data), so Pillow, which
+    decodes the analysis report's thumbnails, is not asked to decode every file too. The reason is
+    Pillow's when Pillow fails too: it names the usual problems (truncated data, broken tables) best.
+    """
+    tf = _tensorflow()
+    try:
+        data = tf.io.read_file(str(path))
+        if image_format == "JPEG":
+            tf.io.decode_jpeg(data, channels=3)
+        else:
+            tf.io.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.OpError as error:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as pillow_error:
+            return _CORRUPT + str(pillow_error)
+        message = re.sub(r"\{\{.*?\}\}", "", error.message).split("[Op:")[0].strip()  # the op's own words
+        return f"corrupt image (TensorFlow's decoder refuses it): {message}"
     return None
+
+
+def _refused_by_tf(paths: list[Path], jpeg: list[bool]) -> set[int]:
+    """Indices of the files the tf.io decoders refuse, decoded in parallel in a tf.data pipeline.
+
+    Files go through in batches of ``_DECODE_BATCH`` (a tf.data element per file costs more than
+    decoding a small image); a batch with a refused file fails whole, so its files go through again
+    one by one.
+    """
+    if not paths:
+        return set()
+    failed = sorted(_undecoded(paths, jpeg, _DECODE_BATCH, "decode check"))
+    if not failed:
+        return set()
+    again = _undecoded([paths[i] for i in failed], [jpeg[i] for i in failed], 1, "decode check, one by one")
+    return {failed[i] for i in again}
+
+
+def _undecoded(paths: list[Path], jpeg: list[bool], batch_size: int, desc: str) -> set[int]:
+    """Indices of the files in batches that could not all be decoded."""
+    tf = _tensorflow()
+
+    def decode(file: tuple[Any, Any]) -> Any:
+        path, is_jpeg = file
+        data = tf.io.read_file(path)
+        image = tf.cond(is_jpeg, lambda: tf.io.decode_jpeg(data, channels=3),
+                        lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+        return tf.shape(image)[0]  # an output that depends on the decoding, so it is not pruned
+
+    def decode_batch(indices: Any, batch_paths: Any, batch_jpeg: Any) -> tuple[Any, Any]:
+        return indices, tf.map_fn(decode, (batch_paths, batch_jpeg), fn_output_signature=tf.int32)
+
+    dataset = tf.data.Dataset.from_tensor_slices((list(range(len(paths))), [str(p) for p in paths], jpeg))
+    dataset = dataset.batch(batch_size).map(decode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    decoded: set[int] = set()
+    with progress.bar(total=len(paths), desc=desc, unit="img") as bar:
+        for indices, _ in dataset.ignore_errors().as_numpy_iterator():
+            decoded.update(indices.tolist())
+            bar.update(len(indices))
+        bar.update(len(paths) - len(decoded))  # the files of failed batches
+    return set(range(len(paths))) - decoded
+
+
+def _tensorflow() -> Any:
+    """TensorFlow, imported on first use: the rest of this module must stay quick to import."""
+    import tensorflow as tf
+
+    return tf
 
 
 def read_header(path: Path) -> Header:

@@ -23,6 +23,9 @@ class Acquired:
     classes: int
     presplit: bool
     ignored: tuple[tuple[str, str], ...]  # files of the source left out, with the reason
+    # Class folders of the source with no files (``[<split>/]<class>``): not classes, so not copied
+    # (DVC would not keep an empty folder anyway), but never dropped without a word.
+    empty_classes: tuple[str, ...] = ()
 
 
 def acquire(data: DataParams, target: Path, downloads: Path) -> Acquired:
@@ -34,9 +37,9 @@ def acquire(data: DataParams, target: Path, downloads: Path) -> Acquired:
         downloads: cache folder for verified downloads.
 
     Returns:
-        Counts of what was written, and the source files that were left out.
+        Counts of what was written, the source files that were left out and the empty class folders.
     """
-    ignored: tuple[tuple[str, str], ...] = ()
+    source: dataset.Scan | None = None
     if data.source == "fashion_mnist":
         contents = fashion_mnist.read_idx_files(
             Path(data.fashion_mnist_dir), downloads, retries=data.retries, timeout_s=data.timeout_s
@@ -50,12 +53,13 @@ def acquire(data: DataParams, target: Path, downloads: Path) -> Acquired:
         )
         with tempfile.TemporaryDirectory(prefix="extract-", dir=downloads) as unpacked:
             archive.extract_archive(bundle, Path(unpacked))
-            ignored = copy_classes(select_root(Path(unpacked), data.subdir), target, data.max_per_class)
+            source = copy_classes(select_root(Path(unpacked), data.subdir), target, data.max_per_class)
     else:
         assert data.folder is not None  # guaranteed by DataParams.check
-        ignored = copy_classes(select_root(Path(data.folder), data.subdir), target, data.max_per_class)
+        source = copy_classes(select_root(Path(data.folder), data.subdir), target, data.max_per_class)
     written = dataset.scan_dataset(target)
-    return Acquired(len(written.entries), len(written.classes), written.presplit, ignored)
+    ignored, empty = (source.ignored, source.empty_classes) if source is not None else ((), ())
+    return Acquired(len(written.entries), len(written.classes), written.presplit, ignored, empty)
 
 
 def select_root(root: Path, subdir: str | None) -> Path:
@@ -88,14 +92,15 @@ def select_root(root: Path, subdir: str | None) -> Path:
         root = visible[0]
 
 
-def copy_classes(source: Path, target: Path, max_per_class: int | None) -> tuple[tuple[str, str], ...]:
-    """Link or copy the class folders of ``source`` into ``target``, keeping the layout.
+def copy_classes(source: Path, target: Path, max_per_class: int | None) -> dataset.Scan:
+    """Link or copy the files of the class folders of ``source`` into ``target``, keeping the layout.
 
     Returns:
-        The files of ``source`` that were left out, with the reason.
+        The scan of ``source``: its files, the ones left out with the reason, and the empty class
+        folders (not created in ``target``).
     """
     found = dataset.scan_dataset(source)
     chosen = dataset.cap_per_class(found.entries, max_per_class)
     for entry in progress.bar(chosen, desc="copy images", unit="file"):
         files.link_or_copy(source / entry.rel, target / entry.rel)
-    return found.ignored
+    return found

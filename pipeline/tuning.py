@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +28,9 @@ from pipeline.features import FeatureSet
 _RUN_STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "INVALID": "FAILED", "STOPPED": "KILLED"}
 
 WORKER_FILE = "worker.json"  # a distributed worker's record of a trial, in trial_<id>/
-_RECORD_COLUMNS = ("seconds", "rss_mb", "mlflow_run_id")
+ORACLE_FILE = "oracle.json"  # Keras Tuner's state of the search, in the tuner folder
+# Measured per trial, so different on every run: kept in MLflow, never in a DVC output.
+_RECORD_COLUMNS = ("mlflow_run_id", "seconds", "rss_mb")
 
 
 def sample_settings(hp: kt.HyperParameters, space: SearchSpace) -> head.HeadSettings:
@@ -242,6 +244,24 @@ def trials_frame(tuner: kt.Tuner, records: Mapping[str, Mapping[str, Any]] | Non
     return pd.DataFrame(rows)
 
 
+def split_trials(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Divide a ``trials_frame`` into what a rerun repeats and what it measures anew.
+
+    A distributed search's ``tuner_id`` goes to both: which worker ran a trial depends on
+    scheduling, but such a search's tuner folder (the workers' records, the oracle's end order)
+    differs from run to run anyway, and the worker is worth seeing beside the results.
+
+    Returns:
+        ``(results, runs)``: per trial its id, status, hyperparameters, objective and best epoch;
+        and per trial its id, MLflow run id, seconds and memory (empty without those columns).
+    """
+    measured = [column for column in _RECORD_COLUMNS if column in trials]
+    if not measured:
+        return trials, pd.DataFrame()
+    worker = ["tuner_id"] if "tuner_id" in trials else []
+    return trials.drop(columns=measured), trials[["trial", *worker, *measured]]
+
+
 @dataclass(frozen=True)
 class HeadResult:
     """The chosen head: its settings, the trained model, its per-epoch history and every trial."""
@@ -249,8 +269,11 @@ class HeadResult:
     settings: head.HeadSettings
     model: keras.Model
     history: pd.DataFrame
-    trials: pd.DataFrame  # empty when tuning is off
+    # The trials' results, repeatable (plots/train_head/trials.csv); empty when tuning is off.
+    trials: pd.DataFrame
     objective: str
+    # Where each trial ran and what it cost (MLflow run id, worker, seconds, memory): MLflow only.
+    trial_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def best_epoch(self) -> dict[str, float]:
         """The history row of the epoch whose weights the head kept (the best on the objective)."""
@@ -265,7 +288,7 @@ class HeadResult:
         numbers = {f"best_{name}": value for name, value in best.items() if name not in ("epoch", "learning_rate")}
         numbers.update({"best_epoch": int(best["epoch"]), "epochs_trained": len(self.history)})
         if not self.trials.empty:
-            seconds = self.trials["seconds"].dropna()
+            seconds = self.trial_runs.get("seconds", pd.Series(dtype=float)).dropna()
             numbers.update({
                 "trials": len(self.trials),
                 "trials_completed": int((self.trials["status"] == "COMPLETED").sum()),
@@ -294,7 +317,23 @@ def select_head(train: FeatureSet, val: FeatureSet, params: Params, run: trackin
     log = TrialLog(run, params.tune.algorithm)
     tuner = make_search(train, params, log)
     tuner.search(train, val, epochs=params.train_head.epochs)
+    make_oracle_repeatable(params.path("tuner"))
     return train_chosen(best_settings(tuner), trials_frame(tuner, log.records()), train, val, params, run)
+
+
+def make_oracle_repeatable(folder: Path) -> None:
+    """Rewrite the ``oracle.json`` of a finished search in ``folder`` without what differs between two
+    runs of the same search, since the tuner folder is a DVC output.
+
+    Keras Tuner keeps when the search and each trial started (``display``), only to print elapsed
+    times while it searches; it reloads the file without them (no start time is what a search that
+    never began has). ``tried_so_far`` is a set, listed in Python's per-process hash order: sorted.
+    """
+    path = folder / ORACLE_FILE
+    state = files.read_json(path)
+    state["display"] = {**state["display"], "search_start": None, "trial_start": {}}
+    state["tried_so_far"] = sorted(state["tried_so_far"])
+    files.write_json(path, state)
 
 
 def best_settings(tuner: kt.Tuner) -> head.HeadSettings:
@@ -310,17 +349,23 @@ def train_chosen(settings: head.HeadSettings, trials: pd.DataFrame, train: Featu
     may have resumed another trial's weights, so its final head is trained from scratch with the
     full epoch budget; so is a distributed chief's, whose trials ran in the workers.
 
+    The trials' MLflow run ids, times and memory are logged as the ``trial_runs`` table; the
+    result's ``trials`` leave them out, so the table the stage writes for DVC is repeatable.
+
     Args:
         settings: the head's settings.
-        trials: every trial of the search (empty when tuning is off).
+        trials: every trial of the search, as ``trials_frame`` gives it (empty when tuning is off).
         train: the train split's features.
         val: the val split's features.
         params: the whole params.
         run: the stage's MLflow run.
     """
+    results, runs = split_trials(trials)
+    if not runs.empty:
+        run.log_table(runs, "trial_runs")
     keras.backend.clear_session()  # as the tuner does before each trial, so the final fit starts alike
     training.seed_everything(params.seed)
     model = head.build_head(train.features.shape[1], len(train.classes), settings)
     fitted = head.fit_head(model, train, val, settings, params.train_head, params.tune.objective,
                            [training.EpochLog(run.log_metrics)])
-    return HeadResult(settings, model, training.history_frame(fitted.history), trials, params.tune.objective)
+    return HeadResult(settings, model, training.history_frame(fitted.history), results, params.tune.objective, runs)

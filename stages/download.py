@@ -19,6 +19,10 @@ def main() -> None:
         if acquired.ignored:
             run.log_dict([{"path": p, "reason": r} for p, r in acquired.ignored], "ignored_files.json")
             print(f"download: left out {len(acquired.ignored)} file(s) outside class folders or hidden (see MLflow artifact ignored_files.json)")
+        run.log_metrics({"empty_class_folders": len(acquired.empty_classes)}, to_json=False)
+        run.record("empty_class_folders", list(acquired.empty_classes))
+        for folder in acquired.empty_classes:
+            print(f"download: ignored empty class folder {folder}/: it holds no files, so it is not a class")
         print(f"download: {acquired.images} images in {acquired.classes} classes → {params.paths.raw}")
 
 

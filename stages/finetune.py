@@ -20,6 +20,9 @@ def main() -> None:
         size = backbone.size(params.backbone.image_size)
         core, weights = backbones.build_backbone(backbone, size, params.backbone.weights, params.root,
                                                  params.path("weights"))
+        # Seeded after the backbone is built: with ``weights: none`` its random weights must stay the ones
+        # extract drew (runtime's fixed seed). The layers built from here on (the head's dropout) draw from ``seed``.
+        training.seed_everything(params.seed)
         run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256})
         head_epochs = int(files.read_yaml(params.path("best_hparams"))["epochs"])
         model = finetune.assemble(backbone, core, finetune.load_head(params.path("head_model")), size,

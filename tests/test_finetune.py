@@ -3,7 +3,6 @@ training, and the finetune stage's model taking raw uint8 images."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import keras

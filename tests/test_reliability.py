@@ -6,9 +6,9 @@ This is the suite to scan. Cases tested where their module is tested are named h
 |---|---|
 | corrupt JPEG, truncated JPEG, zero-byte file, text file named .jpg, oversized image (decompression-bomb guard) | here: ``test_odd_and_bad_files_through_split_and_extract``; reasons per file: ``test_split.py::test_inspect_image_gives_a_reason_for_every_bad_file``; ``test_inputs.py::test_not_an_image_is_a_clear_error`` |
 | CMYK JPEG, 16-bit PNG, palette PNG with transparency, animated GIF, EXIF-rotated photo | here: ``test_odd_and_bad_files_through_split_and_extract`` (each gives the features of the same picture saved plainly); decoding: ``test_inputs.py::test_formats_and_grayscale_become_three_channel_pixels``, ``::test_exif_rotated_jpeg_is_loaded_upright``, ``::test_orientation_matches_pil_exif_transpose`` |
-| a file the split accepts but extract cannot decode | here: ``test_every_file_the_split_accepts_can_be_decoded_by_extract`` (known gap, xfail) |
+| a file Pillow accepts but extract cannot decode (PNG with a bad IDAT checksum, JPEG with a marker inside its scan) | here: ``test_every_file_the_split_accepts_can_be_decoded_by_extract``, ``test_the_split_excludes_what_extract_cannot_decode_and_keeps_the_rest`` |
 | a class with one image; a dataset with one class; an empty source folder | here: ``test_stage_refuses_what_it_cannot_split``; logic: ``test_split.py::test_class_with_too_few_images_is_named_with_its_count``, ``::test_a_single_class_is_refused`` |
-| an empty class folder beside good ones | here: ``test_an_empty_class_folder_is_reported`` (known gap, xfail) |
+| an empty class folder beside good ones | here: ``test_an_empty_class_folder_is_reported`` (download names it, on the console and in its metrics) |
 | non-ASCII and space-containing paths | here (class ``ノウサギ hare``, files ``palette ü.png``, ...); ``test_sources.py::test_folder_source_hard_links_class_folders_keeping_unicode_and_spaces``; ``test_split.py::test_split_stage_on_unicode_names_with_bad_files`` |
 | zip-slip archive | ``test_sources.py::test_zip_member_with_dotdot_is_refused_and_nothing_extracted``, ``::test_zip_member_with_absolute_name_is_refused`` |
 | archive with a link pointing outside | ``test_sources.py::test_tar_symlink_pointing_outside_is_refused``, ``::test_tar_hard_link_pointing_outside_is_refused``, ``::test_tar_link_chain_escaping_through_another_link_is_refused`` |
@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 from pipeline import features, images, inputs
@@ -192,17 +191,21 @@ def test_stage_refuses_what_it_cannot_split(project, image_tree, counts, stage, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="sources.copy_classes drops Scan.empty_classes: an empty class folder is not "
-                                       "copied to data/raw and is reported neither by download nor in the split report")
 def test_an_empty_class_folder_is_reported(project, image_tree) -> None:
     source = Path(project.params["data"]["folder"])
     image_tree(source, {"cat": 4, "dog": 4})
     (source / "owl").mkdir()
+    (source / "hare").mkdir()
+    (source / "hare" / ".DS_Store").write_bytes(b"junk")  # only a hidden file: no image either
     result = project.run("dvc", "repro", "split")
     frames = [pd.read_csv(project.root / f"data/splits/{name}.csv") for name in SPLITS]
     assert sum(len(frame) for frame in frames) == 8  # the good classes are split
-    report = json.loads((project.root / "data/splits/report.json").read_text(encoding="utf-8"))
-    assert "owl" in result.stdout or any("owl" in folder for folder in report["empty_class_folders"])
+    assert json.loads((project.root / "data/splits/classes.json").read_text(encoding="utf-8")) == ["cat", "dog"]
+    for folder in ("owl", "hare"):
+        assert f"download: ignored empty class folder {folder}/" in result.stdout
+    download = json.loads((project.root / "metrics/download.json").read_text(encoding="utf-8"))
+    assert download["empty_class_folders"] == ["hare", "owl"]
+    assert download["classes"] == 2
 
 
 def _png_with_a_bad_idat_checksum(path: Path) -> None:
@@ -225,8 +228,6 @@ def _jpeg_with_a_marker_inside_the_scan(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.xfail(strict=True, raises=tf.errors.InvalidArgumentError, reason="images.inspect_image decodes with Pillow, which accepts these; extract's "
-                                       "libpng/libjpeg (tf.io) refuse them and the whole extract stage fails")
 @pytest.mark.parametrize("damage", [_png_with_a_bad_idat_checksum, _jpeg_with_a_marker_inside_the_scan],
                          ids=["png-bad-idat-crc", "jpeg-marker-in-scan"])
 def test_every_file_the_split_accepts_can_be_decoded_by_extract(tmp_path, damage) -> None:
@@ -236,6 +237,28 @@ def test_every_file_the_split_accepts_can_be_decoded_by_extract(tmp_path, damage
     if problem is None:  # the split keeps it, so extract must be able to read it
         (batch,) = inputs.image_dataset([path], 32, "center", 1)
         assert batch.shape == (1, 32, 32, 3)
+
+
+def test_the_split_excludes_what_extract_cannot_decode_and_keeps_the_rest(tmp_path) -> None:
+    twins = _write_odd_files(tmp_path / "odd")
+    good = sorted((tmp_path / "odd").iterdir())
+    for index in range(3):
+        Image.fromarray(_picture(20 + index)).save(tmp_path / f"plain{index}.jpg", quality=90)
+    good += sorted(tmp_path.glob("plain*.jpg"))
+    damaged = [tmp_path / "bad crc.png", tmp_path / "marker in scan.jpg"]
+    _png_with_a_bad_idat_checksum(damaged[0])
+    _jpeg_with_a_marker_inside_the_scan(damaged[1])
+    paths = good[:4] + damaged[:1] + good[4:] + damaged[1:]  # bad files among good ones, decoded in one batch
+
+    checks = dict(zip(paths, images.inspect_images(paths, max_pixels=10**6)))
+
+    assert len(good) == 2 * len(twins) + 1 + 3
+    assert {path.name: checks[path][1] for path in good} == {path.name: None for path in good}
+    assert checks[damaged[0]][1].startswith("corrupt image (TensorFlow's decoder refuses it): Invalid PNG data")
+    assert checks[damaged[1]][1].startswith("corrupt image (TensorFlow's decoder refuses it): jpeg::Uncompress failed")
+    assert all(checks[path][0] == hashlib.sha256(path.read_bytes()).hexdigest() for path in paths)
+    (batch,) = inputs.image_dataset(good, 32, "center", len(good))  # everything kept decodes in extract
+    assert batch.shape == (len(good), 32, 32, 3)
 
 
 # --------------------------------------------------------------------------------------------

@@ -236,6 +236,32 @@ def test_folder_source_reports_hidden_and_loose_files_without_copying_them(
     assert result.images == 4
 
 
+def test_folder_source_names_empty_class_folders_without_creating_them(
+    tmp_path: Path, image_tree: Callable[..., Path], base_params: dict[str, Any]
+) -> None:
+    """A class folder with no files (or only hidden ones) is not a class: listed, not copied, in either layout."""
+    flat = image_tree(tmp_path / "flat", {"cat": 2, "dog": 2})
+    (flat / "owl").mkdir()
+    (flat / "hare" / "sub").mkdir(parents=True)
+    (flat / "hare" / ".DS_Store").write_bytes(b"junk")
+    presplit = image_tree(tmp_path / "presplit" / "train", {"cat": 2, "dog": 2})
+    image_tree(presplit.parent / "test", {"cat": 1})
+    (presplit.parent / "test" / "dog").mkdir()
+
+    results = {}
+    for name, source in (("flat", flat), ("presplit", presplit.parent)):
+        target = make_empty(tmp_path / f"target-{name}")
+        results[name] = sources.acquire(data_params(base_params, source="folder", folder=str(source)), target,
+                                        tmp_path / "dl")
+        assert not any(p.is_dir() and not any(p.iterdir()) for p in target.rglob("*")), name  # no empty folder made
+
+    assert results["flat"].empty_classes == ("hare", "owl")
+    assert (results["flat"].classes, results["flat"].images) == (2, 4)
+    assert dict(results["flat"].ignored) == {"hare/.DS_Store": "hidden or system file"}
+    assert results["presplit"].empty_classes == ("test/dog",)
+    assert (results["presplit"].classes, results["presplit"].images) == (2, 5)
+
+
 # --------------------------------------------------------------------------------------------
 # 2. max_per_class
 # --------------------------------------------------------------------------------------------

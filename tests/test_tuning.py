@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import keras_tuner as kt
 import mlflow
@@ -105,6 +106,30 @@ def test_a_three_trial_search_logs_three_child_runs_under_the_stage_run(small_pa
     parent_run = client.get_run(parent)
     assert parent_run.data.metrics["trials"] == 3
     assert len(client.get_metric_history(parent, "val_loss")) == len(result.history)
+    # What differs on every run (run ids, seconds, memory) is in MLflow, not in the trials table for DVC.
+    assert not {"seconds", "rss_mb", "mlflow_run_id"} & set(result.trials.columns)
+    runs = client.load_table(experiment.experiment_id, "trial_runs.json", run_ids=[parent])
+    assert list(runs.columns) == ["trial", "mlflow_run_id", "seconds", "rss_mb"]
+    assert dict(zip(runs["trial"].astype(str), runs["mlflow_run_id"])) == {r.data.tags["tuner.trial_id"]: r.info.run_id
+                                                               for r in children}
+    assert (runs["seconds"] > 0).all() and (runs["rss_mb"] > 0).all()
+    assert parent_run.data.metrics["search_seconds"] == pytest.approx(runs["seconds"].sum())
+
+
+def test_the_tuner_folder_is_repeatable_and_reloads(small_params, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result, _ = _search(small_params)
+    folder = small_params.path("tuner")
+    for path in folder.rglob("*.json"):
+        assert not re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d", path.read_text()), path  # no ISO date-time
+    oracle = json.loads((folder / "oracle.json").read_text())
+    assert oracle["display"] == {"search_start": None, "trial_start": {}, "trial_number": {"0": 1, "1": 2, "2": 3}}
+    assert oracle["tried_so_far"] == sorted(oracle["id_to_hash"].values())  # a set: in a fixed order
+    # Keras Tuner reads the rewritten file back: the same finished search, the same best trial.
+    reloaded = tuning.make_search(tiny_features(30, 0), small_params, None, overwrite=False)
+    assert sorted(reloaded.oracle.trials) == sorted(result.trials["trial"])
+    assert tuning.best_settings(reloaded) == result.settings
+    assert reloaded.oracle.remaining_trials() == 0
 
 
 def test_the_same_seed_picks_the_same_best_hyperparameters(small_params, monkeypatch):
