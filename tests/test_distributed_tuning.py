@@ -13,31 +13,19 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from pipeline import config, distributed, features, tracking, tuning
 from pipeline.errors import UserError
-from pipeline.features import FeatureSet
 from processes import free_port
+from test_tuning import tiny_features
 
 REPO = Path(__file__).resolve().parent.parent
-CLASSES = ("ant", "bee", "wasp")
 WORKERS = ("tuner0", "tuner1")
 TRIALS = 6
 TIMEOUT_S = 600
-
-
-def clusters(per_class: int, seed: int, width: int = 12) -> FeatureSet:
-    """Three Gaussian clusters as cached features."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3, size=(len(CLASSES), width))
-    labels = np.repeat(np.arange(len(CLASSES)), per_class).astype(np.int32)
-    values = (centres[labels] + rng.normal(0, 1, size=(len(labels), width))).astype(np.float32)
-    names = np.array([f"img{i}.png" for i in range(len(labels))])
-    return FeatureSet(values, labels, names, names, CLASSES)
 
 
 # --- roles from params and environment --------------------------------------------------------------
@@ -147,8 +135,8 @@ def distributed_project(project):
     project.params["tune"]["space"]["learning_rate"].update(min=0.01, max=0.1)
     project.write_params()
     folder = project.root / project.params["paths"]["features"]
-    features.write_feature_set(folder / "train.npz", clusters(30, 0))
-    features.write_feature_set(folder / "val.npz", clusters(10, 1))
+    features.write_feature_set(folder / "train.npz", tiny_features(30, 0))
+    features.write_feature_set(folder / "val.npz", tiny_features(10, 1))
     return project
 
 
