@@ -34,8 +34,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,13 +44,13 @@ from typing import Any
 import yaml
 
 from benchmarks import machine
+from benchmarks.workspace import create_workspace, run_in
 from pipeline import files
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "benchmarks" / "results"
 QUICK_OUTPUT = REPO / "benchmarks" / "work" / "accuracy_quick.json"
-PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
 STAGES = ("download", "split", "extract", "train_head", "finetune", "evaluate")
 METHODS = ("scratch_cnn", "head_only", "finetuned")
 FASHION_MAX_PER_CLASS = 2000
@@ -119,51 +117,12 @@ def workspace_params(dataset: Dataset, folder: Path | None, quick: bool) -> dict
     return params
 
 
-def make_workspace(root: Path, params: dict[str, Any]) -> None:
-    """A copy of the project's code with ``params`` in a fresh git + DVC repository at ``root``.
-
-    The converted backbone weights are linked in from this repository's cache when present, so the
-    run does not convert them again.
-    """
-    root.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    weights = REPO / params["paths"]["weights"]
-    if weights.is_dir():
-        for path in weights.iterdir():
-            files.link_or_copy(path, root / params["paths"]["weights"] / path.name)
-    for command in (("git", "init", "-q"), ("git", "config", "user.email", "bench@example.com"),
-                    ("git", "config", "user.name", "bench"), ("dvc", "init", "-q"),
-                    ("dvc", "config", "core.analytics", "false"), ("git", "add", "-A"),
-                    ("git", "commit", "-qm", "benchmark workspace")):
-        run_command(root, command)
-
-
-def run_command(root: Path, command: tuple[str, ...]) -> None:
-    """Run a command in the workspace with this interpreter's bin folder first on PATH.
-
-    Raises:
-        SystemExit: the command failed (the end of its output is shown).
-    """
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the workspace's own embedded store, never a shared one
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed in {root} ({result.returncode}):\n"
-                         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-
-
 def run_pipeline(root: Path) -> dict[str, float]:
     """``dvc repro`` each stage up to evaluate, in order; wall seconds per stage (process start included)."""
     seconds = {}
     for stage in STAGES:
         started = time.perf_counter()
-        run_command(root, ("dvc", "repro", "--single-item", stage))
+        run_in(root, ("dvc", "repro", "--single-item", stage))
         seconds[stage] = round(time.perf_counter() - started, 1)
         print(f"  {stage}: {seconds[stage]} s", flush=True)
     return seconds
@@ -184,7 +143,7 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
     from pipeline import config, split
 
     root = scratch / "workspace"
-    make_workspace(root, workspace_params(dataset, dataset.source(scratch) if dataset.source else None, quick))
+    create_workspace(root, workspace_params(dataset, dataset.source(scratch) if dataset.source else None, quick))
     stage_seconds = run_pipeline(root)
     params = config.load(root / "params.yaml")
     evaluated, finetuned = read_metrics(root, "evaluate"), read_metrics(root, "finetune")

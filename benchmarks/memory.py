@@ -24,7 +24,8 @@ from pathlib import Path
 
 from benchmarks import machine
 from benchmarks.extract import RESULTS
-from benchmarks.repro import create_workspace, flower_params, run_in, write_params
+from benchmarks.repro import flower_params
+from benchmarks.workspace import create_workspace, run_in, write_params
 from pipeline import files
 
 CLASSES = 5  # the flower photos' classes
