@@ -89,9 +89,11 @@ def test_every_run_links_to_the_runs_that_made_its_inputs_also_when_dvc_skips_th
     assert features["mlflow.data.context"] == "evaluate"
     assert features["upstream.stage"] == "extract" and features["upstream.run_id"] == first["extract"]
 
-    # A head-only param: DVC skips download, split and extract; the new chain reaches the new
-    # train_head run and the original runs of the skipped stages.
-    project.params["tune"]["max_trials"] = 2
+    # A head-only param change that yields a different head (8 units is outside the search space, so
+    # no byte-identical model can come back): DVC skips download, split and extract; the new chain
+    # reaches the new train_head run and the original runs of the skipped stages.
+    project.params["tune"]["enabled"] = False
+    project.params["train_head"]["units"] = 8
     project.write_params()
     second = project.run("dvc", "repro", "evaluate")
     assert "Running stage 'train_head'" in second.stdout and "Running stage 'evaluate'" in second.stdout
