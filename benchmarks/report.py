@@ -64,8 +64,9 @@ def tuning_rows(result: dict[str, Any]) -> list[Row]:
 
 def accuracy_rows(result: dict[str, Any]) -> list[Row]:
     return [(f"Test accuracy, {name}",
-             f"scratch CNN {scores['scratch_cnn']:.3f} · head only {scores['head_only']:.3f} · "
-             f"fine-tuned {scores['finetuned']:.3f}", scores.get("data", ""))
+             f"scratch CNN {scores['scratch_cnn']:.3f} · logistic regression {scores['logistic_regression']:.3f} · "
+             f"head only {scores['head_only']:.3f} · fine-tuned {scores['finetuned']:.3f} ({scores['image_size']} px)",
+             scores.get("data", ""))
             for name, scores in result.items() if isinstance(scores, dict) and "scratch_cnn" in scores]
 
 
