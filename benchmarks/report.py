@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -62,10 +63,18 @@ def tuning_rows(result: dict[str, Any]) -> list[Row]:
              result["data"])]
 
 
+def sampling_noise(accuracy: float, images: int) -> float:
+    """Half the width of the 95% interval of an accuracy measured on ``images`` test images (normal
+    approximation): differences smaller than this between two methods can be chance."""
+    return 1.96 * math.sqrt(accuracy * (1 - accuracy) / images)
+
+
 def accuracy_rows(result: dict[str, Any]) -> list[Row]:
     return [(f"Test accuracy, {name}",
              f"scratch CNN {scores['scratch_cnn']:.3f} · logistic regression {scores['logistic_regression']:.3f} · "
-             f"head only {scores['head_only']:.3f} · fine-tuned {scores['finetuned']:.3f} ({scores['image_size']} px)",
+             f"head only {scores['head_only']:.3f} · fine-tuned {scores['finetuned']:.3f} ({scores['image_size']} px; "
+             f"±{sampling_noise(scores['head_only'], scores['images']['test']):.3f} at 95% on "
+             f"{scores['images']['test']:,} test images)",
              scores.get("data", ""))
             for name, scores in result.items() if isinstance(scores, dict) and "scratch_cnn" in scores]
 
