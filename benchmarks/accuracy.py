@@ -1,13 +1,14 @@
 """Benchmark: what a pretrained backbone buys in test accuracy, on real photos and on Fashion-MNIST.
 
-Three classifiers per dataset, trained on the same train/val split and scored on the same test images:
+Four classifiers per dataset, trained on the same train/val split and scored on the same test images:
 
 - ``scratch_cnn``: a small CNN trained from random weights in the lecture notes' style (Conv2D/MaxPooling2D
   stack, dropout, augmentation layers; ``benchmarks/scratch_cnn.py``), on small images;
 - ``head_only``: the pipeline's tuned head on cached EfficientNet-Lite0 features (the backbone frozen);
 - ``finetuned``: the pipeline's fine-tuned classifier (the top of the backbone unfrozen; best epoch on val);
 - ``logistic_regression``: a plain softmax regression on the same cached features
-  (``benchmarks/logistic_regression.py``), the reference the datasets' README quotes, here on the same split and test images as the tuned head.
+  (``benchmarks/logistic_regression.py``), the reference the datasets' README quotes, here on the same split
+  and test images as the tuned head.
 
 The photo datasets fine-tune with the README's recipe for photos (``PHOTO_FINETUNE``: from ``block5a``, learning rate
 1e-4, up to 5 epochs, stronger augmentation); Fashion-MNIST runs params.yaml's defaults unchanged.
@@ -59,7 +60,7 @@ QUICK_OUTPUT = REPO / "benchmarks" / "work" / "accuracy_quick.json"
 STAGES = ("download", "split", "extract", "train_head", "finetune", "evaluate")
 METHODS = ("scratch_cnn", "logistic_regression", "head_only", "finetuned")
 # The README's fine-tuning recipe for photos ("Fine-tuning on photos"): params.yaml's default (block6a, 1e-5,
-# 3 epochs) is sized for the 15-minute Fashion-MNIST run and barely moves a photo model.
+# 3 epochs) is sized for the 15-minute Fashion-MNIST run.
 PHOTO_FINETUNE = {
     "finetune": {"unfreeze_from": "block5a", "learning_rate": 1.0e-4, "epochs": 5, "patience": 5},
     "augment": {"rotation": 0.1, "zoom": 0.2, "contrast": 0.2},
