@@ -40,18 +40,23 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
 import yaml
 
 from benchmarks import machine
-from benchmarks.workspace import create_workspace, run_in
+from benchmarks.workspace import create_workspace, run_in, scratch_folder
 from pipeline import files
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
+    from pipeline.split import SplitFiles
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
@@ -59,6 +64,9 @@ RESULTS = REPO / "benchmarks" / "results"
 QUICK_OUTPUT = REPO / "benchmarks" / "work" / "accuracy_quick.json"
 STAGES = ("download", "split", "extract", "train_head", "finetune", "evaluate")
 METHODS = ("scratch_cnn", "logistic_regression", "head_only", "finetuned")
+# Paired comparisons on the same test images (McNemar's exact test): (baseline, challenger).
+PAIRS = (("logistic_regression", "head_only"), ("logistic_regression", "finetuned"), ("head_only", "finetuned"),
+         ("scratch_cnn", "head_only"))
 # The README's fine-tuning recipe for photos ("Fine-tuning on photos"): params.yaml's default (block6a, 1e-5,
 # 3 epochs) is sized for the 15-minute Fashion-MNIST run.
 PHOTO_FINETUNE = {
@@ -147,6 +155,29 @@ def read_metrics(root: Path, stage: str) -> dict[str, Any]:
     return json.loads((root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
 
 
+def pipeline_predictions(params: Params, test: SplitFiles) -> dict[str, np.ndarray]:
+    """The predicted class of each test image, in the test split's order, by the pipeline's two classifiers:
+    the fine-tuned model's from evaluate's predictions CSV, the head's from the head on the cached features."""
+    from pipeline import features, finetune, predict
+
+    frame = pd.read_csv(params.path("predictions"))
+    predict.check_same_rows(test.rel_paths, list(frame["path"]), "the predictions CSV")
+    index = {name: position for position, name in enumerate(test.classes)}
+    cached = features.read_feature_set(params.path("features") / "test.npz")
+    predict.check_same_rows(test.rel_paths, cached.paths, "the cached test features")
+    head = finetune.load_head(params.path("head_model"))
+    return {"finetuned": frame["predicted"].map(index).to_numpy(),
+            "head_only": predict.head_probabilities(head, cached.features).argmax(axis=1)}
+
+
+def compare_pairs(labels: np.ndarray, predicted: dict[str, np.ndarray]) -> dict[str, dict[str, float | int]]:
+    """``PAIRS`` on the same test images: ``{"<challenger>_vs_<baseline>": evaluation.compare_paired(...)}``."""
+    from pipeline import evaluation
+
+    return {f"{challenger}_vs_{baseline}": evaluation.compare_paired(labels, predicted[baseline], predicted[challenger])
+            for baseline, challenger in PAIRS}
+
+
 def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
     """The pipeline's two classifiers and the scratch CNN on one dataset, in a workspace under ``scratch``.
 
@@ -168,12 +199,15 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
                                       batch_size=dataset.scratch_batch, seed=params.seed)
     print("  logistic regression on the cached features ...", flush=True)
     logreg = logistic_regression.train_and_score(params.path("features"), params.seed)
+    predicted = {"scratch_cnn": cnn.pop("predicted"), "logistic_regression": logreg.pop("predicted"),
+                 **pipeline_predictions(params, splits["test"])}
     head_s = stage_seconds["extract"] + stage_seconds["train_head"]
     return {
         "scratch_cnn": round(cnn.pop("accuracy"), 4),
         "logistic_regression": round(logreg.pop("accuracy"), 4),
         "head_only": round(evaluated["head_only"]["accuracy"], 4),
         "finetuned": round(evaluated["finetuned"]["accuracy"], 4),
+        "paired": compare_pairs(splits["test"].labels, predicted),
         "data": dataset.description,
         "classes": len(splits["test"].classes),
         "images": {name: len(files_of.paths) for name, files_of in splits.items()},
@@ -223,8 +257,7 @@ def main() -> None:
     started = time.perf_counter()
     load_before = os.getloadavg()
     results = {}
-    with tempfile.TemporaryDirectory(prefix="headstart-accuracy-") as temporary:
-        base = args.keep or Path(temporary)
+    with scratch_folder(args.keep, "headstart-accuracy-") as base:
         for name in args.datasets:
             print(f"{name}:", flush=True)
             results[name] = run_dataset(DATASETS[name], base / name, args.quick)

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks import machine
 from benchmarks.extract import RESULTS
 from benchmarks.repro import flower_params
-from benchmarks.workspace import create_workspace, run_in, write_params
+from benchmarks.workspace import create_workspace, run_in, scratch_folder, write_params
 from pipeline import files
 
 CLASSES = 5  # the flower photos' classes
@@ -69,16 +67,12 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temporary folder)")
     args = parser.parse_args()
     started = time.perf_counter()
-    scratch = args.keep or Path(tempfile.mkdtemp(prefix="headstart-memory-"))
-    try:
+    with scratch_folder(args.keep, "headstart-memory-") as scratch:
         params = flower_params(args.n // CLASSES)
         root = scratch / "workspace"
         create_workspace(root, params)
         small, large = measure_at(root, params, args.n), measure_at(root, params, 4 * args.n)
         width = files.read_json(root / params["paths"]["features"] / "meta.json")["feature_width"]
-    finally:
-        if args.keep is None:
-            shutil.rmtree(scratch, ignore_errors=True)
     result = {
         "benchmark": "memory",
         "machine": machine.describe(),

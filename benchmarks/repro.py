@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import yaml
 
 from benchmarks import machine
 from benchmarks.extract import FLOWERS, RESULTS
-from benchmarks.workspace import create_workspace, run_in, write_params
+from benchmarks.workspace import create_workspace, run_in, scratch_folder, write_params
 from pipeline import files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,8 +79,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temporary folder)")
     args = parser.parse_args()
     started = time.perf_counter()
-    scratch = args.keep or Path(tempfile.mkdtemp(prefix="headstart-repro-"))
-    try:
+    with scratch_folder(args.keep, "headstart-repro-") as scratch:
         params = flower_params(args.per_class)
         root = scratch / "workspace"
         create_workspace(root, params)
@@ -93,9 +90,6 @@ def main() -> None:
             "params": "params.yaml otherwise (backbone, image size, search, fine-tuning, export)",
             **measure(root, params, args.extra_trials),
         }
-    finally:
-        if args.keep is None:
-            shutil.rmtree(scratch, ignore_errors=True)
     result["seconds"] = round(time.perf_counter() - started, 1)
     files.write_json(RESULTS / "repro.json", result)
 

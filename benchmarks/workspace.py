@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,18 @@ from pipeline import files
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
+
+
+@contextlib.contextmanager
+def scratch_folder(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """Where a benchmark builds its workspaces: ``keep`` (left in place afterwards) when given, else a temporary
+    folder removed afterwards, also when the benchmark fails."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as temporary:
+        yield Path(temporary)
 
 
 def create_workspace(root: Path, params: dict[str, Any]) -> None:

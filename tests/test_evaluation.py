@@ -333,3 +333,42 @@ def test_invalid_inputs_are_refused() -> None:
         evaluation.summarize(LABELS, PROBABILITIES, ["cat", "dog"], top_k=2)
     with pytest.raises(ValueError, match="0/1"):
         evaluation.roc_auc(np.array([0, 2]), np.array([0.1, 0.2]))
+
+
+def test_compare_paired_counts_the_images_only_one_model_gets_right() -> None:
+    # Ten images of class 0, two of class 1. first is right on images 0-7 and 10; second on 2-11.
+    labels = np.array([0] * 10 + [1] * 2)
+    first = np.array([0] * 8 + [1, 1] + [1, 0])
+    second = np.array([1, 1] + [0] * 8 + [1, 1])
+    result = evaluation.compare_paired(labels, first, second)
+    # Only first right: images 0, 1. Only second right: 8, 9, 11. Accuracies 9/12 and 10/12.
+    assert result["only_first_right"] == 2 and result["only_second_right"] == 3
+    assert result["difference"] == pytest.approx(1 / 12)
+    # Five discordant images, split 2:3: p = 2 * (C(5,0) + C(5,1) + C(5,2)) / 2**5 = 2 * 16 / 32, capped at 1.
+    assert result["p_value"] == 1.0
+
+
+@pytest.mark.parametrize(("only_first", "only_second", "expected"), [
+    (1, 6, 2 * (1 + 7) / 2**7),  # 0.125
+    (6, 1, 2 * (1 + 7) / 2**7),  # symmetric
+    (0, 10, 2 / 2**10),
+    (5, 15, 2 * (1 + 20 + 190 + 1140 + 4845 + 15504) / 2**20),  # 0.0414, the textbook value
+    (0, 0, 1.0),  # never disagree: no evidence either way
+    (0, 1, 1.0),  # 2 * 1/2
+])
+def test_mcnemar_exact_p_matches_the_hand_worked_binomial_tails(only_first: int, only_second: int,
+                                                               expected: float) -> None:
+    assert evaluation.mcnemar_exact_p(only_first, only_second) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mcnemar_exact_p_stays_finite_on_thousands_of_disagreements() -> None:
+    # 2**3000 overflows a float; the integer tail keeps it exact. 1,400 vs 1,600 is a clear difference.
+    p = evaluation.mcnemar_exact_p(1400, 1600)
+    assert 0 < p < 1e-3
+
+
+def test_compare_paired_refuses_mismatched_or_empty_predictions() -> None:
+    with pytest.raises(ValueError, match="one shape"):
+        evaluation.compare_paired(np.array([0, 1]), np.array([0, 1]), np.array([0]))
+    with pytest.raises(ValueError, match="no samples"):
+        evaluation.compare_paired(np.array([], dtype=int), np.array([], dtype=int), np.array([], dtype=int))
