@@ -52,7 +52,7 @@ import yaml
 
 from benchmarks import machine
 from benchmarks.workspace import create_workspace, run_in, scratch_folder
-from pipeline import files
+from pipeline import evaluation, files  # both plain NumPy/YAML: no TensorFlow before the thread count is set
 
 if TYPE_CHECKING:
     from pipeline.config import Params
@@ -175,8 +175,6 @@ def pipeline_predictions(params: Params, test: SplitFiles) -> dict[str, np.ndarr
 
 def compare_pairs(labels: np.ndarray, predicted: dict[str, np.ndarray]) -> dict[str, dict[str, float | int]]:
     """``PAIRS`` on the same test images: ``{"<challenger>_vs_<baseline>": evaluation.compare_paired(...)}``."""
-    from pipeline import evaluation
-
     return {f"{challenger}_vs_{baseline}": evaluation.compare_paired(labels, predicted[baseline], predicted[challenger])
             for baseline, challenger in PAIRS}
 
