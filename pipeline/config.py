@@ -4,6 +4,11 @@ Every section is a frozen dataclass. ``load()`` checks the whole file before any
 an unknown key (with a close match for a likely typo), a missing key, a wrong type or an
 out-of-range value each produce one line naming the key path, what was found and what is allowed.
 All problems are reported together as a single ``ConfigError``.
+
+Numbers are read as people (and ``dvc exp run -S``) write them: PyYAML follows YAML 1.1, where
+``1e-4``, ``3E-5`` and ``1e-05`` (no dot, or no sign in the exponent) are strings; ``load`` reads
+them as numbers, as YAML 1.2 does. An integer field takes a whole number however it is written
+(``5e3``, ``5000.0``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ import yaml
 from pipeline.errors import UserError
 
 PARAMS_FILE = "params.yaml"
+# A number with an exponent in any form YAML 1.2 reads as a float (1e-4, 3E-5, 1.0e4, .5e-3, -2e+1).
+_EXPONENT_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading exponent numbers without a dot as floats (see the module docstring)."""
+
+
+_ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_NUMBER, list("-+.0123456789"))
 
 
 class ConfigError(UserError):
@@ -376,13 +390,22 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_params_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found (run from the repository root, where params.yaml lives)") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     params = parse(raw, source=str(path))
     return dataclasses.replace(params, root=path.resolve().parent)
+
+
+def read_params_yaml(text: str) -> Any:
+    """Parse params YAML text, exponent numbers such as ``1e-4`` as floats (PyYAML alone gives strings).
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def parse(raw: Any, source: str = PARAMS_FILE) -> Params:
@@ -433,7 +456,7 @@ def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
     if not _has_type(value, base):
         problems.append(f"{key}: found {value!r} ({type(value).__name__}); allowed: {_describe(hint)}")
         return value
-    value = float(value) if base is float else value
+    value = float(value) if base is float else int(value) if base is int else value
     for constraint in constraints:
         if isinstance(constraint, Range) and not constraint.contains(value):
             problems.append(f"{key}: found {value!r}; allowed: {_describe(hint)}")
@@ -484,11 +507,13 @@ def _unwrap(hint: Any) -> tuple[Any, tuple[Any, ...]]:
 
 
 def _has_type(value: Any, base: Any) -> bool:
-    """Strict YAML type check: booleans are not numbers, integers are acceptable floats."""
+    """Strict YAML type check: booleans are not numbers, integers are acceptable floats, whole floats
+    acceptable integers."""
     if base is bool:
         return isinstance(value, bool)
-    if base is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if base is int:  # a whole number written as a float (5e3, 5000.0) is an integer too
+        whole = isinstance(value, float) and value.is_integer()
+        return (isinstance(value, int) and not isinstance(value, bool)) or whole
     if base is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, base)

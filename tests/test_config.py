@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from typing import Any
 
 import pytest
+import yaml
 
 from pipeline import config
 
@@ -109,6 +111,49 @@ def test_stage_with_bad_params_exits_2_without_traceback(project, stage: str) ->
     assert "split.vall: unknown key (did you mean 'val'?)" in result.stderr
     assert "data.retries: found 'three' (str); allowed: an integer in [0, 20]" in result.stderr
     assert not (project.root / "data" / "raw").exists()
+
+
+@pytest.mark.parametrize(("written", "number"), [
+    ("1e-4", 1e-4), ("3E-5", 3e-5), ("1e-05", 1e-5), ("5e3", 5000.0), ("1.0e-4", 1e-4), ("2.5e+1", 25.0),
+    (".5e-3", 5e-4), ("-1e-3", -1e-3),
+])
+def test_numbers_with_an_exponent_are_numbers(written: str, number: float) -> None:
+    value = config.read_params_yaml(f"rate: {written}\n")["rate"]
+    assert isinstance(value, float) and value == pytest.approx(number, rel=1e-12)
+
+
+def test_exponent_rates_and_whole_numbers_pass_validation(tmp_path, base_params: dict[str, Any]) -> None:
+    text = yaml.safe_dump(base_params, sort_keys=False)
+    text = text.replace("learning_rate: 1.0e-05", "learning_rate: 1e-4")  # as people (and dvc exp run -S) write it
+    text = text.replace("max_per_class: null", "max_per_class: 5e3")
+    assert "learning_rate: 1e-4" in text and "max_per_class: 5e3" in text
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    params = config.load(tmp_path / "params.yaml")
+    assert params.finetune.learning_rate == 1e-4
+    assert params.data.max_per_class == 5000 and isinstance(params.data.max_per_class, int)
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("finetune", "learning_rate", "fast", "finetune.learning_rate: found 'fast' (str); allowed: a number in (0, 1]"),
+    ("finetune", "learning_rate", "1e-4x", "finetune.learning_rate: found '1e-4x' (str)"),
+    ("data", "max_per_class", "5e-1", "data.max_per_class: found 0.5 (float); allowed: an integer >= 1, or null"),
+])
+def test_what_is_still_not_a_number_keeps_the_clear_message(base_params: dict[str, Any], section: str, key: str,
+                                                              value: str, expected: str) -> None:
+    base_params[section][key] = config.read_params_yaml(f"v: {value}\n")["v"]
+    assert expected in problems_for(base_params)
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_set_with_an_exponent_is_accepted(project, image_tree) -> None:
+    # dvc exp run -S writes 3e-5 back as "3e-05" and 5e3 as "5000.0"; PyYAML alone reads the first as a string.
+    image_tree(project.params["data"]["folder"], {"cat": 2, "dog": 2})
+    result = project.run("dvc", "exp", "run", "-S", "finetune.learning_rate=3e-5", "-S", "data.max_per_class=5e3",
+                         "download")
+    assert "3e-05" in (project.root / "params.yaml").read_text(encoding="utf-8")
+    assert "Traceback" not in result.stderr
+    assert json.loads((project.root / "metrics" / "download.json").read_text(encoding="utf-8"))["images"] == 4
+    assert config.load(project.root / "params.yaml").finetune.learning_rate == 3e-5
 
 
 def test_search_space_is_read_from_params() -> None:
