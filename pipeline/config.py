@@ -117,6 +117,7 @@ class DataParams:
     folder: Optional[RelPath]
     subdir: Optional[RelPath]
     max_per_class: Optional[Annotated[int, Range(lo=1)]]
+    follow_links: bool
     fashion_mnist_dir: RelPath
     retries: Annotated[int, Range(lo=0, hi=20)]
     timeout_s: Annotated[float, Range(lo=0, lo_open=True)]

@@ -8,6 +8,11 @@ Two layouts are recognised:
 
 Images may sit in sub-folders of their class folder. Hidden files and folders, files outside any
 class folder and empty class folders are listed, never silently dropped.
+
+Symbolic links are followed only while they stay inside the scanned folder: a link whose target
+resolves outside it (a file or a folder) is listed as left out, so nothing from elsewhere on the
+machine (``/etc/passwd`` behind ``photo.jpg``) is copied into the DVC-tracked data and pushed to a
+team's remote. ``follow_links`` lifts that for image folders that are trees of links to a store.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ SPLIT_ALIASES = {
     "test": "test",
     "testing": "test",
 }
-JUNK_NAMES = ("__MACOSX",)
+JUNK_NAMES = ("__MACOSX", "Thumbs.db", "desktop.ini")  # system files that are not hidden by their name
+FOLLOW_LINKS_HINT = "set data.follow_links: true to follow it"
 
 
 @dataclass(frozen=True)
@@ -59,11 +65,13 @@ class Scan:
         return sorted({e.label for e in self.entries})
 
 
-def scan_dataset(root: Path) -> Scan:
+def scan_dataset(root: Path, follow_links: bool = False) -> Scan:
     """List the class folders and files under ``root``.
 
     Args:
         root: a class-per-folder tree, optionally split into train/val/test folders first.
+        follow_links: follow symbolic links whose target is outside ``root`` too (links that stay
+            inside are always followed; a folder reached twice is listed once).
 
     Returns:
         The files found, what was ignored and why, and whether the tree was pre-split.
@@ -74,8 +82,8 @@ def scan_dataset(root: Path) -> Scan:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"dataset folder {root} does not exist or is not a folder")
-    ignored: list[tuple[str, str]] = []
-    top = _visible_children(root, root, ignored)
+    walk = _Walk(root, follow_links)
+    top = walk.children(root)
     top_dirs = [p for p in top if p.is_dir()]
     presplit = bool(top_dirs) and all(p.name.lower() in SPLIT_ALIASES for p in top_dirs)
     presplit = presplit and any(SPLIT_ALIASES[p.name.lower()] == "train" for p in top_dirs)
@@ -83,13 +91,13 @@ def scan_dataset(root: Path) -> Scan:
     entries: list[Entry] = []
     empty: list[str] = []
     for split, folder in groups:
-        children = top if folder == root else _visible_children(folder, root, ignored)
+        children = top if folder == root else walk.children(folder)
         for child in children:
             if not child.is_dir():
-                ignored.append((child.relative_to(root).as_posix(), "not inside a class folder"))
+                walk.ignore(child, "not inside a class folder")
                 continue
             label = unicodedata.normalize("NFC", child.name)
-            found = [Entry(f.relative_to(root).as_posix(), label, split) for f in _files_under(child, root, ignored)]
+            found = [Entry(f.relative_to(root).as_posix(), label, split) for f in walk.files_under(child)]
             entries.extend(found)
             if not found:
                 empty.append(child.relative_to(root).as_posix())
@@ -98,7 +106,7 @@ def scan_dataset(root: Path) -> Scan:
             f"no images found in {root}: expected class folders ({root}/<class>/<image>) "
             f"or split folders ({root}/train/<class>/<image>)"
         )
-    return Scan(root, tuple(entries), tuple(ignored), tuple(empty), presplit)
+    return Scan(root, tuple(entries), tuple(walk.ignored), tuple(empty), presplit)
 
 
 def cap_per_class(entries: list[Entry] | tuple[Entry, ...], cap: int | None) -> list[Entry]:
@@ -127,28 +135,80 @@ def cap_per_class(entries: list[Entry] | tuple[Entry, ...], cap: int | None) -> 
     return [e for e in entries if e.rel in kept]
 
 
-def _visible_children(folder: Path, root: Path, ignored: list[tuple[str, str]]) -> list[Path]:
-    children = []
-    for child in sorted(folder.iterdir()):
-        if child.name.startswith(".") or child.name in JUNK_NAMES:
-            ignored.append((child.relative_to(root).as_posix(), "hidden or system file"))
-        else:
-            children.append(child)
-    return children
+class _Walk:
+    """One scan's walk: what it left out and why, the folders it has been in, where links may lead."""
 
+    def __init__(self, root: Path, follow_links: bool) -> None:
+        self.root, self.follow_links = root, follow_links
+        self.real_root = root.resolve()
+        self.ignored: list[tuple[str, str]] = []
 
-def _files_under(folder: Path, root: Path, ignored: list[tuple[str, str]]) -> list[Path]:
-    found = []
-    for current, dirs, names in os.walk(folder):
-        here = Path(current)
-        for name in sorted(dirs):
-            if name.startswith(".") or name in JUNK_NAMES:
-                ignored.append(((here / name).relative_to(root).as_posix(), "hidden or system folder"))
-        dirs[:] = sorted(d for d in dirs if not (d.startswith(".") or d in JUNK_NAMES))
-        for name in sorted(names):
-            path = here / name
-            if name.startswith("."):
-                ignored.append((path.relative_to(root).as_posix(), "hidden or system file"))
+    def ignore(self, path: Path, reason: str) -> None:
+        self.ignored.append((path.relative_to(self.root).as_posix(), reason))
+
+    def link_problem(self, path: Path) -> str | None:
+        """Why a symbolic link is not followed (None for a link that may be, or no link)."""
+        if not path.is_symlink():
+            return None
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing target, or a loop of links
+            return "broken link (its target does not exist)"
+        if self.follow_links or target.is_relative_to(self.real_root):
+            return None
+        kind = "folder" if target.is_dir() else "file"
+        return f"link to a {kind} outside the source folder ({target}); {FOLLOW_LINKS_HINT}"
+
+    def children(self, folder: Path) -> list[Path]:
+        """The visible entries of ``folder``, sorted; hidden ones and links that may not be followed are listed."""
+        children = []
+        for child in sorted(folder.iterdir()):
+            problem = self.link_problem(child)
+            if child.name.startswith(".") or child.name in JUNK_NAMES:
+                self.ignore(child, "hidden or system file")
+            elif problem:
+                self.ignore(child, problem)
             else:
-                found.append(path)
-    return found
+                children.append(child)
+        return children
+
+    def files_under(self, folder: Path) -> list[Path]:
+        """Every file under the class folder ``folder``, through links that may be followed, each real
+        folder once; a link back up to a folder that holds it (a loop) is not followed."""
+        found = []
+        visited: set[Path] = set()
+        for current, dirs, names in os.walk(folder, followlinks=True):
+            here = Path(current)
+            real = here.resolve()
+            if real in visited:  # reached a second time through a link
+                self.ignore(here, "folder already listed (reached again through a link)")
+                dirs[:] = []
+                continue
+            visited.add(real)
+            kept = []
+            for name in sorted(dirs):
+                problem = self.link_problem(here / name) or _loop_problem(here / name, real)
+                if name.startswith(".") or name in JUNK_NAMES:
+                    self.ignore(here / name, "hidden or system folder")
+                elif problem:
+                    self.ignore(here / name, problem)
+                else:
+                    kept.append(name)
+            dirs[:] = kept
+            for name in sorted(names):
+                path = here / name
+                problem = self.link_problem(path)
+                if name.startswith(".") or name in JUNK_NAMES:
+                    self.ignore(path, "hidden or system file")
+                elif problem:
+                    self.ignore(path, problem)
+                else:
+                    found.append(path)
+        return found
+
+
+def _loop_problem(folder: Path, parent_real: Path) -> str | None:
+    """Why a link to a folder is not followed because it leads back up to a folder holding it."""
+    if folder.is_symlink() and parent_real.is_relative_to(folder.resolve()):
+        return "link to a folder that holds it (a loop)"
+    return None

@@ -1,9 +1,14 @@
 """Opening and verifying image files before anything trains on them, and reading their headers.
 
 ``inspect_image`` (the split stage's check) reads a file's header with Pillow and decodes the whole
-file with the TensorFlow ops the tf.data input pipeline uses; ``read_header`` reads only the few
+file with the decoder the tf.data input pipeline uses for it; ``read_header`` reads only the few
 bytes that give the format, the size and the EXIF orientation, which the input pipeline needs to plan
-each file's decoding before it starts.
+each file's decoding before it starts; ``content_problem`` tells from a file's first bytes whether it
+is an image at all (the download stage copies nothing else).
+
+JPEG, PNG, BMP and GIF are decoded by TensorFlow's own ops; WebP, TIFF and AVIF by Pillow, through
+``decode_with_pillow`` alone, wherever pixels are needed (extract, finetune, evaluate, predict,
+serving, the split's check), so a served model sees what training saw.
 """
 
 from __future__ import annotations
@@ -19,12 +24,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import progress
 
-# The formats the tf.data input pipeline decodes (GIF: first frame).
-SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
+# The formats the tf.data input pipeline decodes: with TensorFlow's ops (GIF: the first frame), and
+# with Pillow (``decode_with_pillow``: the first page or frame).
+TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
+PILLOW_FORMATS = ("WEBP", "TIFF", "AVIF")
+SUPPORTED_FORMATS = TF_FORMATS + PILLOW_FORMATS
+# File name endings of the supported formats (what a folder given to ``pipeline.predict`` is searched for).
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".avif")
+# Pillow's name for a JPEG that carries a second picture (phone cameras write them): a JPEG to every
+# decoder, which reads the first picture.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+# Where an EXIF orientation is read and applied. TIFF carries one too, but Pillow's TIFF decoder turns
+# the image upright itself (and gives the upright size), so TIFF files count as upright here.
+_ORIENTED_FORMATS = ("JPEG", "WEBP")
+# ISO base media brands of HEIF/HEIC photos (iPhones write them), which no decoder here reads.
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+_SNIFF_BYTES = 4096
+# The turn that makes an image with an EXIF orientation upright (Pillow's ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _EXIF_ORIENTATION = 0x0112
 _HEADER_BYTES = 1 << 16  # JPEG metadata (EXIF) sits before the frame header; 64 KiB covers nearly every camera
 _DECODE_BATCH = 256  # files per tf.data element in the split's decoding check
@@ -41,6 +67,78 @@ class Header:
     width: int
     height: int
     orientation: int = 1
+
+
+class UnsupportedPixels(ValueError):
+    """An image of a supported format whose samples are of a type no decoder here turns into 8-bit RGB."""
+
+
+def decode_with_pillow(path: str | Path) -> np.ndarray:
+    """The pixels of a WebP, TIFF or AVIF file (its first page or frame) as stored, before any EXIF turn.
+
+    Returns:
+        ``uint8`` RGB, ``[height, width, 3]`` (see ``to_rgb8``).
+
+    Raises:
+        UnsupportedPixels: 32-bit or floating-point samples.
+        OSError, SyntaxError, ValueError, EOFError: the file is damaged (Pillow's own errors).
+    """
+    with Image.open(path) as image:
+        return to_rgb8(image)
+
+
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """Any Pillow image as 8-bit RGB, the way TensorFlow's decoders treat PNG and JPEG.
+
+    Alpha is dropped (the colour under it is kept, not blended); 16-bit samples keep their high byte,
+    as libpng does in TensorFlow's PNG decoder and Pillow does for 16-bit RGB TIFF, so a picture gives
+    the same pixels as a 16-bit PNG, a 16-bit TIFF or an 8-bit file; grayscale is repeated into three
+    channels; palette, CMYK and bilevel images are converted by Pillow.
+
+    Raises:
+        UnsupportedPixels: 32-bit integer or floating-point samples (a measurement, not a picture:
+            which range is black and which white is not in the file).
+    """
+    if image.mode.startswith("I;16"):
+        gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., np.newaxis], 3, axis=2)
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise UnsupportedPixels(f"unsupported pixel type: {kind} samples (supported: 8- and 16-bit images)")
+    return np.asarray(image.convert("RGB"))
+
+
+def content_problem(path: Path) -> str | None:
+    """Why a file is not an image at all, judged by its content, not its name; None for an image.
+
+    An image is anything Pillow recognises, or a HEIF/HEIC photo: formats the split stage then refuses
+    with a message that names them, rather than files dropped as junk. Nothing is decoded.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as error:
+        return f"unreadable file: {error.strerror or error}"
+    if not head:
+        return "empty file (0 bytes)"
+    if _heif_brand(head):
+        return None
+    try:
+        with Image.open(path):
+            return None
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        return None if _heif_brand(head) else "not an image (content not recognised)"
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return None  # recognised as an image but damaged: the split stage says how
+
+
+def _heif_brand(head: bytes) -> bool:
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+def format_name(image: Image.Image) -> str:
+    """The format of an opened image as the decoders see it (an MPO file is a JPEG)."""
+    return _FORMAT_ALIASES.get(image.format or "", image.format or "")
 
 
 def inspect_image(path: Path, max_pixels: int) -> tuple[str, str | None]:
@@ -70,13 +168,14 @@ def inspect_images(paths: list[Path], max_pixels: int) -> list[tuple[str, str | 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(lambda p: _check_header(p, max_pixels), paths)
         checked = list(progress.bar(results, total=len(paths), desc="verify images", unit="img"))
-    candidates = [i for i, (_, _, problem) in enumerate(checked) if problem is None]
+    good = [i for i, (_, image_format, problem) in enumerate(checked) if problem is None]
+    candidates = [i for i in good if checked[i][1] in TF_FORMATS]
     refused = _refused_by_tf([paths[i] for i in candidates], [checked[i][1] == "JPEG" for i in candidates])
-    refused_paths = {candidates[i] for i in refused}
-    return [
-        (digest, problem or (_decode_problem(paths[i], image_format) if i in refused_paths else None))
-        for i, (digest, image_format, problem) in enumerate(checked)
-    ]
+    problems = {candidates[i]: _decode_problem(paths[candidates[i]], checked[candidates[i]][1]) for i in refused}
+    by_pillow = [i for i in good if checked[i][1] in PILLOW_FORMATS]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow's decoders let go of the GIL
+        problems.update(zip(by_pillow, pool.map(lambda i: _pillow_problem(paths[i]), by_pillow)))
+    return [(digest, problem or problems.get(i)) for i, (digest, _, problem) in enumerate(checked)]
 
 
 def _check_header(path: Path, max_pixels: int) -> tuple[str, str | None, str | None]:
@@ -95,12 +194,12 @@ def _check_header(path: Path, max_pixels: int) -> tuple[str, str | None, str | N
     if not data:
         return digest, None, "empty file (0 bytes)"
     image_format = None
+    supported = ", ".join(SUPPORTED_FORMATS)
     try:
         with Image.open(io.BytesIO(data)) as image:  # the bytes already read for hashing: one disk read
-            image_format = image.format
-            if image.format not in SUPPORTED_FORMATS:
-                supported = ", ".join(SUPPORTED_FORMATS)
-                return digest, image_format, f"unsupported format {image.format} (supported: {supported})"
+            image_format = format_name(image)
+            if image_format not in SUPPORTED_FORMATS:
+                return digest, image_format, f"unsupported format {image_format} (supported: {supported})"
             width, height = image.size
             if width * height > max_pixels:
                 too_large = f"{width}x{height} pixels exceeds split.max_image_pixels ({max_pixels})"
@@ -108,21 +207,38 @@ def _check_header(path: Path, max_pixels: int) -> tuple[str, str | None, str | N
     except Image.DecompressionBombError as error:
         return digest, image_format, f"too large (decompression-bomb guard): {error}"
     except UnidentifiedImageError:
+        if _heif_brand(data[:12]):
+            heif = f"unsupported format HEIF/HEIC (supported: {supported}); convert it to JPEG, e.g. with heif-convert"
+            return digest, "HEIF", heif
         return digest, image_format, "not an image (content not recognised)"
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         return digest, image_format, _CORRUPT + str(error)
     return digest, image_format, None
 
 
+def _pillow_problem(path: Path) -> str | None:
+    """Why ``decode_with_pillow`` cannot decode a file whose header is good, or None when it can."""
+    try:
+        decode_with_pillow(path)
+    except UnsupportedPixels as error:
+        return str(error)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        return _CORRUPT + str(error)
+    return None
+
+
 def _decode_problem(path: Path, image_format: str | None) -> str | None:
-    """Why the tf.io decoders refuse a file whose header is good, or None when they decode it.
+    """Why the file's decoder refuses a file whose header is good, or None when it decodes it.
 
     The pixels are decoded by the ops extract decodes with (libpng, libjpeg), with the settings of
     ``inputs`` (JPEG at full scale): a file the split keeps must never stop extract. They are
     stricter than Pillow (a bad chunk checksum, a marker inside JPEG data), so Pillow, which
     decodes the analysis report's thumbnails, is not asked to decode every file too. The reason is
     Pillow's when Pillow fails too: it names the usual problems (truncated data, broken tables) best.
+    WebP, TIFF and AVIF are decoded by Pillow in the input pipeline too (``decode_with_pillow``).
     """
+    if image_format in PILLOW_FORMATS:
+        return _pillow_problem(path)
     tf = _tensorflow()
     try:
         data = tf.io.read_file(str(path))
@@ -193,8 +309,8 @@ def read_header(path: Path) -> Header:
     """Format, size and EXIF orientation from the first bytes of a file, without decoding pixels.
 
     JPEG, PNG, GIF and BMP headers are parsed directly (tens of microseconds a file); anything
-    unusual falls back to Pillow, which reads the header lazily too. Orientation is read from JPEG
-    EXIF only, the format cameras write it into.
+    else falls back to Pillow, which reads the header lazily too. The EXIF orientation is read from
+    JPEG and WebP files (a TIFF's is applied by Pillow's decoder, which reports the upright size).
 
     Args:
         path: an image file.
@@ -211,8 +327,9 @@ def read_header(path: Path) -> Header:
     if parsed is not None:
         return parsed
     with Image.open(path) as image:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if image.format == "JPEG" else 1
-        return Header(image.format or "", image.width, image.height, _valid_orientation(orientation))
+        image_format = format_name(image)
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1) if image_format in _ORIENTED_FORMATS else 1
+        return Header(image_format, image.width, image.height, _valid_orientation(orientation))
 
 
 def _parse_header(head: bytes) -> Header | None:
@@ -279,12 +396,15 @@ def _valid_orientation(value: object) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def load_thumbnail(path: Path, size: int) -> "np.ndarray":
-    """An image upright (EXIF orientation applied), as RGB, shrunk to fit ``size`` x ``size`` (for galleries)."""
-    import numpy as np
-    from PIL import ImageOps
+def load_thumbnail(path: Path, size: int) -> np.ndarray:
+    """An image as the models see it, upright and in 8-bit RGB, shrunk to fit ``size`` x ``size`` (for galleries).
 
+    The EXIF turn is applied where ``read_header`` finds one, as the input pipeline applies it.
+    """
+    orientation = read_header(path).orientation
     with Image.open(path) as image:
-        upright = ImageOps.exif_transpose(image).convert("RGB")
-        upright.thumbnail((size, size), Image.Resampling.LANCZOS)
-        return np.asarray(upright)
+        pixels = Image.fromarray(to_rgb8(image))
+    if orientation != 1:
+        pixels = pixels.transpose(_UPRIGHT[orientation])
+    pixels.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(pixels)

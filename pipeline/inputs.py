@@ -6,7 +6,8 @@ the decoder, how far a JPEG can be shrunk while it is decoded (libjpeg's DCT sca
 makes it upright, the size to resize to and whether that resize needs antialiasing. Files that share
 a plan's shape share one map function with no data-dependent ops; a dataset of same-sized, upright
 images (the usual case) decodes with a handful of ops per image, and mixed ones pick their function
-with one ``switch_case``. Images are read and decoded in parallel, expanded to three channels when
+with one ``switch_case``. WebP, TIFF and AVIF files are decoded by Pillow (``images.decode_with_pillow``,
+called from the pipeline's threads); JPEG, PNG, BMP and GIF by TensorFlow's ops. Images are read and decoded in parallel, expanded to three channels when
 grayscale, batched and prefetched so decoding overlaps the model. Pixels stay raw 0-255 floats:
 each model does its own preprocessing.
 """
@@ -34,7 +35,8 @@ _PREFETCH_BATCHES = 2  # decoded ahead of the model: enough to hide the decoding
 class Shape:
     """The ops one file needs; files with the same shape share a map function."""
 
-    jpeg: bool  # decode_jpeg with a DCT ratio; otherwise decode_image (PNG, GIF, BMP)
+    jpeg: bool  # decode_jpeg with a DCT ratio; otherwise decode_image (PNG, GIF, BMP) or Pillow
+    pillow: bool  # images.decode_with_pillow (WebP, TIFF, AVIF), inside the pipeline
     ratio: int  # JPEG DCT downscaling while decoding: 1, 2, 4 or 8
     orientation: int  # EXIF orientation, 1 = already upright
     cropped: bool  # a box of the decoded image is kept, not all of it
@@ -87,6 +89,7 @@ def plan_image(header: images.Header, size: int, crop: Crop) -> Plan:
             offset = ((size - target[0]) // 2, (size - target[1]) // 2)
     shape = Shape(
         jpeg=jpeg,
+        pillow=header.format in images.PILLOW_FORMATS,
         ratio=ratio,
         orientation=header.orientation,
         cropped=box != (0, 0, height, width),
@@ -126,11 +129,12 @@ def _loader(shape: Shape, size: int) -> Callable[..., tf.Tensor]:
     """The map function for one shape: read, decode, crop, turn upright, resize, pad."""
 
     def load(path: tf.Tensor, box: tf.Tensor, target: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
-        data = tf.io.read_file(path)
-        if shape.jpeg:
-            image = tf.io.decode_jpeg(data, channels=3, ratio=shape.ratio)
-        else:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)  # GIF: the first frame
+        if shape.pillow:
+            image = tf.numpy_function(_decode_with_pillow, [path], tf.uint8, stateful=False)
+        elif shape.jpeg:
+            image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, ratio=shape.ratio)
+        else:  # GIF: the first frame
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         image.set_shape((None, None, 3))
         if shape.cropped:
             image = tf.slice(image, tf.concat([box[:2], [0]], 0), tf.concat([box[2:], [3]], 0))
@@ -141,6 +145,11 @@ def _loader(shape: Shape, size: int) -> Callable[..., tf.Tensor]:
         return tf.ensure_shape(image, (size, size, 3))
 
     return load
+
+
+def _decode_with_pillow(path: bytes) -> np.ndarray:
+    """``images.decode_with_pillow`` for a path as tf.data hands it over (bytes)."""
+    return images.decode_with_pillow(os.fsdecode(path))
 
 
 def plan_images(paths: Sequence[Path], size: int, crop: Crop) -> list[Plan]:

@@ -32,7 +32,7 @@ from pipeline import config, features, files, images, inputs, runtime, split
 from pipeline.errors import UserError, run_cli
 
 _CLIP = 1e-15  # probabilities are clipped before the log, so a confident miss has a finite loss
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # what a folder is searched for (images.SUPPORTED_FORMATS)
+IMAGE_SUFFIXES = images.SUFFIXES  # what a folder is searched for
 MODEL_URI_SCHEMES = ("models:/", "runs:/")  # --model values loaded through MLflow rather than from a file
 PARTIAL_EXIT = 1  # some files were left out, the rest predicted
 

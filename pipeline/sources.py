@@ -6,11 +6,13 @@ archive) and ``folder`` (a local tree, hard-linked where possible).
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import archive, dataset, fashion_mnist, fetch, files, progress
+from pipeline import archive, dataset, fashion_mnist, fetch, files, images, progress
 from pipeline.config import DataParams
 from pipeline.errors import UserError
 
@@ -56,7 +58,8 @@ def acquire(data: DataParams, target: Path, downloads: Path) -> Acquired:
             source = copy_classes(select_root(Path(unpacked), data.subdir), target, data.max_per_class)
     else:
         assert data.folder is not None  # guaranteed by DataParams.check
-        source = copy_classes(select_root(Path(data.folder), data.subdir), target, data.max_per_class)
+        root = select_root(Path(data.folder), data.subdir)
+        source = copy_classes(root, target, data.max_per_class, data.follow_links)
     written = dataset.scan_dataset(target)
     ignored, empty = (source.ignored, source.empty_classes) if source is not None else ((), ())
     return Acquired(len(written.entries), len(written.classes), written.presplit, ignored, empty)
@@ -92,15 +95,53 @@ def select_root(root: Path, subdir: str | None) -> Path:
         root = visible[0]
 
 
-def copy_classes(source: Path, target: Path, max_per_class: int | None) -> dataset.Scan:
-    """Link or copy the files of the class folders of ``source`` into ``target``, keeping the layout.
+def copy_classes(source: Path, target: Path, max_per_class: int | None, follow_links: bool = False) -> dataset.Scan:
+    """Link or copy the images in the class folders of ``source`` into ``target``, keeping the layout.
+
+    Only files whose content is an image are copied (``images.content_problem``: a text file named
+    ``.jpg`` is not); links out of ``source`` only with ``follow_links``. The split stage checks the
+    copied images in full.
 
     Returns:
-        The scan of ``source``: its files, the ones left out with the reason, and the empty class
-        folders (not created in ``target``).
+        The scan of ``source``: the files copied, the ones left out with the reason, and the class
+        folders left with nothing to copy (not created in ``target``).
     """
-    found = dataset.scan_dataset(source)
-    chosen = dataset.cap_per_class(found.entries, max_per_class)
-    for entry in progress.bar(chosen, desc="copy images", unit="file"):
+    found = dataset.scan_dataset(source, follow_links)
+    checks = progress.bar(found.entries, desc="check files", unit="file")
+    problems = [(entry, images.content_problem(source / entry.rel)) for entry in checks]
+    kept = [entry for entry, problem in problems if problem is None]
+    left_out = [(entry.rel, problem) for entry, problem in problems if problem is not None]
+    if not kept:
+        reasons = "; ".join(f"{n} {kind}" for kind, n in count_reasons(left_out).items())
+        raise UserError(f"no images in {source}: all {len(left_out)} file(s) in its class folders are left out ({reasons})")
+    for entry in progress.bar(dataset.cap_per_class(kept, max_per_class), desc="copy images", unit="file"):
         files.link_or_copy(source / entry.rel, target / entry.rel)
-    return found
+    classes = {(e.split, e.label) for e in kept}
+    emptied = {_class_folder(e) for e in found.entries if (e.split, e.label) not in classes}
+    return dataclasses.replace(
+        found, entries=tuple(kept), ignored=found.ignored + tuple(left_out),
+        empty_classes=tuple(sorted(set(found.empty_classes) | emptied)),
+    )
+
+
+def count_reasons(left_out: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> dict[str, int]:
+    """How many files were left out for each kind of reason (the reason up to its first detail), most first."""
+    kinds = Counter(reason.split(" (")[0].split(":")[0].split(";")[0] for _, reason in left_out)
+    return dict(sorted(kinds.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _class_folder(entry: dataset.Entry) -> str:
+    """``[<split folder>/]<class>`` of an entry, as the source names it."""
+    parts = entry.rel.split("/")
+    return "/".join(parts[:2] if entry.split is not None else parts[:1])
+
+
+def describe_left_out(left_out: tuple[tuple[str, str], ...], shown: int = 10) -> list[str]:
+    """Console lines for the files a source had that were not copied: a count per reason, then the
+    first ``shown`` files with their reasons (all of them are in MLflow's ``ignored_files.json``)."""
+    counts = ", ".join(f"{n} {kind}" for kind, n in count_reasons(left_out).items())
+    lines = [f"left out {len(left_out)} file(s): {counts}"]
+    lines += [f"  left out {path}: {reason}" for path, reason in left_out[:shown]]
+    if len(left_out) > shown:
+        lines.append(f"  ... and {len(left_out) - shown} more (MLflow artifact ignored_files.json lists every one)")
+    return lines

@@ -15,10 +15,12 @@ def main() -> None:
         with files.staged_dir(params.path("raw")) as staging:
             acquired = sources.acquire(params.data, staging, params.path("downloads"))
         run.log_metrics({"images": acquired.images, "classes": acquired.classes, "ignored_files": len(acquired.ignored)})
+        run.record("ignored_by_reason", sources.count_reasons(acquired.ignored))
         run.set_tags({"data.layout": "train/val/test folders" if acquired.presplit else "class folders"})
         if acquired.ignored:
             run.log_dict([{"path": p, "reason": r} for p, r in acquired.ignored], "ignored_files.json")
-            print(f"download: left out {len(acquired.ignored)} file(s) outside class folders or hidden (see MLflow artifact ignored_files.json)")
+            for line in sources.describe_left_out(acquired.ignored):
+                print(f"download: {line}")
         run.log_metrics({"empty_class_folders": len(acquired.empty_classes)}, to_json=False)
         run.record("empty_class_folders", list(acquired.empty_classes))
         for folder in acquired.empty_classes:

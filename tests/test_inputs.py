@@ -67,6 +67,108 @@ def test_formats_and_grayscale_become_three_channel_pixels(tmp_path):
         np.testing.assert_array_equal(gray[..., 1], gray[..., 2])
 
 
+def _tiff(path, pixels: np.ndarray, **options) -> None:
+    import tifffile  # comes with scikit-image, a test dependency
+
+    tifffile.imwrite(path, pixels, photometric="rgb" if pixels.ndim == 3 else "minisblack", **options)
+
+
+def test_webp_tiff_and_avif_give_the_pixels_of_the_same_picture_as_png(tmp_path):
+    pixels = _pattern(12, 16)
+    alpha = np.dstack([pixels, np.full((12, 16, 1), 128, np.uint8)])
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    Image.fromarray(pixels).save(tmp_path / "lossless.webp", lossless=True)
+    Image.fromarray(alpha).save(tmp_path / "rgba.webp", lossless=True, exact=True)  # alpha dropped, as PNG's
+    frames = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
+    frames[0].save(tmp_path / "animated.webp", save_all=True, append_images=frames[1:], lossless=True)
+    Image.fromarray(pixels).save(tmp_path / "rgb8.tif")
+    Image.fromarray(alpha).save(tmp_path / "rgba8.tif", compression="tiff_deflate")
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])  # first page
+    _tiff(tmp_path / "rgb16.tif", pixels.astype(np.uint16) * 257)
+    _tiff(tmp_path / "rgba16.tif", alpha.astype(np.uint16) * 257, extrasamples=["unassalpha"])
+    _tiff(tmp_path / "rgb16be.tif", pixels.astype(np.uint16) * 257 + 7, byteorder=">")  # low byte ignored
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "gray8.tif")
+    _tiff(tmp_path / "gray16.tif", pixels[..., 0].astype(np.uint16) * 257)
+    Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(tmp_path / "gray16 png.png")  # TensorFlow's decoder
+    exact = ["lossless.webp", "rgba.webp", "animated.webp", "rgb8.tif", "rgba8.tif", "pages.tif", "rgb16.tif",
+             "rgba16.tif", "rgb16be.tif"]
+    gray = ["gray8.tif", "gray16.tif", "gray16 png.png"]
+    names = ["plain.png", *exact, *gray]
+    assert [images.read_header(tmp_path / n).format for n in names[1:4]] == ["WEBP"] * 3
+
+    (batch,) = inputs.image_dataset([tmp_path / n for n in names], 12, "center", 16)
+    decoded = dict(zip(names, batch.numpy()))
+    for name in exact:
+        np.testing.assert_array_equal(decoded[name], decoded["plain.png"], err_msg=name)
+    for name in gray:
+        np.testing.assert_array_equal(decoded[name], np.repeat(decoded["plain.png"][..., :1], 3, axis=2), err_msg=name)
+
+
+def test_lossy_webp_and_avif_decode_close_to_the_picture(tmp_path):
+    pixels = np.asarray(Image.fromarray(_pattern(4, 4)).resize((48, 32), Image.Resampling.BICUBIC))
+    Image.fromarray(pixels).save(tmp_path / "photo.webp", quality=95)
+    Image.fromarray(pixels).save(tmp_path / "photo.avif", quality=95)
+    (batch,) = inputs.image_dataset([tmp_path / "photo.webp", tmp_path / "photo.avif"], 32, "center", 2)
+    centre = pixels[:, 8:40].astype(np.float32)
+    for name, image in zip(("webp", "avif"), batch.numpy()):
+        assert np.abs(image - centre).mean() < 4, name
+
+
+def test_webp_exif_orientation_is_applied_and_tiff_comes_upright_from_pillow(tmp_path):
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: the viewer rotates 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "turned.webp", exif=exif, lossless=True)
+    Image.fromarray(pixels).save(tmp_path / "turned.tif", exif=exif)
+    Image.fromarray(pixels).save(tmp_path / "turned.jpg", exif=exif, quality=95)
+
+    assert images.read_header(tmp_path / "turned.webp") == images.Header("WEBP", 40, 20, 6)
+    assert images.read_header(tmp_path / "turned.tif") == images.Header("TIFF", 20, 40, 1)
+    names = ["turned.jpg", "turned.webp", "turned.tif"]
+    (batch,) = inputs.image_dataset([tmp_path / n for n in names], 40, "pad", 3)
+    upright = batch.numpy()
+    for name, image in zip(names, upright):
+        assert image[10, 20].mean() > 200 and image[30, 20].mean() < 50, name  # the white half on top
+        np.testing.assert_allclose(image, upright[1], atol=12, err_msg=name)  # JPEG is lossy
+    thumbnails = [images.load_thumbnail(tmp_path / n, 40) for n in names]
+    assert [t.shape for t in thumbnails] == [(40, 20, 3)] * 3  # upright, as the models see them
+
+
+def test_a_16_bit_tiff_thumbnail_is_the_picture_not_white(tmp_path):
+    gray = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(gray).save(tmp_path / "scan.tif")
+    thumbnail = images.load_thumbnail(tmp_path / "scan.tif", 8)
+    np.testing.assert_array_equal(thumbnail[..., 0], (gray >> 8).astype(np.uint8))
+
+
+def test_tiff_samples_no_decoder_reads_are_refused_with_a_reason(tmp_path):
+    _tiff(tmp_path / "float.tif", np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))
+    _tiff(tmp_path / "int32.tif", np.arange(64, dtype=np.int32).reshape(8, 8))
+    reasons = dict(zip(("float", "int32"), (r for _, r in images.inspect_images(
+        [tmp_path / "float.tif", tmp_path / "int32.tif"], 10**6))))
+    assert reasons == {
+        "float": "unsupported pixel type: floating-point samples (supported: 8- and 16-bit images)",
+        "int32": "unsupported pixel type: 32-bit integer samples (supported: 8- and 16-bit images)",
+    }
+    truncated = tmp_path / "truncated.webp"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "full.webp", lossless=True)
+    truncated.write_bytes((tmp_path / "full.webp").read_bytes()[:6000])
+    assert images.inspect_image(truncated, 10**6)[1].startswith("corrupt or truncated image")
+
+
+def test_a_phone_jpeg_with_a_second_picture_is_a_jpeg(tmp_path):
+    pixels = _pattern(16, 16)
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", "MPO", save_all=True,
+                                 append_images=[Image.fromarray(255 - pixels)], quality=95)
+    with Image.open(tmp_path / "phone.jpg") as image:
+        assert image.format == "MPO"  # what Pillow calls it, and the split refused before
+    assert images.inspect_image(tmp_path / "phone.jpg", 10**6)[1] is None
+    (batch,) = inputs.image_dataset([tmp_path / "phone.jpg"], 16, "center", 1)
+    assert np.abs(batch.numpy()[0] - pixels).mean() < 4  # the first picture
+
+
 def test_crop_policies(tmp_path):
     pixels = np.zeros((20, 60, 3), np.uint8)
     pixels[:, 20:40] = 255  # a white square in the middle of a wide black image

@@ -46,6 +46,8 @@ def photos(tmp_path: Path) -> dict[str, Path]:
         "a": write_image(folder / "a.png", "a", size=(40, 30)),
         "b": write_image(folder / "sub" / "b.jpg", "b", size=(32, 32), fmt="JPEG"),
         "c": write_image(folder / "sub" / "deeper" / "C.BMP", "c", size=(20, 50), fmt="BMP"),
+        "d": write_image(folder / "sub" / "d.webp", "d", size=(36, 24), fmt="WEBP"),
+        "e": write_image(folder / "e.tiff", "e", size=(24, 24), fmt="TIFF"),
     }
     (folder / "sub" / "notes.jpg").write_text("this is text, not a JPEG\n")
     (folder / "empty.png").write_bytes(b"")
@@ -70,7 +72,8 @@ def test_folders_are_searched_for_images_in_sorted_order(photos: dict[str, Path]
     folder = tmp_path / "photos"
     found = predict.find_images([folder, folder / "readme.txt"])
     names = [p.relative_to(folder).as_posix() for p in found]
-    assert names == ["a.png", "empty.png", "sub/b.jpg", "sub/notes.jpg", "sub/deeper/C.BMP", "readme.txt"]
+    assert names == ["a.png", "e.tiff", "empty.png", "sub/b.jpg", "sub/d.webp", "sub/notes.jpg", "sub/deeper/C.BMP",
+                     "readme.txt"]
     with pytest.raises(UserError, match="no such file or folder"):
         predict.find_images([tmp_path / "missing"])
     (tmp_path / "nothing").mkdir()
@@ -81,7 +84,7 @@ def test_folders_are_searched_for_images_in_sorted_order(photos: dict[str, Path]
 def test_unusable_files_are_told_apart_with_a_reason(photos: dict[str, Path], tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     good, bad = predict.check_images(predict.find_images([folder]), max_pixels=10_000)
-    assert good == [photos["a"], photos["b"], photos["c"]]
+    assert good == [photos["a"], photos["e"], photos["b"], photos["d"], photos["c"]]
     assert dict(bad) == {folder / "empty.png": "empty file (0 bytes)",
                          folder / "sub" / "notes.jpg": "not an image (content not recognised)"}
     _, too_large = predict.check_images([photos["a"]], max_pixels=100)
@@ -95,9 +98,9 @@ def test_a_folder_with_bad_files_is_predicted_to_stdout(repository: config.Param
     assert result.returncode == predict.PARTIAL_EXIT, result.stderr
     assert f"{tmp_path / 'photos' / 'empty.png'}: empty file (0 bytes)\n" in result.stderr
     assert f"{tmp_path / 'photos' / 'sub' / 'notes.jpg'}: not an image (content not recognised)\n" in result.stderr
-    assert "predict: 3 image(s) predicted, 2 left out" in result.stderr
+    assert "predict: 5 image(s) predicted, 2 left out" in result.stderr
     frame = pd.read_csv(io.StringIO(result.stdout))
-    good = [photos["a"], photos["b"], photos["c"]]
+    good = [photos["a"], photos["e"], photos["b"], photos["d"], photos["c"]]
     assert list(frame.columns) == ["path", "predicted", "confidence", *(f"p:{c}" for c in CLASSES)]
     assert frame["path"].tolist() == [str(p) for p in good]
     served = frame[[f"p:{c}" for c in CLASSES]].to_numpy()

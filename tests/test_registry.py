@@ -226,7 +226,9 @@ def test_the_served_champion_answers_with_labels_and_probabilities(
         tmp_path: Path, base_params: dict[str, Any], tracking_uri: Any) -> None:
     params = make_repository(tmp_path / "repo", base_params)
     images = [write_image(tmp_path / "cat.png", "serve-a", size=(48, 40)),
-              write_image(tmp_path / "dog.jpg", "serve-b", size=(32, 32), fmt="JPEG")]
+              write_image(tmp_path / "dog.jpg", "serve-b", size=(32, 32), fmt="JPEG"),
+              write_image(tmp_path / "bird.webp", "serve-c", size=(40, 32), fmt="WEBP"),
+              write_image(tmp_path / "scan.tif", "serve-d", size=(32, 32), fmt="TIFF")]
     with store("sqlite", tmp_path / "store") as uri:
         tracking_uri(uri)
         register(params, scores(0.5))
@@ -242,7 +244,7 @@ def test_the_served_champion_answers_with_labels_and_probabilities(
                                 {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
     rows = answer["predictions"]
     expected = predict.predict_probabilities(predict.load_model(params.path("model")), images, "center", 8)
-    assert len(rows) == 2
+    assert len(rows) == len(images)
     for row, probabilities in zip(rows, expected):
         served = np.array([row[f"p:{name}"] for name in CLASSES])
         assert row["predicted"] in CLASSES

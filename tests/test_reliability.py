@@ -4,8 +4,8 @@ This is the suite to scan. Cases tested where their module is tested are named h
 
 | Case | Tested by |
 |---|---|
-| corrupt JPEG, truncated JPEG, zero-byte file, text file named .jpg, oversized image (decompression-bomb guard) | here: ``test_odd_and_bad_files_through_split_and_extract``; reasons per file: ``test_split.py::test_inspect_image_gives_a_reason_for_every_bad_file``; ``test_inputs.py::test_not_an_image_is_a_clear_error`` |
-| CMYK JPEG, 16-bit PNG, palette PNG with transparency, animated GIF, EXIF-rotated photo | here: ``test_odd_and_bad_files_through_split_and_extract`` (each gives the features of the same picture saved plainly); decoding: ``test_inputs.py::test_formats_and_grayscale_become_three_channel_pixels``, ``::test_exif_rotated_jpeg_is_loaded_upright``, ``::test_orientation_matches_pil_exif_transpose`` |
+| corrupt JPEG, truncated JPEG, oversized image (decompression-bomb guard); zero-byte file, text file named .jpg (left out by download) | here: ``test_odd_and_bad_files_through_split_and_extract``; reasons per file: ``test_split.py::test_inspect_image_gives_a_reason_for_every_bad_file``; ``test_inputs.py::test_not_an_image_is_a_clear_error`` |
+| CMYK JPEG, 16-bit PNG, palette PNG with transparency, animated GIF, EXIF-rotated photo, lossless WebP, 16-bit TIFF | here: ``test_odd_and_bad_files_through_split_and_extract`` (each gives the features of the same picture saved plainly); decoding: ``test_inputs.py::test_formats_and_grayscale_become_three_channel_pixels``, ``::test_exif_rotated_jpeg_is_loaded_upright``, ``::test_orientation_matches_pil_exif_transpose`` |
 | a file Pillow accepts but extract cannot decode (PNG with a bad IDAT checksum, JPEG with a marker inside its scan) | here: ``test_every_file_the_split_accepts_can_be_decoded_by_extract``, ``test_the_split_excludes_what_extract_cannot_decode_and_keeps_the_rest`` |
 | a class with one image; a dataset with one class; an empty source folder | here: ``test_stage_refuses_what_it_cannot_split``; logic: ``test_split.py::test_class_with_too_few_images_is_named_with_its_count``, ``::test_a_single_class_is_refused`` |
 | an empty class folder beside good ones | here: ``test_an_empty_class_folder_is_reported`` (download names it, on the console and in its metrics) |
@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile  # comes with scikit-image, a test dependency
 from PIL import Image
 
 from pipeline import features, images, inputs
@@ -98,11 +99,20 @@ def _write_odd_files(folder: Path) -> dict[str, str]:
     Image.fromarray(np.ascontiguousarray(stored_turned)).save(folder / "exif rotated.jpg", quality=95, exif=exif)
     twins["exif rotated.jpg"] = plain("exif upright.png", upright)
     plain("exif as stored.png", np.ascontiguousarray(stored_turned))  # the decoy: what ignoring EXIF would give
+    Image.fromarray(_picture(7)).save(folder / "web.webp", lossless=True)
+    twins["web.webp"] = plain("web twin.png", _picture(7))
+    tifffile.imwrite(folder / "scan16.tif", _picture(8).astype(np.uint16) * 257, photometric="rgb",
+                     compression="zlib")
+    twins["scan16.tif"] = plain("scan16 twin.png", _picture(8))
     return twins
 
 
+NOT_IMAGES = {"empty.jpg": "empty file (0 bytes)", "notes.jpg": "not an image (content not recognised)"}
+
+
 def _write_bad_files(folder: Path) -> dict[str, str]:
-    """Files the split must exclude. Returns file name -> the start of the reason it must give."""
+    """Files the split must exclude, and two that are no images at all, which download leaves out
+    (``NOT_IMAGES``). Returns file name -> the start of the reason the split must give."""
     buffer = io.BytesIO()
     Image.fromarray(_picture(6)).save(buffer, "JPEG", quality=90)
     jpeg = buffer.getvalue()
@@ -115,8 +125,6 @@ def _write_bad_files(folder: Path) -> dict[str, str]:
     return {
         "corrupt.jpg": "corrupt or truncated image",
         "truncated.jpg": "corrupt or truncated image",
-        "empty.jpg": "empty file (0 bytes)",
-        "notes.jpg": "not an image (content not recognised)",
         "huge.png": "too large: 96x96 pixels exceeds split.max_image_pixels (4096)",
     }
 
@@ -154,6 +162,9 @@ def test_odd_and_bad_files_through_split_and_extract(project, image_tree) -> Non
     for name, reason in bad.items():
         assert excluded[name].startswith(reason), (name, excluded[name])
         assert f"excluded data/raw/{PLAIN}/{name}: " in result.stdout
+    for name, reason in NOT_IMAGES.items():
+        assert f"download:   left out {PLAIN}/{name}: {reason}" in result.stdout
+        assert not (root / "data" / "raw" / PLAIN / name).exists()
     good = {f"data/raw/{PLAIN}/img{i:03d}.png" for i in range(6)}
     good |= {f"data/raw/{ODD}/{p.name}" for p in (source / ODD).iterdir()}
     rows = _feature_rows(root)
@@ -163,7 +174,7 @@ def test_odd_and_bad_files_through_split_and_extract(project, image_tree) -> Non
         odd_row = rows[f"data/raw/{ODD}/{odd}"]
         distances = {path: float(np.linalg.norm(row - odd_row)) for path, row in rows.items() if not path.endswith(odd)}
         assert min(distances, key=distances.get) == f"data/raw/{ODD}/{twin}", (odd, sorted(distances.items(), key=lambda i: i[1])[:3])
-    for lossless in ("rgb16.png", "palette ü.png", "animated.gif"):
+    for lossless in ("rgb16.png", "palette ü.png", "animated.gif", "web.webp", "scan16.tif"):
         np.testing.assert_allclose(rows[f"data/raw/{ODD}/{lossless}"], rows[f"data/raw/{ODD}/{twins[lossless]}"],
                                    rtol=1e-4, atol=1e-4, err_msg=lossless)
 

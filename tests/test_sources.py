@@ -10,6 +10,7 @@ import copy
 import gzip
 import hashlib
 import io
+import json
 import os
 import tarfile
 import threading
@@ -260,6 +261,127 @@ def test_folder_source_names_empty_class_folders_without_creating_them(
     assert dict(results["flat"].ignored) == {"hare/.DS_Store": "hidden or system file"}
     assert results["presplit"].empty_classes == ("test/dog",)
     assert (results["presplit"].classes, results["presplit"].images) == (2, 5)
+
+
+SECRET = b"root:x:0:0:a file from outside the source folder\n"
+
+
+def _tree_with_links(tmp_path: Path, image_tree: Callable[..., Path]) -> tuple[Path, Path]:
+    """A source folder holding a link to a file outside, a link to a folder outside, a link to an
+    image inside, a text file named .jpg, a Thumbs.db and a broken link; returns (source, outside folder)."""
+    source = image_tree(tmp_path / "source", {"cat": 2, "dog": 2})
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "passwd").write_bytes(SECRET)
+    write_image(outside / "photos" / "far.png", "far away")
+    (source / "cat" / "passwd_link.jpg").symlink_to(outside / "passwd")
+    (source / "dog" / "far").symlink_to(outside / "photos", target_is_directory=True)
+    (source / "dog" / "best.png").symlink_to(Path("..") / "cat" / "img000.png")  # a relative link inside
+    (source / "cat" / "notes.jpg").write_text("<html><body>not a photo</body></html>", encoding="utf-8")
+    (source / "cat" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
+    (source / "dog" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    return source, outside
+
+
+def test_links_out_of_a_source_folder_and_non_images_are_left_out_and_listed(
+    tmp_path: Path, image_tree: Callable[..., Path], base_params: dict[str, Any]
+) -> None:
+    source, outside = _tree_with_links(tmp_path, image_tree)
+    target = make_empty(tmp_path / "target")
+
+    result = sources.acquire(data_params(base_params, source="folder", folder=str(source)), target, tmp_path / "dl")
+
+    assert tree_files(target) == {"cat/img000.png", "cat/img001.png", "dog/img000.png", "dog/img001.png", "dog/best.png"}
+    assert (target / "dog" / "best.png").read_bytes() == (source / "cat" / "img000.png").read_bytes()
+    assert not any(SECRET in p.read_bytes() for p in target.rglob("*") if p.is_file())
+    ignored = dict(result.ignored)
+    assert ignored == {
+        "cat/passwd_link.jpg": f"link to a file outside the source folder ({outside / 'passwd'}); "
+                               "set data.follow_links: true to follow it",
+        "dog/far": f"link to a folder outside the source folder ({outside / 'photos'}); "
+                   "set data.follow_links: true to follow it",
+        "cat/notes.jpg": "not an image (content not recognised)",
+        "cat/Thumbs.db": "hidden or system file",
+        "dog/gone.png": "broken link (its target does not exist)",
+    }
+    assert sources.count_reasons(result.ignored) == {
+        "broken link": 1, "hidden or system file": 1, "link to a file outside the source folder": 1,
+        "link to a folder outside the source folder": 1, "not an image": 1,
+    }
+    assert result.images == 5
+
+
+def test_follow_links_copies_the_images_a_link_points_to_outside(
+    tmp_path: Path, image_tree: Callable[..., Path], base_params: dict[str, Any]
+) -> None:
+    source, outside = _tree_with_links(tmp_path, image_tree)
+    target = make_empty(tmp_path / "target")
+
+    params = data_params(base_params, source="folder", folder=str(source), follow_links=True)
+    result = sources.acquire(params, target, tmp_path / "dl")
+
+    assert (target / "dog" / "far" / "far.png").read_bytes() == (outside / "photos" / "far.png").read_bytes()
+    assert not (target / "cat" / "passwd_link.jpg").exists()  # followed, but not an image: still not copied
+    assert dict(result.ignored)["cat/passwd_link.jpg"] == "not an image (content not recognised)"
+    assert result.images == 6
+
+
+def test_a_link_loop_inside_a_class_folder_lists_each_folder_once(
+    tmp_path: Path, image_tree: Callable[..., Path], base_params: dict[str, Any]
+) -> None:
+    source = image_tree(tmp_path / "source", {"cat": 2, "dog": 2})
+    (source / "cat" / "again").symlink_to(Path(".."), target_is_directory=True)  # cat/again → the source itself
+    target = make_empty(tmp_path / "target")
+
+    result = sources.acquire(data_params(base_params, source="folder", folder=str(source)), target, tmp_path / "dl")
+
+    assert result.images == 4  # not dog's images again, as cats, through cat/again/dog
+    assert dict(result.ignored) == {"cat/again": "link to a folder that holds it (a loop)"}
+    assert tree_files(target) == {"cat/img000.png", "cat/img001.png", "dog/img000.png", "dog/img001.png"}
+
+
+def test_a_class_folder_of_non_images_only_is_reported_empty(
+    tmp_path: Path, image_tree: Callable[..., Path], base_params: dict[str, Any]
+) -> None:
+    source = image_tree(tmp_path / "source", {"cat": 2, "dog": 2})
+    (source / "notes").mkdir()
+    (source / "notes" / "todo.txt").write_text("buy milk", encoding="utf-8")
+    target = make_empty(tmp_path / "target")
+
+    result = sources.acquire(data_params(base_params, source="folder", folder=str(source)), target, tmp_path / "dl")
+
+    assert result.empty_classes == ("notes",)
+    assert dict(result.ignored) == {"notes/todo.txt": "not an image (content not recognised)"}
+    assert not (target / "notes").exists()
+
+
+def test_a_source_of_non_images_only_is_refused_with_the_reasons(tmp_path: Path, base_params: dict[str, Any]) -> None:
+    source = tmp_path / "source"
+    for name in ("a/1.jpg", "b/2.jpg"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text("text", encoding="utf-8")
+    with pytest.raises(UserError, match=r"no images in .*: all 2 file\(s\) in its class folders are left out \(2 not an image\)"):
+        sources.acquire(data_params(base_params, source="folder", folder=str(source)), make_empty(tmp_path / "t"),
+                        tmp_path / "dl")
+
+
+@pytest.mark.slow
+def test_dvc_repro_download_leaves_no_trace_of_a_linked_outside_file(project, image_tree) -> None:
+    source, outside = _tree_with_links(project.root.parent, image_tree)
+    assert str(source) == project.params["data"]["folder"]
+
+    result = project.run("dvc", "repro", "download")
+
+    leaked = [p for folder in ("data/raw", ".dvc/cache") for p in (project.root / folder).rglob("*")
+              if p.is_file() and SECRET in p.read_bytes()]
+    assert leaked == []
+    assert "download: left out 5 file(s): " in result.stdout
+    assert f"left out cat/passwd_link.jpg: link to a file outside the source folder ({outside / 'passwd'})" in result.stdout
+    metrics = json.loads((project.root / "metrics" / "download.json").read_text(encoding="utf-8"))
+    assert metrics["ignored_files"] == 5
+    assert metrics["ignored_by_reason"]["link to a file outside the source folder"] == 1
+    assert metrics["ignored_by_reason"]["not an image"] == 1
+    assert (project.root / "data" / "raw" / "dog" / "best.png").is_file()
 
 
 # --------------------------------------------------------------------------------------------

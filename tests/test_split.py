@@ -109,14 +109,19 @@ def test_inspect_image_gives_a_reason_for_every_bad_file(tmp_path: Path) -> None
     empty.write_bytes(b"")
     text = tmp_path / "notes.jpg"
     text.write_text("not an image", encoding="utf-8")
-    webp = write_image(tmp_path / "photo.webp", "webp", fmt="WEBP")
+    ppm = write_image(tmp_path / "photo.ppm", "ppm", fmt="PPM")
+    heic = tmp_path / "phone.heic"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))  # an iPhone photo's first box
     big = write_image(tmp_path / "big.png", "big", size=(200, 200))
-    reasons = {p.name: images.inspect_image(p, max_pixels=100 * 100)[1] for p in (good, truncated, empty, text, webp, big)}
+    checked = (good, truncated, empty, text, ppm, heic, big)
+    reasons = {p.name: images.inspect_image(p, max_pixels=100 * 100)[1] for p in checked}
     assert reasons["good.png"] is None
     assert reasons["truncated.jpg"].startswith("corrupt or truncated image")
     assert reasons["empty.png"] == "empty file (0 bytes)"
     assert reasons["notes.jpg"] == "not an image (content not recognised)"
-    assert reasons["photo.webp"].startswith("unsupported format WEBP")
+    assert reasons["photo.ppm"].startswith("unsupported format PPM (supported: JPEG, PNG, BMP, GIF, WEBP, TIFF, AVIF)")
+    assert reasons["phone.heic"].startswith("unsupported format HEIF/HEIC")
+    assert "convert it to JPEG" in reasons["phone.heic"]
     assert reasons["big.png"].startswith("too large: 200x200 pixels")
     assert images.inspect_image(good, 10**6)[0] == images.inspect_image(tmp_path / "good.png", 10**6)[0]
 
