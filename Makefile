@@ -55,8 +55,8 @@ lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
 	$(VENV).lock/bin/python -m pip freeze --exclude-editable | grep -v '^headstart' | sort -f > requirements.lock
 	rm -rf $(VENV).lock
 
-ui: setup ## the MLflow UI on the embedded store: http://127.0.0.1:5000
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
+ui: setup ## the MLflow UI on the embedded store, opened on the training runs (it prints the address)
+	python -m pipeline.ui --host 127.0.0.1 --port 5000
 
 clean: ## remove the venv and caches (not data, models or MLflow runs)
 	rm -rf $(VENV) .pytest_cache .cache

@@ -31,11 +31,16 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from pipeline import files
+from pipeline import files, runtime
 from pipeline.config import PARAMS_FILE, Params
 from pipeline.errors import UserError
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, token usage); with it, on
+# its training runs. An experiment already marked as one of the training kinds keeps its mark.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+TRAINING_KINDS = (EXPERIMENT_KIND, "finetuning", "classification", "regression", "forecasting", "automl")
 ROOT_ENV = "DVC_ROOT"
 _PROBE_TIMEOUT_S = 5.0
 
@@ -258,13 +263,16 @@ def stage_params(stage: str, params: Params) -> dict[str, Any]:
 
 
 def run_tags(stage: str, params: Params) -> dict[str, str]:
-    """Tags that tie a run to its code, params and DVC experiment."""
+    """Tags that tie a run to its code, params, DVC experiment and CPU."""
     commit, dirty = _git_state(params.root)
     params_file = params.root / PARAMS_FILE
+    cpu = runtime.describe_cpu()  # results repeat bit for bit on the same CPU model only (pipeline.runtime)
     tags = {
         "stage": stage,
         "mlflow.source.name": f"stages/{stage}.py",
         "params.sha256": files.sha256_file(params_file) if params_file.exists() else "",
+        "cpu.model": cpu["model"],
+        "cpu.isa": cpu["isa"],
     }
     if commit:
         tags.update({"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit})
@@ -279,17 +287,20 @@ def _run_name(stage: str) -> str:
 
 
 def _experiment_id(mlflow: Any, params: Params, uri: str) -> str:
-    """The experiment's id; created on first use with artifacts under the repository for local stores."""
+    """The experiment's id; created on first use with artifacts under the repository for local stores,
+    and marked as a model-training experiment (``EXPERIMENT_KIND``), existing ones too."""
     name = params.tracking.experiment
     found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    local = urllib.parse.urlparse(uri).scheme not in ("http", "https", "databricks")
-    location = store_path(params, "mlflow_artifacts").resolve().as_uri() if local else None
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:
-        return mlflow.get_experiment_by_name(name).experiment_id  # created concurrently by another stage
+    if found is None:
+        local = urllib.parse.urlparse(uri).scheme not in ("http", "https", "databricks")
+        location = store_path(params, "mlflow_artifacts").resolve().as_uri() if local else None
+        try:
+            return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:
+            found = mlflow.get_experiment_by_name(name)  # created concurrently by another stage
+    if found.tags.get(EXPERIMENT_KIND_TAG) not in TRAINING_KINDS:
+        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return found.experiment_id
 
 
 def _declared_params(root: Path, stage: str) -> list[str]:

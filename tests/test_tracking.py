@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -72,3 +73,42 @@ def test_stage_stops_before_work_when_tracking_server_is_down(project, image_tre
     assert f"MLflow tracking server {uri} is unreachable" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (project.root / "data" / "raw").exists()
+
+
+def test_the_experiment_opens_on_its_training_runs_new_or_existing(params, monkeypatch) -> None:
+    """MLflow 3's UI shows an experiment without ``mlflow.experimentKind`` as a GenAI one."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = mlflow.MlflowClient(tracking.tracking_uri(params))
+    with tracking.stage_run("split", params) as run:
+        experiment_id = run.experiment_id
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+    old = client.create_experiment("made before the tag", (params.root / "old-artifacts").as_uri())
+    client.set_experiment_tag(old, "mlflow.experimentKind", "genai_development_inferred")
+    kept = client.create_experiment("a user's own choice", (params.root / "kept-artifacts").as_uri(),
+                                    tags={"mlflow.experimentKind": "finetuning"})
+    for name, expected in (("made before the tag", "custom_model_development"), ("a user's own choice", "finetuning")):
+        renamed = config.parse({**_raw(params), "tracking": {"experiment": name}})
+        with tracking.stage_run("split", dataclasses.replace(renamed, root=params.root)):
+            pass
+        assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == expected, name
+    assert {old, kept} == {client.get_experiment_by_name(n).experiment_id
+                           for n in ("made before the tag", "a user's own choice")}
+
+
+def _raw(params: config.Params) -> dict:
+    return config.read_params_yaml((params.root / "params.yaml").read_text(encoding="utf-8"))
+
+
+def test_make_ui_prints_the_address_of_the_training_runs(params, monkeypatch) -> None:
+    from pipeline import ui
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tracking.tracking_uri(params)
+    assert ui.find_experiment(store, params.tracking.experiment) is None  # nothing has run yet
+    assert ui.experiment_url("http://127.0.0.1:5000/", None) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    with tracking.stage_run("split", params) as run:
+        experiment_id = run.experiment_id
+    assert ui.find_experiment(store, params.tracking.experiment) == experiment_id
+    assert ui.experiment_url("http://127.0.0.1:5000", experiment_id) == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
