@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import os
-import platform
 from datetime import datetime, timezone
-from pathlib import Path
+
+from pipeline import runtime
 
 
 def describe() -> dict[str, object]:
-    """CPU model, core count, memory and accelerator, plus the time of measurement (UTC)."""
+    """CPU model and instruction set, core count, memory and accelerator, plus the time of measurement (UTC)."""
+    cpu = runtime.describe_cpu()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model() or platform.processor() or platform.machine(),
+        "cpu": cpu["model"],
+        "cpu_isa": cpu["isa"],
         "cores": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "device": "CPU",
     }
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def _memory_gib() -> float | None:

@@ -169,7 +169,7 @@ def serve_search(train: FeatureSet, val: FeatureSet, params: Params, run: tracki
     print(f"train_head chief: serving the search at {role.oracle}; start workers with "
           f"{TUNER_ID_ENV}=tuner0 (tuner1, ...) python -m stages.train_head", flush=True)
     try:
-        tuner.search(train, val, epochs=params.train_head.epochs)  # returns once the search is over
+        tuning.run_search(tuner, train, val, params.train_head.epochs)  # returns once the search is over
     finally:
         (folder / CHIEF_FILE).unlink(missing_ok=True)
     return tuning.best_settings(tuner), tuning.trials_frame(tuner, read_worker_records(folder))
@@ -249,8 +249,9 @@ def run_worker(train: FeatureSet, val: FeatureSet, params: Params, role: Role) -
         The ids of the trials this worker ran.
     """
     folder = params.path("tuner")
-    log = tuning.TrialLog(None, params.tune.algorithm, role.tuner_id, folder)
+    log = tuning.TrialLog(None, params.tune.algorithm, role.tuner_id, folder, params.tune.objective,
+                          tuning.planned_trials(params.tune))
     tuner = tuning.make_search(train, params, log, overwrite=False)  # the folder, and the search in it, is the chief's
     log.run = join_search(tuner, params, role)
-    tuner.search(train, val, epochs=params.train_head.epochs)
+    tuning.run_search(tuner, train, val, params.train_head.epochs)
     return sorted(log.seconds)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import progress
+from pipeline import console, progress
 
 # The formats the tf.data input pipeline decodes: with TensorFlow's ops (GIF: the first frame), and
 # with Pillow (``decode_with_pillow``: the first page or frame).
@@ -45,6 +45,7 @@ _ORIENTED_FORMATS = ("JPEG", "WEBP")
 # ISO base media brands of HEIF/HEIC photos (iPhones write them), which no decoder here reads.
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _SNIFF_BYTES = 4096
+_ABORTED = re.compile(r"^W\d{4} .*Local rendezvous is aborting")  # TensorFlow's line for a refused file
 # The turn that makes an image with an EXIF orientation upright (Pillow's ImageOps.exif_transpose).
 _UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -171,7 +172,8 @@ def inspect_images(paths: list[Path], max_pixels: int) -> list[tuple[str, str | 
     good = [i for i, (_, image_format, problem) in enumerate(checked) if problem is None]
     candidates = [i for i in good if checked[i][1] in TF_FORMATS]
     refused = _refused_by_tf([paths[i] for i in candidates], [checked[i][1] == "JPEG" for i in candidates])
-    problems = {candidates[i]: _decode_problem(paths[candidates[i]], checked[candidates[i]][1]) for i in refused}
+    with console.without_native_lines(_ABORTED):
+        problems = {candidates[i]: _decode_problem(paths[candidates[i]], checked[candidates[i]][1]) for i in refused}
     by_pillow = [i for i in good if checked[i][1] in PILLOW_FORMATS]
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow's decoders let go of the GIL
         problems.update(zip(by_pillow, pool.map(lambda i: _pillow_problem(paths[i]), by_pillow)))
@@ -290,7 +292,9 @@ def _undecoded(paths: list[Path], jpeg: list[bool], batch_size: int, desc: str) 
     dataset = tf.data.Dataset.from_tensor_slices((list(range(len(paths))), [str(p) for p in paths], jpeg))
     dataset = dataset.batch(batch_size).map(decode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     decoded: set[int] = set()
-    with progress.bar(total=len(paths), desc=desc, unit="img") as bar:
+    # Each refused file makes TensorFlow warn that its pipeline aborted; the refusal is the point here.
+    with console.without_native_lines(_ABORTED) as stream, progress.bar(total=len(paths), desc=desc, unit="img",
+                                                                        file=stream) as bar:
         for indices, _ in dataset.ignore_errors().as_numpy_iterator():
             decoded.update(indices.tolist())
             bar.update(len(indices))

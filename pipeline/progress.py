@@ -16,15 +16,17 @@ def bar(iterable: Iterable[T] | None = None, **options: Any) -> tqdm:
 
     Args:
         iterable: what to iterate over, or None for a manually updated bar.
-        **options: passed to tqdm (``desc``, ``total``, ``unit``, ``unit_scale``, ...).
+        **options: passed to tqdm (``desc``, ``total``, ``unit``, ``unit_scale``, ...); ``file``
+            replaces standard error.
 
     Returns:
         The progress bar.
     """
-    interactive = sys.stderr.isatty()
+    stream = options.pop("file", sys.stderr)
+    interactive = stream.isatty()
     options.setdefault("mininterval", 0.2 if interactive else 10.0)
     options.setdefault("dynamic_ncols", interactive)
-    return tqdm(iterable, file=sys.stderr, **options)
+    return tqdm(iterable, file=stream, **options)
 
 
 def keras_verbosity() -> int:

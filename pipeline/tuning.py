@@ -20,7 +20,7 @@ import keras
 import keras_tuner as kt
 import pandas as pd
 
-from pipeline import files, head, runtime, training, tracking
+from pipeline import console, files, head, runtime, training, tracking
 from pipeline.config import FloatRange, Params, SearchSpace, TrainHeadParams, TuneParams
 from pipeline.features import FeatureSet
 
@@ -78,14 +78,16 @@ class TrialLog:
     """
 
     def __init__(self, run: ParentRun | None, algorithm: str, tuner_id: str | None = None,
-                 folder: Path | None = None) -> None:
+                 folder: Path | None = None, objective: str = "val_accuracy", total: int | None = None) -> None:
         self.run = run
         self.algorithm = algorithm
         self.tuner_id, self.folder = tuner_id, folder
+        self.objective, self.total = objective, total
         self.current: tracking.ChildRun | None = None
         self.run_ids: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
         self.rss_mb: dict[str, float] = {}
+        self.best: tuple[str, float, dict[str, Any]] | None = None  # trial id, score, values
         self._started = 0.0
 
     def begin(self, trial: kt.engine.trial.Trial) -> None:
@@ -119,12 +121,53 @@ class TrialLog:
         if self.folder is not None:
             record = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, **self.records()[trial.trial_id]}
             files.write_json(self.folder / f"trial_{trial.trial_id}" / WORKER_FILE, record)
+        if not console.verbose():  # verbose: Keras Tuner prints its own table per trial
+            print(describe_trial(trial.trial_id, self.total, trial_values(trial), trial.score,
+                                 self.seconds[trial.trial_id], self.objective, self.best), flush=True)
+        if trial.score is not None and (self.best is None or _improves(trial.score, self.best[1], self.objective)):
+            self.best = (trial.trial_id, trial.score, trial_values(trial))
 
     def records(self) -> dict[str, dict[str, Any]]:
         """What this process measured and logged per trial id: seconds, rss_mb, mlflow_run_id."""
         return {trial_id: {"seconds": seconds, "rss_mb": self.rss_mb.get(trial_id),
                            "mlflow_run_id": self.run_ids.get(trial_id)}
                 for trial_id, seconds in self.seconds.items()}
+
+
+def describe_trial(trial_id: str, total: int | None, values: dict[str, Any], score: float | None, seconds: float,
+                   objective: str, best: tuple[str, float, dict[str, Any]] | None) -> str:
+    """One console line for a finished trial: its number, objective and time, then its hyperparameters
+    (after the first trial only those that differ from the best trial so far, with the best's value).
+
+    Example: ``trial 2/6: val_accuracy 0.8712 (best 0.9015, trial 1), 31 s; units 512 (best 256)``.
+    """
+    number = f"{int(trial_id) + 1}" if trial_id.isdigit() else trial_id
+    head = f"train_head: trial {number}{f'/{total}' if total else ''}: "
+    head += f"{objective} {score:.4f}" if score is not None else "no score (failed)"
+    if best is None:
+        return f"{head}, {seconds:.0f} s; {describe_settings(values)}"
+    best_number = f"{int(best[0]) + 1}" if best[0].isdigit() else best[0]
+    differ = [f"{name} {_short(value)} (best {_short(best[2].get(name))})"
+              for name, value in values.items() if best[2].get(name) != value]
+    return f"{head} (best {best[1]:.4f}, trial {best_number}), {seconds:.0f} s; " + (", ".join(differ) or "same settings")
+
+
+def describe_settings(values: Mapping[str, Any]) -> str:
+    """Hyperparameters for the console: ``units 256, dropout 0.2, learning_rate 0.00123``."""
+    return ", ".join(f"{name} {_short(value)}" for name, value in values.items())
+
+
+def _improves(score: float, best: float, objective: str) -> bool:
+    return score < best if training.objective_mode(objective) == "min" else score > best
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def run_search(tuner: kt.Tuner, train: FeatureSet, val: FeatureSet, epochs: int) -> None:
+    """``tuner.search`` with a line per trial from ``TrialLog``, or Keras Tuner's tables with ``HEADSTART_VERBOSE``."""
+    tuner.search(train, val, epochs=epochs, verbose=1 if console.verbose() else 0)
 
 
 class HeadHyperModel(kt.HyperModel):
@@ -314,24 +357,30 @@ def select_head(train: FeatureSet, val: FeatureSet, params: Params, run: trackin
     if not params.tune.enabled:
         params.path("tuner").mkdir(parents=True, exist_ok=True)  # a stage output: empty, as there is no search
         return train_chosen(head.HeadSettings.from_params(params.train_head), pd.DataFrame(), train, val, params, run)
-    log = TrialLog(run, params.tune.algorithm)
+    log = TrialLog(run, params.tune.algorithm, objective=params.tune.objective, total=planned_trials(params.tune))
     tuner = make_search(train, params, log)
-    tuner.search(train, val, epochs=params.train_head.epochs)
+    run_search(tuner, train, val, params.train_head.epochs)
     make_oracle_repeatable(params.path("tuner"))
     return train_chosen(best_settings(tuner), trials_frame(tuner, log.records()), train, val, params, run)
+
+
+def planned_trials(tune: TuneParams) -> int | None:
+    """How many trials the search runs (None for Hyperband: that follows from its epochs and factor)."""
+    return None if tune.algorithm == "hyperband" else tune.max_trials
 
 
 def make_oracle_repeatable(folder: Path) -> None:
     """Rewrite the ``oracle.json`` of a finished search in ``folder`` without what differs between two
     runs of the same search, since the tuner folder is a DVC output.
 
-    Keras Tuner keeps when the search and each trial started (``display``), only to print elapsed
-    times while it searches; it reloads the file without them (no start time is what a search that
+    Keras Tuner keeps when the search and each trial started and the trials' display numbers
+    (``display``), only to print its tables while it searches (it records them only then, so with
+    ``HEADSTART_VERBOSE`` alone); it reloads the file without them (no start time is what a search that
     never began has). ``tried_so_far`` is a set, listed in Python's per-process hash order: sorted.
     """
     path = folder / ORACLE_FILE
     state = files.read_json(path)
-    state["display"] = {**state["display"], "search_start": None, "trial_start": {}}
+    state["display"] = {**state["display"], "search_start": None, "trial_start": {}, "trial_number": {}}
     state["tried_so_far"] = sorted(state["tried_so_far"])
     files.write_json(path, state)
 

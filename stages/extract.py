@@ -1,8 +1,9 @@
 """Extract stage: run the frozen pretrained backbone once over every image and cache its features.
 
 Reads:  paths.splits/{train,val,test}.csv, classes.json; the images; params ``backbone``, ``extract``, ``compute``
-Writes: paths.features/{train,val,test}.npz, meta.json (the same bytes on every run at a fixed
-        ``compute.threads``); paths.metrics/extract.json (with the timings)
+Writes: paths.features/{train,val,test}.npz, meta.json (the same bytes on every run on one CPU model
+        at a fixed ``compute.threads``); paths.metrics/extract.json (the timings, the CPU model and
+        its instruction set)
 """
 
 from pipeline import backbones, config, features, files, runtime, tracking
@@ -23,6 +24,8 @@ def main() -> None:
             meta, seconds = features.extract_splits(model, backbone, weights, size, params, staging)
         images = sum(meta["counts"].values())
         images_per_s = round(images / seconds, 1) if seconds else 0.0
+        cpu = runtime.describe_cpu()
+        run.record("cpu", {**cpu, "threads": params.compute.threads})  # beside the timings, and why bits differ
         run.log_dict(meta, "features_meta.json")
         run.log_metrics(
             {
@@ -34,7 +37,8 @@ def main() -> None:
         )
         print(
             f"extract: {images} images → {meta['feature_width']} features each "
-            f"({backbone.name}, {size} px, {images_per_s:.0f} images/s) → {params.paths.features}"
+            f"({backbone.name}, {size} px, {images_per_s:.0f} images/s on {cpu['model']}, {cpu['isa']}) "
+            f"→ {params.paths.features}"
         )
 
 

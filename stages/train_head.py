@@ -42,8 +42,8 @@ def main() -> None:
         run.log_artifact(params.path("best_hparams"))
         run.log_artifact(params.path("head_model"))
         run.log_metrics(result.summary())
-        print(f"train_head: {result.settings.as_dict()}: {params.tune.objective} {best[params.tune.objective]:.4f} "
-              f"at epoch {int(best['epoch'])} → {params.paths.head_model}")
+        print(f"train_head: {tuning.describe_settings(result.settings.as_dict())}: {params.tune.objective} "
+              f"{best[params.tune.objective]:.4f} at epoch {int(best['epoch'])} → {params.paths.head_model}")
 
 
 def read_features(params: Params) -> tuple[FeatureSet, FeatureSet]:

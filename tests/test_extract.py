@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import efficientnet_lite, features
+from pipeline import efficientnet_lite, features, runtime
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +51,16 @@ def test_extract_writes_features_in_split_order_and_repeats_bytewise(project, im
     assert (meta["image_size"], meta["crop"], meta["feature_width"], meta["dtype"]) == (32, "center", 1280, "float32")
     assert meta["counts"] == {n: len(pd.read_csv(root / f"data/splits/{n}.csv")) for n in SPLITS}
     assert "images_per_s" not in meta and "seconds" not in meta  # timings make bytes differ: metrics JSON only
+    assert "cpu" not in meta  # nor the machine
 
     metrics = json.loads((root / "metrics/extract.json").read_text())
     assert metrics["images_per_s"] > 0
+    assert metrics["cpu"] == {**runtime.describe_cpu(), "threads": project.params["compute"]["threads"]}
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     run = mlflow.get_run(metrics["mlflow"]["run_id"])
     assert run.data.tags["weights.sha256"] == efficientnet_lite.WEIGHTS_SHA256
     assert run.data.params["backbone.name"] == "efficientnet_lite0"
+    assert (run.data.tags["cpu.model"], run.data.tags["cpu.isa"]) == (metrics["cpu"]["model"], metrics["cpu"]["isa"])
     assert run.data.metrics["images_per_s"] == metrics["images_per_s"] > 0
     assert "features_meta.json" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
 

@@ -123,13 +123,43 @@ def test_the_tuner_folder_is_repeatable_and_reloads(small_params, monkeypatch):
     for path in folder.rglob("*.json"):
         assert not re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d", path.read_text()), path  # no ISO date-time
     oracle = json.loads((folder / "oracle.json").read_text())
-    assert oracle["display"] == {"search_start": None, "trial_start": {}, "trial_number": {"0": 1, "1": 2, "2": 3}}
+    assert oracle["display"] == {"search_start": None, "trial_start": {}, "trial_number": {}}
     assert oracle["tried_so_far"] == sorted(oracle["id_to_hash"].values())  # a set: in a fixed order
     # Keras Tuner reads the rewritten file back: the same finished search, the same best trial.
     reloaded = tuning.make_search(tiny_features(30, 0), small_params, None, overwrite=False)
     assert sorted(reloaded.oracle.trials) == sorted(result.trials["trial"])
     assert tuning.best_settings(reloaded) == result.settings
     assert reloaded.oracle.remaining_trials() == 0
+
+
+def test_a_finished_trial_is_one_line_naming_what_differs_from_the_best():
+    values = {"units": 256, "dropout": 0.2, "learning_rate": 0.00123456}
+    first = tuning.describe_trial("00", 6, values, 0.9015, 31.4, "val_accuracy", None)
+    assert first == "train_head: trial 1/6: val_accuracy 0.9015, 31 s; units 256, dropout 0.2, learning_rate 0.00123"
+    later = tuning.describe_trial("03", None, {**values, "units": 512}, 0.8712, 29.6, "val_accuracy",
+                                  ("00", 0.9015, values))
+    assert later == "train_head: trial 4: val_accuracy 0.8712 (best 0.9015, trial 1), 30 s; units 512 (best 256)"
+    failed = tuning.describe_trial("04", 6, values, None, 1.0, "val_loss", ("00", 0.3, values))
+    assert failed == "train_head: trial 5/6: no score (failed) (best 0.3000, trial 1), 1 s; same settings"
+
+
+def test_the_search_prints_a_line_per_trial_and_verbose_brings_the_tables_back(small_params, monkeypatch, capfd):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HEADSTART_VERBOSE", raising=False)
+    quiet, _ = _search(small_params)
+    printed = capfd.readouterr().out
+    assert [line.split(":")[1] for line in printed.splitlines() if line.startswith("train_head: trial")] == [
+        " trial 1/3", " trial 2/3", " trial 3/3"]
+    assert "Search: Running Trial" not in printed and "Best Value So Far" not in printed
+    oracle = (small_params.path("tuner") / "oracle.json").read_bytes()
+
+    monkeypatch.setenv("HEADSTART_VERBOSE", "1")
+    loud, _ = _search(small_params)
+    printed = capfd.readouterr().out
+    assert "Search: Running Trial #1" in printed and "Best Value So Far" in printed
+    assert "train_head: trial" not in printed
+    assert loud.settings == quiet.settings
+    assert (small_params.path("tuner") / "oracle.json").read_bytes() == oracle  # the switch changes no output
 
 
 def test_the_same_seed_picks_the_same_best_hyperparameters(small_params, monkeypatch):
