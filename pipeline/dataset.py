@@ -71,7 +71,7 @@ def scan_dataset(root: Path, follow_links: bool = False) -> Scan:
     Args:
         root: a class-per-folder tree, optionally split into train/val/test folders first.
         follow_links: follow symbolic links whose target is outside ``root`` too (links that stay
-            inside are always followed; a folder reached twice is listed once).
+            inside are always followed; a folder reached twice within a class is listed once).
 
     Returns:
         The files found, what was ignored and why, and whether the tree was pre-split.
@@ -136,7 +136,7 @@ def cap_per_class(entries: list[Entry] | tuple[Entry, ...], cap: int | None) -> 
 
 
 class _Walk:
-    """One scan's walk: what it left out and why, the folders it has been in, where links may lead."""
+    """One scan's walk: where links may lead, and what it left out and why."""
 
     def __init__(self, root: Path, follow_links: bool) -> None:
         self.root, self.follow_links = root, follow_links

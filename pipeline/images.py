@@ -176,7 +176,7 @@ def inspect_images(paths: list[Path], max_pixels: int) -> list[tuple[str, str | 
         problems = {candidates[i]: _decode_problem(paths[candidates[i]], checked[candidates[i]][1]) for i in refused}
     by_pillow = [i for i in good if checked[i][1] in PILLOW_FORMATS]
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow's decoders let go of the GIL
-        problems.update(zip(by_pillow, pool.map(lambda i: _pillow_problem(paths[i]), by_pillow)))
+        problems.update(zip(by_pillow, pool.map(lambda i: _pillow_problem(paths[i]), by_pillow), strict=True))
     return [(digest, problem or problems.get(i)) for i, (digest, _, problem) in enumerate(checked)]
 
 

@@ -6,10 +6,10 @@ the decoder, how far a JPEG can be shrunk while it is decoded (libjpeg's DCT sca
 makes it upright, the size to resize to and whether that resize needs antialiasing. Files that share
 a plan's shape share one map function with no data-dependent ops; a dataset of same-sized, upright
 images (the usual case) decodes with a handful of ops per image, and mixed ones pick their function
-with one ``switch_case``. WebP, TIFF and AVIF files are decoded by Pillow (``images.decode_with_pillow``,
-called from the pipeline's threads); JPEG, PNG, BMP and GIF by TensorFlow's ops. Images are read and decoded in parallel, expanded to three channels when
-grayscale, batched and prefetched so decoding overlaps the model. Pixels stay raw 0-255 floats:
-each model does its own preprocessing.
+with one ``switch_case``. JPEG, PNG, BMP and GIF are decoded by TensorFlow's ops; WebP, TIFF and AVIF
+by Pillow (``images.decode_with_pillow``, called from the pipeline's threads). Images are read and
+decoded in parallel, expanded to three channels when grayscale, batched and prefetched so decoding
+overlaps the model. Pixels stay raw 0-255 floats: each model does its own preprocessing.
 """
 
 from __future__ import annotations

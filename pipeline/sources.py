@@ -113,7 +113,8 @@ def copy_classes(source: Path, target: Path, max_per_class: int | None, follow_l
     left_out = [(entry.rel, problem) for entry, problem in problems if problem is not None]
     if not kept:
         reasons = "; ".join(f"{n} {kind}" for kind, n in count_reasons(left_out).items())
-        raise UserError(f"no images in {source}: all {len(left_out)} file(s) in its class folders are left out ({reasons})")
+        raise UserError(f"no images in {source}: all {len(left_out)} file(s) in its class folders are left out "
+                        f"({reasons})")
     for entry in progress.bar(dataset.cap_per_class(kept, max_per_class), desc="copy images", unit="file"):
         files.link_or_copy(source / entry.rel, target / entry.rel)
     classes = {(e.split, e.label) for e in kept}

@@ -36,8 +36,9 @@ from pipeline.config import PARAMS_FILE, Params
 from pipeline.errors import UserError
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"
-# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, token usage); with it, on
-# its training runs. An experiment already marked as one of the training kinds keeps its mark.
+# MLflow 3 records an experiment's kind (GenAI development or model training) in this tag; headstart's
+# experiments are model training. One already marked as a training kind keeps its mark. (Which page the
+# UI opens on is another matter: see pipeline.ui.)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 TRAINING_KINDS = (EXPERIMENT_KIND, "finetuning", "classification", "regression", "forecasting", "automl")

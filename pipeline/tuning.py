@@ -149,7 +149,8 @@ def describe_trial(trial_id: str, total: int | None, values: dict[str, Any], sco
     best_number = f"{int(best[0]) + 1}" if best[0].isdigit() else best[0]
     differ = [f"{name} {_short(value)} (best {_short(best[2].get(name))})"
               for name, value in values.items() if best[2].get(name) != value]
-    return f"{head} (best {best[1]:.4f}, trial {best_number}), {seconds:.0f} s; " + (", ".join(differ) or "same settings")
+    compared = ", ".join(differ) or "same settings"
+    return f"{head} (best {best[1]:.4f}, trial {best_number}), {seconds:.0f} s; {compared}"
 
 
 def describe_settings(values: Mapping[str, Any]) -> str:

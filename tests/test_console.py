@@ -1,4 +1,5 @@
-"""The console: TensorFlow's and MLflow's start-up chatter stays off it, warnings stay on, HEADSTART_VERBOSE=1 shows all."""
+"""The console: TensorFlow's and MLflow's start-up chatter stays off it, warnings stay on, HEADSTART_VERBOSE=1
+shows all; the CPU is named."""
 
 from __future__ import annotations
 
