@@ -4,7 +4,8 @@ A change to the input pipeline must not slow the usual case down. Both trees run
 (the extract stage's path: ``inputs.image_dataset`` + ``features.compute_features``, EfficientNet-Lite0
 with its ImageNet weights, the same 512 flower JPEGs, batch 64, 2 threads) in fresh processes, taken in
 turns (baseline, this checkout, baseline, ...) so that drift in the machine's speed hits both alike;
-each process keeps its best of three passes per size. Writes ``benchmarks/results/extract_ab.json``::
+each process keeps its best of three passes per size, and each round gives one ratio (this checkout over
+the baseline, measured minutes apart). Writes ``benchmarks/results/extract_ab.json``::
 
     python -m benchmarks.extract_ab --baseline 842ba01 [--rounds 3] [--sizes 96 224]
 """
@@ -81,9 +82,12 @@ def main() -> None:
     for size in map(str, args.sizes):
         base = [r[size] for r in runs["baseline"]]
         current = [r[size] for r in runs["current"]]
+        paired = [c / b for b, c in zip(base, current, strict=True)]  # the same round: the same machine speed
         by_size[size] = {"baseline_images_per_s": [round(v, 1) for v in base],
                          "current_images_per_s": [round(v, 1) for v in current],
-                         "ratio_of_medians": round(statistics.median(current) / statistics.median(base), 3)}
+                         "ratio_per_round": [round(r, 3) for r in paired],
+                         "median_ratio": round(statistics.median(paired), 3),
+                         "ratio_range": [round(min(paired), 3), round(max(paired), 3)]}
     result = {"benchmark": "extract_ab", "machine": machine.describe(), "baseline": revision,
               "current": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                         text=True, check=True).stdout.strip(),

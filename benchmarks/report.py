@@ -4,7 +4,7 @@ Reads ``benchmarks/results/<name>.json`` (written by ``python -m benchmarks.<nam
 the named benchmarks first, one after the other, and records how long each took in
 ``results/timings.json``; ``make bench`` runs them all::
 
-    python -m benchmarks.report [--run extract tuning accuracy repro memory]
+    python -m benchmarks.report [--run extract formats tuning accuracy repro memory]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPORT = HERE / "RESULTS.md"
 TIMINGS = RESULTS / "timings.json"
-BENCHMARKS = ("extract", "tuning", "accuracy", "repro", "memory")  # make bench's order
+BENCHMARKS = ("extract", "formats", "tuning", "accuracy", "repro", "memory")  # make bench's order
 Row = tuple[str, str, str]  # what was measured, the result, on what data
 
 
@@ -53,6 +53,12 @@ def extract_rows(result: dict[str, Any]) -> list[Row]:
              f"{rates['extract_images_per_s']:.0f} images/s: {result[f'ratio_vs_forward_{size}']:.2f}× the backbone "
              f"alone on decoded images, {result[f'speedup_vs_naive_{size}']:.1f}× a PIL + `predict` loop",
              result["data"]) for size, rates in result["sizes"].items()]
+
+
+def formats_rows(result: dict[str, Any]) -> list[Row]:
+    cells = [f"{name} {n['extract_images_per_s']:.0f}/s ({n['extract_vs_jpeg']:.2f}× JPEG; decode alone "
+             f"{n['decode_images_per_s']:.0f}/s)" for name, n in result["formats"].items()]
+    return [(f"Extract by image format, {result['image_size']} px", " · ".join(cells), result["data"])]
 
 
 def tuning_rows(result: dict[str, Any]) -> list[Row]:
@@ -113,7 +119,7 @@ def memory_rows(result: dict[str, Any]) -> list[Row]:
 
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "extract": extract_rows, "tuning": tuning_rows, "accuracy": accuracy_rows, "repro": repro_rows,
+    "extract": extract_rows, "formats": formats_rows, "tuning": tuning_rows, "accuracy": accuracy_rows, "repro": repro_rows,
     "memory": memory_rows,
 }
 
