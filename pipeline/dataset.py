@@ -159,18 +159,17 @@ class _Walk:
         kind = "folder" if target.is_dir() else "file"
         return f"link to a {kind} outside the source folder ({target}); {FOLLOW_LINKS_HINT}"
 
+    def admit(self, path: Path, hidden: str, problem: str | None = None) -> bool:
+        """Whether the walk takes ``path``; if not, it is listed with the reason: ``hidden`` for a hidden
+        or system name, else why a link is not followed, else ``problem``."""
+        reason = hidden if path.name.startswith(".") or path.name in JUNK_NAMES else self.link_problem(path) or problem
+        if reason:
+            self.ignore(path, reason)
+        return reason is None
+
     def children(self, folder: Path) -> list[Path]:
-        """The visible entries of ``folder``, sorted; hidden ones and links that may not be followed are listed."""
-        children = []
-        for child in sorted(folder.iterdir()):
-            problem = self.link_problem(child)
-            if child.name.startswith(".") or child.name in JUNK_NAMES:
-                self.ignore(child, "hidden or system file")
-            elif problem:
-                self.ignore(child, problem)
-            else:
-                children.append(child)
-        return children
+        """The entries of ``folder`` the walk takes, sorted (the others are listed)."""
+        return [child for child in sorted(folder.iterdir()) if self.admit(child, "hidden or system file")]
 
     def files_under(self, folder: Path) -> list[Path]:
         """Every file under the class folder ``folder``, through links that may be followed, each real
@@ -185,25 +184,9 @@ class _Walk:
                 dirs[:] = []
                 continue
             visited.add(real)
-            kept = []
-            for name in sorted(dirs):
-                problem = self.link_problem(here / name) or _loop_problem(here / name, real)
-                if name.startswith(".") or name in JUNK_NAMES:
-                    self.ignore(here / name, "hidden or system folder")
-                elif problem:
-                    self.ignore(here / name, problem)
-                else:
-                    kept.append(name)
-            dirs[:] = kept
-            for name in sorted(names):
-                path = here / name
-                problem = self.link_problem(path)
-                if name.startswith(".") or name in JUNK_NAMES:
-                    self.ignore(path, "hidden or system file")
-                elif problem:
-                    self.ignore(path, problem)
-                else:
-                    found.append(path)
+            dirs[:] = [name for name in sorted(dirs)
+                       if self.admit(here / name, "hidden or system folder", _loop_problem(here / name, real))]
+            found.extend(here / name for name in sorted(names) if self.admit(here / name, "hidden or system file"))
         return found
 
 
