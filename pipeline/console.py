@@ -55,19 +55,20 @@ def _drop_retracing(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def without_native_lines(drop: re.Pattern[str]) -> Iterator[IO[str]]:
-    """``native_stderr_filtered``, or nothing filtered when ``verbose()``; yields the stream for live output."""
+def quiet_lines(drop: re.Pattern[str]) -> Iterator[IO[str]]:
+    """``filtered_stderr`` for lines a library prints that tell the user nothing (nothing filtered when
+    ``verbose()``); yields the stream for live output."""
     if verbose():
         yield sys.stderr
     else:
-        with native_stderr_filtered(drop) as live:
+        with filtered_stderr(drop) as live:
             yield live
 
 
 @contextlib.contextmanager
-def native_stderr_filtered(drop: re.Pattern[str]) -> Iterator[IO[str]]:
-    """Capture what native code writes to file descriptor 2 in the block; afterwards write it out
-    without the lines ``drop`` matches.
+def filtered_stderr(drop: re.Pattern[str]) -> Iterator[IO[str]]:
+    """Capture what is written to file descriptor 2 in the block (by native code or Python); afterwards
+    write it out without the lines ``drop`` matches.
 
     Yields:
         A text stream on the real standard error, for output that must appear while the block runs
@@ -123,5 +124,5 @@ class _QuietLoader(importlib.abc.Loader):
         module.__loader__ = self.loader
         if module.__spec__ is not None:
             module.__spec__.loader = self.loader
-        with native_stderr_filtered(_LOAD_NOISE):
+        with filtered_stderr(_LOAD_NOISE):
             self.loader.exec_module(module)

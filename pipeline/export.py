@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import features, files, inputs, progress
+from pipeline import console, features, files, inputs, progress
 from pipeline.errors import UserError
 
 Format = Literal["float32", "float16", "dynamic_range"]
@@ -33,6 +34,9 @@ QUANTIZATION = {
     "float16": "float16 weights (half the size), computed in float32",
     "dynamic_range": "int8 weights (a quarter of the size), activations quantized on the fly",
 }
+# What the TFLite converter and interpreter print on every conversion and load, telling the user nothing.
+_CONVERTER_NOTES = re.compile(r"^(W\d{4} .*Ignored (output_format|drop_control_dependency)"
+                              r"|INFO: Created TensorFlow Lite XNNPACK delegate)")
 CROP_RULES = {
     "center": "resize the short side to image_size, keep the centred square",
     "pad": "resize the long side to image_size, pad the rest with black, centred",
@@ -68,7 +72,8 @@ def convert(model: keras.Model, fmt: Format) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # alone: dynamic-range (int8 weight) quantization
     if fmt == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    return converter.convert()
+    with console.quiet_lines(_CONVERTER_NOTES):
+        return converter.convert()
 
 
 def load_interpreter(content: bytes, threads: int) -> tf.lite.Interpreter:
@@ -83,7 +88,8 @@ def load_interpreter(content: bytes, threads: int) -> tf.lite.Interpreter:
         # same flatbuffers as the LiteRT runtime apps use.
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated", category=UserWarning)
         interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
-    interpreter.allocate_tensors()
+    with console.quiet_lines(_CONVERTER_NOTES):
+        interpreter.allocate_tensors()
     return interpreter
 
 

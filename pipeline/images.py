@@ -172,7 +172,7 @@ def inspect_images(paths: list[Path], max_pixels: int) -> list[tuple[str, str | 
     good = [i for i, (_, image_format, problem) in enumerate(checked) if problem is None]
     candidates = [i for i in good if checked[i][1] in TF_FORMATS]
     refused = _refused_by_tf([paths[i] for i in candidates], [checked[i][1] == "JPEG" for i in candidates])
-    with console.without_native_lines(_ABORTED):
+    with console.quiet_lines(_ABORTED):
         problems = {candidates[i]: _decode_problem(paths[candidates[i]], checked[candidates[i]][1]) for i in refused}
     by_pillow = [i for i in good if checked[i][1] in PILLOW_FORMATS]
     with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow's decoders let go of the GIL
@@ -293,7 +293,7 @@ def _undecoded(paths: list[Path], jpeg: list[bool], batch_size: int, desc: str) 
     dataset = dataset.batch(batch_size).map(decode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     decoded: set[int] = set()
     # Each refused file makes TensorFlow warn that its pipeline aborted; the refusal is the point here.
-    with console.without_native_lines(_ABORTED) as stream, progress.bar(total=len(paths), desc=desc, unit="img",
+    with console.quiet_lines(_ABORTED) as stream, progress.bar(total=len(paths), desc=desc, unit="img",
                                                                         file=stream) as bar:
         for indices, _ in dataset.ignore_errors().as_numpy_iterator():
             decoded.update(indices.tolist())

@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import config, split
+from pipeline import config, console, split
 from pipeline.errors import UserError, run_cli
 
+# MLflow's own announcement of a registration (the stage prints the version and why it is or is not champion).
+_REGISTERED = re.compile(r"^(Successfully registered model|Registered model '.*' already exists|Created version ')")
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 TEST_SPLIT_TAG = "data.test_split.md5"
@@ -170,7 +173,8 @@ def register_classifier(params: config.Params, scores: dict[str, Any], run_id: s
     tags = version_tags(params, scores, run_id, run_tags)
     client = mlflow.MlflowClient()
     champion = current_champion(client, name)
-    number = int(mlflow.register_model(model_uri, name, tags=tags).version)
+    with console.quiet_lines(_REGISTERED):
+        number = int(mlflow.register_model(model_uri, name, tags=tags).version)
     client.set_registered_model_alias(name, CANDIDATE, number)
     decision = decide(metric, float(scores[metric]), tags[TEST_SPLIT_TAG], number, champion)
     client.set_model_version_tag(name, number, PROMOTION_TAG, decision.reason)

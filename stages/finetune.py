@@ -48,7 +48,7 @@ def main() -> None:
         files.save_model(classifier, params.path("model"))
         run.log_keras_model(classifier, (size, size, 3), (model.output_shape[-1],))
         run.log_metrics(metrics)
-        print(f"finetune: {metrics} → {params.paths.model}")
+        print(f"finetune: {finetune.describe_result(metrics, params.tune.objective)} → {params.paths.model}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def test_a_tensorflow_warning_after_loading_stays_visible() -> None:
 
 
 def test_native_lines_are_filtered_and_the_rest_passes(capfd) -> None:
-    with console.native_stderr_filtered(re.compile(r"^I\d{4} ")) as live:
+    with console.filtered_stderr(re.compile(r"^I\d{4} ")) as live:
         os.write(2, b"I0000 00:00:1.0 port.cc:1] chatter\nW0000 00:00:1.0 real.cc:2] a warning\n")
         live.write("progress 50%\n")
         print("python stderr", file=sys.stderr)

@@ -130,3 +130,13 @@ def test_finetune_disabled_hands_on_the_head_on_the_frozen_backbone(project, ima
     expected = keras.ops.softmax(head_model(cached.features, training=False))
     np.testing.assert_allclose(model.predict(batch, verbose=0), expected, atol=1e-4)
     assert pd.read_csv(root / "plots/finetune/history.csv").empty
+
+
+def test_the_console_line_says_what_fine_tuning_did():
+    numbers = {"head_epochs": 12, "val_accuracy_before": 0.90183, "best_val_accuracy": 0.90250, "epochs_trained": 3,
+               "kept_epoch": 15, "trainable_layers": 16, "trainable_params": 3568042, "seconds": 275.6}
+    assert finetune.describe_result(numbers, "val_accuracy") == (
+        "val_accuracy 0.9018 → 0.9025, kept epoch 15 (3 trained), 16 layers / 3.57M parameters trainable, 276 s")
+    kept_start = {**numbers, "best_val_accuracy": 0.90183, "kept_epoch": 0}
+    assert "kept the starting weights (no epoch beat them)" in finetune.describe_result(kept_start, "val_accuracy")
+    assert finetune.describe_result({"head_epochs": 12}, "val_accuracy").startswith("off (finetune.enabled: false)")

@@ -43,6 +43,13 @@ def test_the_whole_pipeline_runs_then_nothing_is_left_to_do(project, image_tree)
     first = project.run("dvc", "repro")
     stages = ("download", "split", "extract", "train_head", "finetune", "evaluate", "analyze", "export")
     assert all(f"Running stage '{stage}'" in first.stdout for stage in stages)
+    # The console: each stage's own lines, none of the libraries' chatter (pipeline/console.py).
+    console = first.stdout + first.stderr
+    chatter = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "Search: Running Trial",
+               "Successfully registered model", "already exists. Creating a new version", "Ignored output_format", "XNNPACK delegate",
+               "Creating initial MLflow database tables")
+    assert [line for line in console.splitlines() if any(noise in line for noise in chatter)] == []
+    assert "train_head: trial 1/1: val_accuracy" in console and "finetune: val_accuracy" in console
     for output in ("models/model.keras", "reports/predictions.csv", "reports/report.html"):
         assert (project.root / output).is_file()
     assert project.run("dvc", "status").stdout.strip() == "Data and pipelines are up to date."
