@@ -208,6 +208,13 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
+    if urllib.parse.urlparse(uri).scheme in ("http", "https"):  # MLflow's own link is an INFO line (pipeline.console)
+        print(f"{stage}: MLflow run {run_url(uri, experiment_id, handle.run_id)}", flush=True)
+
+
+def run_url(server: str, experiment_id: str, run_id: str) -> str:
+    """A run's page on a tracking server's UI."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def metrics_file(params: Params, stage: str) -> Path:

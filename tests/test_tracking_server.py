@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import processes
+from pipeline import tracking
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +83,7 @@ def test_pipeline_logs_runs_trials_artifacts_and_model_to_a_tracking_server(proj
     image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6})
     trials = 2
     project.shrink(trials=trials, head_epochs=1)
-    project.run("dvc", "repro", env={"MLFLOW_TRACKING_URI": mlflow_server.url})
+    result = project.run("dvc", "repro", env={"MLFLOW_TRACKING_URI": mlflow_server.url})
 
     for local in ("mlflow.db", "mlartifacts", "mlruns"):
         assert not (project.root / local).exists(), f"{local}: the embedded store was used, not the server"
@@ -97,6 +98,9 @@ def test_pipeline_logs_runs_trials_artifacts_and_model_to_a_tracking_server(proj
     stage_runs = [run for run in runs if tag(run, "mlflow.parentRunId") is None]
     assert sorted(tag(run, "stage") for run in stage_runs) == sorted(stages)
     by_stage = {tag(run, "stage"): run for run in stage_runs}
+    for stage, run in by_stage.items():  # each stage names its run's page on the server
+        page = tracking.run_url(mlflow_server.url, experiment["experiment_id"], run["info"]["run_id"])
+        assert f"{stage}: MLflow run {page}" in result.stdout
     for stage in stages:
         recorded = json.loads((project.root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
         assert by_stage[stage]["info"]["run_id"] == recorded["mlflow"]["run_id"]
