@@ -109,6 +109,12 @@ def scan_dataset(root: Path, follow_links: bool = False) -> Scan:
     return Scan(root, tuple(entries), tuple(walk.ignored), tuple(empty), presplit)
 
 
+def reason_kind(reason: str) -> str:
+    """The kind of a reason a file is left out or excluded: its words before the first detail
+    (``too large: 96x96 ...`` → ``too large``; ``broken link (its target ...)`` → ``broken link``)."""
+    return reason.split(":")[0].split(" (")[0]
+
+
 def cap_per_class(entries: list[Entry] | tuple[Entry, ...], cap: int | None) -> list[Entry]:
     """Keep at most ``cap`` files per class, the same ones on every run and every machine.
 

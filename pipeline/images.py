@@ -127,8 +127,10 @@ def content_problem(path: Path) -> str | None:
     try:
         with Image.open(path):
             return None
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        return None if _heif_brand(head) else "not an image (content not recognised)"
+    except Image.DecompressionBombError:
+        return None  # an image, too large: the split stage says so
+    except UnidentifiedImageError:
+        return "not an image (content not recognised)"
     except (OSError, SyntaxError, ValueError, EOFError):
         return None  # recognised as an image but damaged: the split stage says how
 
@@ -169,7 +171,7 @@ def inspect_images(paths: list[Path], max_pixels: int) -> list[tuple[str, str | 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(lambda p: _check_header(p, max_pixels), paths)
         checked = list(progress.bar(results, total=len(paths), desc="verify images", unit="img"))
-    good = [i for i, (_, image_format, problem) in enumerate(checked) if problem is None]
+    good = [i for i, (_, _, problem) in enumerate(checked) if problem is None]
     candidates = [i for i in good if checked[i][1] in TF_FORMATS]
     refused = _refused_by_tf([paths[i] for i in candidates], [checked[i][1] == "JPEG" for i in candidates])
     with console.quiet_lines(_ABORTED):

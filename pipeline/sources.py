@@ -127,7 +127,7 @@ def copy_classes(source: Path, target: Path, max_per_class: int | None, follow_l
 
 def count_reasons(left_out: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> dict[str, int]:
     """How many files were left out for each kind of reason (the reason up to its first detail), most first."""
-    kinds = Counter(reason.split(" (")[0].split(":")[0].split(";")[0] for _, reason in left_out)
+    kinds = Counter(dataset.reason_kind(reason) for _, reason in left_out)
     return dict(sorted(kinds.items(), key=lambda item: (-item[1], item[0])))
 
 

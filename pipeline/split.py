@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import SplitParams
-from pipeline.dataset import SPLITS, Scan
+from pipeline.dataset import SPLITS, Scan, reason_kind
 from pipeline.errors import UserError
 
 _PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate across existing splits stays in the first
@@ -205,7 +205,7 @@ def build_report(result: Splits, scan: Scan, excluded: list[dict[str, str]], par
         "counts": counts,
         "duplicates": {"groups": result.duplicate_groups, "extra_copies": result.duplicate_copies},
         "excluded": all_excluded,
-        "excluded_by_reason": dict(Counter(_reason_kind(e["reason"]) for e in all_excluded)),
+        "excluded_by_reason": dict(Counter(reason_kind(e["reason"]) for e in all_excluded)),
         "ignored": [{"path": p, "reason": r} for p, r in scan.ignored],
         "empty_class_folders": list(scan.empty_classes),
     }
@@ -220,10 +220,6 @@ def counts_frame(result: Splits) -> pd.DataFrame:
     """Images per class as a table with one column per split."""
     frame = pd.DataFrame(result.counts()).fillna(0).astype(int).rename_axis("class").reset_index()
     return frame.sort_values("class", kind="stable").reset_index(drop=True)
-
-
-def _reason_kind(reason: str) -> str:
-    return reason.split(":")[0].split(" (")[0]
 
 
 @dataclass(frozen=True)

@@ -141,21 +141,24 @@ def describe_trial(trial_id: str, total: int | None, values: dict[str, Any], sco
 
     Example: ``trial 2/6: val_accuracy 0.8712 (best 0.9015, trial 1), 31 s; units 512 (best 256)``.
     """
-    number = f"{int(trial_id) + 1}" if trial_id.isdigit() else trial_id
-    head = f"train_head: trial {number}{f'/{total}' if total else ''}: "
+    head = f"train_head: trial {_trial_number(trial_id)}{f'/{total}' if total else ''}: "
     head += f"{objective} {score:.4f}" if score is not None else "no score (failed)"
     if best is None:
         return f"{head}, {seconds:.0f} s; {describe_settings(values)}"
-    best_number = f"{int(best[0]) + 1}" if best[0].isdigit() else best[0]
     differ = [f"{name} {_short(value)} (best {_short(best[2].get(name))})"
               for name, value in values.items() if best[2].get(name) != value]
     compared = ", ".join(differ) or "same settings"
-    return f"{head} (best {best[1]:.4f}, trial {best_number}), {seconds:.0f} s; {compared}"
+    return f"{head} (best {best[1]:.4f}, trial {_trial_number(best[0])}), {seconds:.0f} s; {compared}"
 
 
 def describe_settings(values: Mapping[str, Any]) -> str:
     """Hyperparameters for the console: ``units 256, dropout 0.2, learning_rate 0.00123``."""
     return ", ".join(f"{name} {_short(value)}" for name, value in values.items())
+
+
+def _trial_number(trial_id: str) -> str:
+    """Keras Tuner's trial id ``"00"`` as the console counts it, from 1."""
+    return f"{int(trial_id) + 1}" if trial_id.isdigit() else trial_id
 
 
 def _improves(score: float, best: float, objective: str) -> bool:
