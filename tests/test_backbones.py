@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import backbones, config
+from pipeline import backbones, config, efficientnet_lite
 from pipeline.errors import UserError
 from processes import free_port
 
@@ -53,7 +53,10 @@ def test_backbone_builds_without_weights_and_preprocesses_inside(name, tmp_path)
     np.testing.assert_allclose(features, pooled, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "inception_v3", "efficientnet_lite0", "densenet121"])
+@pytest.mark.parametrize(
+    "name",
+    ["mobilenet_v2", "inception_v3", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "densenet121"],
+)
 def test_cut_points_name_increasing_positions(name, tmp_path):
     backbone = backbones.get(name)
     core, _ = backbones.build_backbone(backbone, max(backbone.min_size, 32), "none", tmp_path, tmp_path)
@@ -62,6 +65,18 @@ def test_cut_points_name_increasing_positions(name, tmp_path):
     assert 0 < positions[0] and positions[-1] < len(core.layers)
     with pytest.raises(UserError, match="not a cut point"):
         backbones.cut_index(core.layers, backbone, "no_such_block")
+
+
+@pytest.mark.parametrize(("name", "native_size"),
+                         [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_lite_imagenet_weights_come_from_their_own_package(name, native_size, tmp_path):
+    variant = efficientnet_lite.VARIANTS[name]
+    backbone = backbones.get(name)
+    assert (backbone.default_size, backbone.feature_width, backbone.preprocessing) == (native_size, 1280, "builtin")
+    extractor, weights = backbones.build_extractor(backbone, 32, "imagenet", tmp_path, tmp_path / "cache")
+    assert weights.file.name == variant.weights_file and weights.sha256 == variant.weights_sha256
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [f"{name}_{variant.weights_sha256[:16]}.npz"]
+    assert extractor.output_shape == (None, 1280)
 
 
 def test_unreadable_weights_file_is_a_clear_error(tmp_path):
