@@ -54,14 +54,30 @@ def comparison_table(scores: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def paired_sentence(scores: dict[str, dict[str, Any]], fine_tuning: evaluation.FineTuning) -> str:
+    """The report's one sentence on whether fine-tuning paid, from metrics/evaluate.json."""
+    words = evaluation.describe_paired(scores["finetuned"]["accuracy"], scores["head_only"]["accuracy"],
+                                       scores["finetuned_vs_head"], fine_tuning)
+    return f"{words[0].upper()}{words[1:]}."
+
+
 def example_captions(worst: pd.DataFrame) -> list[str]:
     """'true: cat / predicted: dog (0.93)' under each example."""
     return [f"true: {row.label}\npredicted: {row.predicted} ({row.confidence:.2f})" for row in worst.itertuples()]
 
 
 def overview_section(predictions: pd.DataFrame, scores: dict[str, dict[str, Any]], rendered: Rendered,
-                     bins: int) -> report.Section:
-    """Headline numbers of both models, the confusion matrix and the most-confused pairs."""
+                     bins: int, fine_tuning: evaluation.FineTuning) -> report.Section:
+    """Whether fine-tuning paid (in ``evaluation.describe_paired``'s words), headline numbers of both models,
+    the confusion matrix and the reliability diagram.
+
+    Args:
+        predictions: the fine-tuned model's predictions table.
+        scores: metrics/evaluate.json: ``finetuned``, ``head_only`` and ``finetuned_vs_head``.
+        rendered: collects the figures.
+        bins: confidence bins of the reliability diagram.
+        fine_tuning: ``evaluation.fine_tuning_outcome`` of metrics/finetune.json.
+    """
     classes = analysis.class_names(predictions)
     labels = predictions["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     probabilities = analysis.probabilities(predictions)
@@ -74,7 +90,7 @@ def overview_section(predictions: pd.DataFrame, scores: dict[str, dict[str, Any]
     return report.Section(
         "overview", "Overview",
         "The fine-tuned model scores the test split's images; the head alone scores the cached features of the "
-        "same images, which shows what fine-tuning added.",
+        f"same images, which shows what fine-tuning added.\n\n{paired_sentence(scores, fine_tuning)}",
         images=(matrix, reliability),
         tables=(report.Table(comparison_table(scores), "Test-split metrics of both models"),),
     )

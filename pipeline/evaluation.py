@@ -1,7 +1,8 @@
 """Classification metrics for the evaluate stage, in plain NumPy.
 
 The fine-tuned model and the head-only model are scored by these same functions on the same test
-split, so their numbers compare directly. Every function is pure: arrays in, numbers out.
+split, so their numbers compare directly (``compare_finetuned_with_head`` pairs them image by image, and
+``describe_paired`` says in words whether fine-tuning paid). Every function is pure: arrays in, numbers out.
 
 Conventions, shared by all functions:
 
@@ -17,10 +18,14 @@ Conventions, shared by all functions:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+# What the finetune stage did (``fine_tuning_outcome``): whether the model evaluate scores differs from the head.
+FineTuning = Literal["trained", "kept_start", "off"]
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -303,6 +308,69 @@ def mcnemar_exact_p(only_first: int, only_second: int) -> float:
         return 1.0
     tail = sum(math.comb(discordant, k) for k in range(min(only_first, only_second) + 1))
     return min(1.0, 2 * tail / 2**discordant)  # integer arithmetic, then one correctly rounded division
+
+
+def compare_finetuned_with_head(labels: np.ndarray, finetuned: np.ndarray, head: np.ndarray) -> dict[str, float | int]:
+    """``compare_paired`` of the head alone (first) and the fine-tuned model (second), under evaluate.json's names.
+
+    Args:
+        labels: true class indices, shape ``(n,)``.
+        finetuned: the fine-tuned model's predicted class indices, shape ``(n,)``.
+        head: the head's on the cached features of the same images, in the same order.
+
+    Returns:
+        ``accuracy_difference`` (fine-tuned minus head), ``p_value`` (McNemar, exact, two-sided),
+        ``only_finetuned`` and ``only_head``: the images only that one classified right.
+    """
+    paired = compare_paired(labels, head, finetuned)
+    return {"accuracy_difference": paired["difference"], "p_value": paired["p_value"],
+            "only_finetuned": paired["only_second_right"], "only_head": paired["only_first_right"]}
+
+
+def fine_tuning_outcome(finetune_metrics: Mapping[str, Any]) -> FineTuning:
+    """What the finetune stage did to the head on the frozen backbone, read off its ``metrics/finetune.json``.
+
+    Returns:
+        ``off`` (``finetune.enabled: false``: it records the head's epochs only), ``kept_start`` (no
+        fine-tuning epoch beat the starting weights, so those were handed on: ``kept_epoch`` 0), else ``trained``.
+    """
+    if "epochs_trained" not in finetune_metrics:
+        return "off"
+    return "kept_start" if not finetune_metrics.get("kept_epoch") else "trained"
+
+
+def describe_paired(finetuned_accuracy: float, head_accuracy: float, comparison: Mapping[str, float | int],
+                    fine_tuning: FineTuning = "trained", alpha: float = 0.05) -> str:
+    """Whether fine-tuning paid, in words: the console's evaluate line and the report's overview say it so.
+
+    Example: ``test accuracy 0.9120 (head alone 0.9010): fine-tuning +0.0110, 160 vs 50 images only one
+    got right, McNemar p 2e-25 — it paid``.
+
+    Args:
+        finetuned_accuracy: the fine-tuned model's test accuracy.
+        head_accuracy: the head's on the cached test features.
+        comparison: from ``compare_finetuned_with_head``.
+        fine_tuning: from ``fine_tuning_outcome``; unless ``trained`` the model is the head on the frozen
+            backbone, so there is no comparison to judge and the sentence says why.
+        alpha: below this p-value the difference counts as clear.
+
+    Returns:
+        One sentence, lower-case first, no full stop.
+    """
+    heading = f"test accuracy {finetuned_accuracy:.4f} (head alone {head_accuracy:.4f})"
+    if fine_tuning != "trained":
+        why = ("fine-tuning was off (finetune.enabled: false)" if fine_tuning == "off"
+               else "fine-tuning kept its starting weights (no epoch beat them on val)")
+        return f"{heading}: {why}, so the model is the head on the frozen backbone and there is nothing to compare"
+    only_finetuned, only_head, p = comparison["only_finetuned"], comparison["only_head"], comparison["p_value"]
+    # A clear McNemar result means the discordant counts differ, so their order gives the winner.
+    if p >= alpha:
+        verdict = "no clear difference"
+    else:
+        verdict = "it paid" if only_finetuned > only_head else "the head alone was better"
+    shown_p = f"{p:.2g}" if p > 0 else "< 1e-300"  # the exact tail can underflow a float on huge test sets
+    return (f"{heading}: fine-tuning {comparison['accuracy_difference']:+.4f}, {only_finetuned} vs {only_head} "
+            f"images only one got right, McNemar p {shown_p} — {verdict}")
 
 
 def summarize(

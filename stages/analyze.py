@@ -1,12 +1,13 @@
 """analyze stage: error analysis of the test predictions, and one self-contained HTML report.
 
-Reads:  paths.predictions, paths.metrics/evaluate.json, paths.model and the test images; params
+Reads:  paths.predictions, paths.metrics/evaluate.json, paths.metrics/finetune.json (whether fine-tuning
+        ran, for the overview's verdict), paths.model and the test images; params
         ``analyze``, ``evaluate.calibration_bins``, ``backbone.crop``, ``compute``
 Writes: paths.report (images embedded; opens with no network); paths.plots/analyze/ (per_class_accuracy.csv,
         confused_pairs.csv, worst_errors.csv and the report's figures as PNG); paths.metrics/analyze.json
 """
 
-from pipeline import analysis, analysis_report, config, files, report, runtime, tracking
+from pipeline import analysis, analysis_report, config, evaluation, files, report, runtime, tracking
 from pipeline.errors import run_cli
 
 THUMBNAIL_PX = 200
@@ -18,6 +19,7 @@ def main() -> None:
     with tracking.stage_run("analyze", params) as run:
         predictions = files.read_csv(params.path("predictions"), text_columns=("path", "label", "predicted"))
         scores = files.read_json(params.path("metrics") / "evaluate.json")
+        fine_tuning = evaluation.fine_tuning_outcome(files.read_json(params.path("metrics") / "finetune.json"))
         classes = analysis.class_names(predictions)
         tables = {
             "per_class_accuracy": analysis.per_class_accuracy(predictions, classes),
@@ -29,7 +31,8 @@ def main() -> None:
         examples = analysis_report.load_examples(worst, classes, params, THUMBNAIL_PX)
         rendered = analysis_report.Rendered()
         sections = [
-            analysis_report.overview_section(predictions, scores, rendered, params.evaluate.calibration_bins),
+            analysis_report.overview_section(predictions, scores, rendered, params.evaluate.calibration_bins,
+                                             fine_tuning),
             analysis_report.class_section(per_class, tables["confused_pairs"], rendered),
             analysis_report.confidence_section(predictions, rendered),
             *analysis_report.error_sections(worst, examples, rendered),

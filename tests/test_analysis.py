@@ -5,11 +5,12 @@ from __future__ import annotations
 import html.parser
 import json
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import analysis, predict
+from pipeline import analysis, analysis_report, evaluation, predict
 
 CLASSES = ["cat", "dog", "猫"]
 
@@ -104,6 +105,18 @@ def test_evaluate_and_analyze_through_dvc(project, image_tree):
     assert set(scores["finetuned"]) == set(scores["head_only"]) >= {"accuracy", "f1_macro", "log_loss", "ece",
                                                                      "roc_auc", "per_class"}
     assert set(scores["finetuned"]["per_class"]) == {"cat", "sea lion", "猫"}
+    paired = scores["finetuned_vs_head"]
+    assert set(paired) == {"accuracy_difference", "p_value", "only_finetuned", "only_head"}
+    assert paired["accuracy_difference"] == pytest.approx(scores["finetuned"]["accuracy"]
+                                                          - scores["head_only"]["accuracy"])
+    # Every image only one got right moves the difference by 1/n; the rest cancel out.
+    assert paired["only_finetuned"] - paired["only_head"] == round(paired["accuracy_difference"]
+                                                                   * scores["finetuned"]["n"])
+    assert paired["p_value"] == evaluation.mcnemar_exact_p(paired["only_finetuned"], paired["only_head"])
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    logged = mlflow.get_run(scores["mlflow"]["run_id"]).data.metrics
+    assert {key: logged[f"finetuned_vs_head.{key}"] for key in paired} == pytest.approx(paired)
+    assert not any(key.startswith("finetuned_vs_head.") for key in scores)  # nested in the JSON, flat in MLflow
     test = pd.read_csv(root / "data/splits/test.csv")
     predictions = pd.read_csv(root / "reports/predictions.csv")
     assert list(predictions["path"]) == list(test["path"]) and scores["finetuned"]["n"] == len(test)
@@ -123,6 +136,10 @@ def test_evaluate_and_analyze_through_dvc(project, image_tree):
     assert "http://" not in page and "https://" not in page
     for name in ("猫", "sea lion", "cat"):
         assert name in page
+    fine_tuning = evaluation.fine_tuning_outcome(json.loads((root / "metrics/finetune.json").read_text()))
+    sentence = analysis_report.paired_sentence(scores, fine_tuning)
+    assert sentence.startswith(f"Test accuracy {scores['finetuned']['accuracy']:.4f} (head alone ")
+    assert f"<p>{html.escape(sentence)}</p>" in page
     analyze = json.loads((root / "metrics/analyze.json").read_text())
     assert analyze["errors"] == int((~predictions["correct"]).sum())
     plots = json.loads(project.run("dvc", "plots", "show", "--json").stdout)

@@ -372,3 +372,75 @@ def test_compare_paired_refuses_mismatched_or_empty_predictions() -> None:
         evaluation.compare_paired(np.array([0, 1]), np.array([0, 1]), np.array([0]))
     with pytest.raises(ValueError, match="no samples"):
         evaluation.compare_paired(np.array([], dtype=int), np.array([], dtype=int), np.array([], dtype=int))
+
+
+def _paired_predictions(only_finetuned: int, only_head: int, both: int, neither: int) -> tuple[np.ndarray, ...]:
+    """Labels (all class 0) and the two models' predictions, with the given counts of who got each image right."""
+    rows = [(1, 0)] * only_finetuned + [(0, 1)] * only_head + [(1, 1)] * both + [(0, 0)] * neither
+    right = np.array(rows, dtype=bool)
+    return np.zeros(len(rows), dtype=np.int64), np.where(right[:, 0], 0, 1), np.where(right[:, 1], 0, 1)
+
+
+def test_compare_finetuned_with_head_names_the_models_and_subtracts_the_head() -> None:
+    # 10 images only the fine-tuned model gets right, 2 only the head, 8 both: accuracies 18/20 and 10/20.
+    labels, finetuned, head = _paired_predictions(10, 2, both=8, neither=0)
+    result = evaluation.compare_finetuned_with_head(labels, finetuned, head)
+    assert set(result) == {"accuracy_difference", "p_value", "only_finetuned", "only_head"}
+    assert result["only_finetuned"] == 10 and result["only_head"] == 2
+    assert result["accuracy_difference"] == pytest.approx(18 / 20 - 10 / 20)
+    # 12 discordant, split 10:2: p = 2 * (C(12,0) + C(12,1) + C(12,2)) / 2**12 = 2 * 79 / 4096.
+    assert result["p_value"] == pytest.approx(158 / 4096, rel=1e-12)
+    swapped = evaluation.compare_finetuned_with_head(labels, head, finetuned)
+    assert (swapped["only_finetuned"], swapped["only_head"]) == (2, 10)
+    assert swapped["accuracy_difference"] == pytest.approx(-0.4)
+
+
+def test_describe_paired_says_fine_tuning_paid_on_a_clear_win() -> None:
+    comparison = evaluation.compare_finetuned_with_head(*_paired_predictions(10, 2, both=8, neither=0))
+    assert evaluation.describe_paired(0.9, 0.5, comparison) == (
+        "test accuracy 0.9000 (head alone 0.5000): fine-tuning +0.4000, 10 vs 2 images only one got right, "
+        "McNemar p 0.039 — it paid")  # 158/4096 = 0.0386
+
+
+def test_describe_paired_says_the_head_was_better_on_a_clear_loss() -> None:
+    comparison = evaluation.compare_finetuned_with_head(*_paired_predictions(2, 10, both=8, neither=0))
+    assert evaluation.describe_paired(0.5, 0.9, comparison) == (
+        "test accuracy 0.5000 (head alone 0.9000): fine-tuning -0.4000, 2 vs 10 images only one got right, "
+        "McNemar p 0.039 — the head alone was better")
+
+
+def test_describe_paired_finds_no_clear_difference_on_a_close_split() -> None:
+    # 5:3 of 8 discordant: p = 2 * (1 + 8 + 28 + 56) / 256 = 0.727. Accuracies 10/14 and 8/14.
+    comparison = evaluation.compare_finetuned_with_head(*_paired_predictions(5, 3, both=5, neither=1))
+    assert comparison["p_value"] == pytest.approx(186 / 256)
+    assert evaluation.describe_paired(10 / 14, 8 / 14, comparison).endswith(
+        "fine-tuning +0.1429, 5 vs 3 images only one got right, McNemar p 0.73 — no clear difference")
+    # The threshold is alpha: the 10:2 split (p 0.0386) is no clear difference at 1%.
+    clear = evaluation.compare_finetuned_with_head(*_paired_predictions(10, 2, both=8, neither=0))
+    assert evaluation.describe_paired(0.9, 0.5, clear, alpha=0.01).endswith("— no clear difference")
+
+
+def test_describe_paired_never_prints_p_0_when_the_tail_underflows() -> None:
+    comparison = {"accuracy_difference": 0.11, "only_finetuned": 1100, "only_head": 0,
+                  "p_value": evaluation.mcnemar_exact_p(1100, 0)}
+    assert comparison["p_value"] == 0.0  # 2 / 2**1100 is below the smallest float
+    assert "McNemar p < 1e-300 — it paid" in evaluation.describe_paired(0.99, 0.88, comparison)
+
+
+@pytest.mark.parametrize(("outcome", "reason"), [
+    ("off", "fine-tuning was off (finetune.enabled: false)"),
+    ("kept_start", "fine-tuning kept its starting weights (no epoch beat them on val)"),
+])
+def test_describe_paired_claims_no_comparison_when_the_model_is_the_head(outcome: str, reason: str) -> None:
+    nothing = evaluation.compare_finetuned_with_head(*_paired_predictions(0, 0, both=9, neither=1))
+    assert evaluation.describe_paired(0.9, 0.9, nothing, outcome) == (  # type: ignore[arg-type]
+        f"test accuracy 0.9000 (head alone 0.9000): {reason}, so the model is the head on the frozen backbone "
+        "and there is nothing to compare")
+
+
+def test_fine_tuning_outcome_reads_what_the_finetune_stage_recorded() -> None:
+    assert evaluation.fine_tuning_outcome({"head_epochs": 12, "mlflow": {"run_id": "x"}}) == "off"
+    ran = {"head_epochs": 12, "val_accuracy_before": 0.90, "best_val_accuracy": 0.91, "epochs_trained": 3,
+           "kept_epoch": 15, "trainable_layers": 16, "trainable_params": 3568042, "seconds": 210.8}
+    assert evaluation.fine_tuning_outcome(ran) == "trained"
+    assert evaluation.fine_tuning_outcome({**ran, "best_val_accuracy": 0.90, "kept_epoch": 0}) == "kept_start"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
 import pytest
@@ -50,6 +51,11 @@ def test_the_whole_pipeline_runs_then_nothing_is_left_to_do(project, image_tree)
                "Creating initial MLflow database tables")
     assert [line for line in console.splitlines() if any(noise in line for noise in chatter)] == []
     assert "train_head: trial 1/1: val_accuracy" in console and "finetune: val_accuracy" in console
+    # evaluate says whether fine-tuning paid, in evaluation.describe_paired's words.
+    verdict = re.search(r"^evaluate: test accuracy \d\.\d{4} \(head alone \d\.\d{4}\): (.+)$", console, re.MULTILINE)
+    assert verdict, console
+    assert re.fullmatch(r"fine-tuning [+-]\d\.\d{4}, \d+ vs \d+ images only one got right, McNemar p \S+ — "
+                        r"(it paid|no clear difference|the head alone was better)", verdict.group(1))
     for output in ("models/model.keras", "reports/predictions.csv", "reports/report.html"):
         assert (project.root / output).is_file()
     assert project.run("dvc", "status").stdout.strip() == "Data and pipelines are up to date."
