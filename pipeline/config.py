@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 
@@ -149,7 +149,8 @@ class SplitParams:
 
 
 BACKBONE_NAMES = (
-    "efficientnet_lite0", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+    "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
     "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_b0",
     "resnet50", "resnet50_v2", "vgg16", "xception", "inception_v3", "densenet121", "convnext_tiny",
 )  # pipeline/backbones.py has one entry per name (a test keeps the two in step)
@@ -161,7 +162,7 @@ class BackboneParams:
 
     name: Literal[BACKBONE_NAMES]  # type: ignore[valid-type]
     weights: Annotated[str, Pattern(r"[^\0]+", "'imagenet', 'none' or a path to a weights file")]
-    image_size: Optional[Annotated[int, Range(16, 1024)]]
+    image_size: Optional[Union[Literal["auto"], Annotated[int, Range(16, 1024)]]]  # pipeline/sizing.py
     crop: Literal["center", "pad", "stretch"]
 
 
@@ -184,6 +185,7 @@ Activation = Literal["relu", "gelu", "swish", "tanh"]
 Optimizer = Literal["adam", "adamw", "rmsprop", "sgd"]
 PositiveRate = Annotated[float, Range(0.0, 1.0, lo_open=True)]
 DropoutRate = Annotated[float, Range(0.0, 1.0, hi_open=True)]
+L2Penalty = Annotated[float, Range(0.0, 1.0)]
 BatchSize = Annotated[int, Range(1, 65536)]
 
 
@@ -198,6 +200,7 @@ class TrainHeadParams:
     optimizer: Optimizer
     learning_rate: PositiveRate
     batch_size: BatchSize
+    l2: L2Penalty
     epochs: Annotated[int, Range(1, 10000)]
     patience: Annotated[int, Range(1, 10000)]
     class_weight: Literal["balanced", "none"]
@@ -235,6 +238,7 @@ class SearchSpace:
     learning_rate: FloatRange
     optimizer: list[Optimizer]
     batch_size: list[BatchSize]
+    l2: list[L2Penalty]
 
     def check(self, key: str) -> list[str]:
         """Rates must stay in their valid intervals."""
@@ -267,6 +271,7 @@ class TuneParams:
     objective: Literal["val_accuracy", "val_loss"]
     executions_per_trial: Annotated[int, Range(1, 100)]
     hyperband_factor: Annotated[int, Range(2, 100)]
+    search_samples: Optional[Annotated[int, Range(lo=1)]]
     space: SearchSpace
     distributed: DistributedParams
 
@@ -284,6 +289,9 @@ class FinetuneParams:
     epochs: Annotated[int, Range(1, 10000)]
     patience: Annotated[int, Range(1, 10000)]
     images_per_epoch: Optional[Annotated[int, Range(lo=1)]]
+    schedule: Literal["constant", "cosine"]
+    warmup: Annotated[float, Range(0.0, 1.0, hi_open=True)]
+    label_smoothing: Annotated[float, Range(0.0, 1.0, hi_open=True)]
 
     def check(self, key: str) -> list[str]:
         """Exactly one way to say where the trainable top begins."""
@@ -436,8 +444,16 @@ def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
     origin = typing.get_origin(base)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(base) if a is not type(None)]
-        if value is None:
+        if value is None and len(options) < len(typing.get_args(base)):
             return None
+        if len(options) > 1:  # the first option the value fits; else one line naming them all
+            for option in options:
+                tried: list[str] = []
+                converted = _convert(value, option, key, tried)
+                if not tried:
+                    return converted
+            problems.append(f"{key}: found {value!r}; allowed: {_describe(hint)}")
+            return value
         inner: list[str] = []
         converted = _convert(value, options[0], key, inner)
         problems.extend(f"{p}, or null" if p.startswith(f"{key}:") else p for p in inner)
@@ -526,9 +542,11 @@ def _describe(hint: Any) -> str:
     origin = typing.get_origin(base)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(base) if a is not type(None)]
-        return f"{_describe(options[0])}, or null"
+        nullable = ", or null" if len(options) < len(typing.get_args(base)) else ""
+        return ", or ".join(_describe(option) for option in options) + nullable
     if origin is Literal:
-        return "one of " + ", ".join(repr(c) for c in typing.get_args(base))
+        choices = typing.get_args(base)
+        return repr(choices[0]) if len(choices) == 1 else "one of " + ", ".join(repr(c) for c in choices)
     if dataclasses.is_dataclass(base):
         return f"a mapping with keys {_field_names(base)}"
     if origin is list:

@@ -169,7 +169,7 @@ def serve_search(train: FeatureSet, val: FeatureSet, params: Params, run: tracki
     print(f"train_head chief: serving the search at {role.oracle}; start workers with "
           f"{TUNER_ID_ENV}=tuner0 (tuner1, ...) python -m stages.train_head", flush=True)
     try:
-        tuning.run_search(tuner, train, val, params.train_head.epochs)  # returns once the search is over
+        tuning.run_search(tuner, train, val, params)  # returns once the search is over
     finally:
         (folder / CHIEF_FILE).unlink(missing_ok=True)
     return tuning.best_settings(tuner), tuning.trials_frame(tuner, read_worker_records(folder))
@@ -253,5 +253,5 @@ def run_worker(train: FeatureSet, val: FeatureSet, params: Params, role: Role) -
                           tuning.planned_trials(params.tune))
     tuner = tuning.make_search(train, params, log, overwrite=False)  # the folder, and the search in it, is the chief's
     log.run = join_search(tuner, params, role)
-    tuning.run_search(tuner, train, val, params.train_head.epochs)
+    tuning.run_search(tuner, train, val, params)
     return sorted(log.seconds)

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # what TF's own converters use
 
-from pipeline import backbones, files, inputs, progress, split
+from pipeline import backbones, files, inputs, progress, sizing, split
 from pipeline.config import Params
 from pipeline.errors import UserError
 
@@ -113,6 +113,34 @@ def read_feature_set(path: Path) -> FeatureSet:
         )
 
 
+def choose_image_size(backbone: backbones.Backbone, params: Params) -> tuple[int, str]:
+    """The input size extract uses (and finetune reads back from meta.json), with the reason in words.
+
+    ``backbone.image_size: auto`` reads the train images' headers (tens of microseconds each, no
+    pixels) for ``sizing``'s rule.
+    """
+    requested = params.backbone.image_size
+    sizes: list[tuple[int, int]] = []
+    if requested == sizing.AUTO:
+        sizes = inputs.read_sizes(split.read_split_files(params.path("splits"), "train", params.root).paths)
+    size = sizing.choose_image_size(requested, backbone.default_size, backbone.min_size, sizes)
+    backbones.check_size(backbone, size)
+    return size, sizing.describe_choice(requested, size, sizing.median_short_side(sizes) if sizes else None)
+
+
+def read_image_size(folder: Path, backbone: str) -> int:
+    """The input size the cached features were computed at (meta.json), for a model built on them.
+
+    Raises:
+        UserError: the features come from another backbone than params.yaml names.
+    """
+    meta = files.read_json(folder / META_FILE)
+    if meta["backbone"] != backbone:
+        raise UserError(f"{folder / META_FILE}: the features come from {meta['backbone']}, params.yaml names "
+                        f"{backbone}; run `dvc repro` to extract them again")
+    return int(meta["image_size"])
+
+
 def extract_splits(
     model: keras.Model,
     backbone: backbones.Backbone,
@@ -120,6 +148,7 @@ def extract_splits(
     size: int,
     params: Params,
     out: Path,
+    size_rule: str,
 ) -> tuple[dict, float]:
     """Extract every split listed in the split stage's CSVs into ``out``.
 
@@ -130,6 +159,7 @@ def extract_splits(
         size: its input size.
         params: the loaded params (splits folder, crop, batch size, dtype).
         out: the (staging) features folder.
+        size_rule: why this size (``sizing.describe_choice``), recorded beside it.
 
     Returns:
         The metadata written to ``meta.json``, and the seconds the backbone's passes took (a
@@ -157,6 +187,7 @@ def extract_splits(
         "weights": weights.setting,
         "weights_sha256": weights.sha256,
         "image_size": size,
+        "image_size_rule": size_rule,
         "crop": params.backbone.crop,
         "preprocessing": backbones.PREPROCESSING_DESCRIPTION[backbone.preprocessing],
         "dtype": params.extract.dtype,

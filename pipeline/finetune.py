@@ -93,6 +93,7 @@ class Batches:
     train: tf.data.Dataset
     val: tf.data.Dataset
     steps_per_epoch: int | None  # None: one pass over the train split
+    steps: int  # train steps in an epoch either way
 
 
 def make_batches(train: SplitFiles, val: SplitFiles, size: int, crop: str, params: FinetuneParams,
@@ -106,19 +107,30 @@ def make_batches(train: SplitFiles, val: SplitFiles, size: int, crop: str, param
                                          shuffle_seed=seed)
     val_batches = inputs.image_dataset(val.paths, size, crop, params.batch_size, labels=val.labels)
     if params.images_per_epoch is None or params.images_per_epoch >= len(train.paths):
-        return Batches(train_batches, val_batches, None)
-    return Batches(train_batches.repeat(), val_batches, math.ceil(params.images_per_epoch / params.batch_size))
+        return Batches(train_batches, val_batches, None, math.ceil(len(train.paths) / params.batch_size))
+    steps = math.ceil(params.images_per_epoch / params.batch_size)
+    return Batches(train_batches.repeat(), val_batches, steps, steps)
+
+
+def learning_rate(params: FinetuneParams, steps_per_epoch: int) -> training.LearningRate:
+    """The rate fine-tuning trains at: constant, or warm-up then cosine decay over all its epochs."""
+    if params.schedule == "constant":
+        return params.learning_rate
+    return training.warmup_cosine(params.learning_rate, steps_per_epoch * params.epochs, params.warmup)
 
 
 def fine_tune(model: keras.Model, batches: Batches, params: FinetuneParams, objective: str,
               class_weight: dict[int, float] | None, initial_epoch: int,
               callbacks: list[keras.callbacks.Callback]) -> tuple[dict[str, list[float]], float, int | None]:
-    """Recompile at the low learning rate and train; keep the best weights on val, the starting ones included.
+    """Recompile at the fine-tuning rate and train; keep the best weights on val, the starting ones included.
+
+    With ``val_accuracy`` as the objective, an epoch that ties the best accuracy wins when its val loss
+    is lower (``training.KeepBest``'s tie-break).
 
     Args:
         model: the assembled classifier (logits), with the top of the backbone unfrozen.
         batches: from ``make_batches``.
-        params: learning rate, optimizer, epochs, patience.
+        params: learning rate and its schedule, optimizer, label smoothing, epochs, patience.
         objective: the monitored val metric (``val_accuracy`` or ``val_loss``).
         class_weight: per-class loss weights, or None.
         initial_epoch: epochs the head already trained; fine-tuning's epochs are numbered after them.
@@ -129,9 +141,13 @@ def fine_tune(model: keras.Model, batches: Batches, params: FinetuneParams, obje
         when no epoch beat the starting weights, which are then kept).
     """
     # Changing ``trainable`` takes effect only once the model is compiled again.
-    training.compile_classifier(model, params.optimizer, params.learning_rate)
-    start = model.evaluate(batches.val, return_dict=True, verbose=0)[objective.removeprefix("val_")]
-    keep = training.KeepBest(objective, params.patience, start_score=start)
+    training.compile_classifier(model, params.optimizer, learning_rate(params, batches.steps),
+                                params.label_smoothing)
+    scores = model.evaluate(batches.val, return_dict=True, verbose=0)
+    start = scores[objective.removeprefix("val_")]
+    tie_break = "val_loss" if objective == "val_accuracy" else None
+    keep = training.KeepBest(objective, params.patience, start_score=start, tie_break=tie_break,
+                             start_tie=scores["loss"])
     history = model.fit(
         batches.train,
         validation_data=batches.val,

@@ -1,7 +1,7 @@
 """The classifier head: trained on cached backbone features, later put back on the backbone.
 
-The head is ``Dropout → [Dense(units, activation) → Dropout] × n → Dense(classes)`` and outputs
-logits (the loss is computed from logits, which is numerically safer than from probabilities); the
+The head is ``Normalization → Dropout → [Dense(units, activation) → Dropout] × n → Dense(classes)``
+(every Dense kernel with an L2 penalty of ``l2``) and outputs logits (the loss is computed from logits, which is numerically safer than from probabilities); the
 softmax is added only where a full model hands out probabilities.
 """
 
@@ -32,6 +32,7 @@ class HeadSettings:
     optimizer: str
     learning_rate: float
     batch_size: int
+    l2: float = 0.0  # penalty on every Dense kernel, per weight, added to the mean loss
 
     @classmethod
     def from_params(cls, params: TrainHeadParams) -> HeadSettings:
@@ -48,20 +49,43 @@ class HeadSettings:
         return dataclasses.asdict(self)
 
 
-def build_head(feature_width: int, num_classes: int, settings: HeadSettings) -> keras.Model:
+@dataclass(frozen=True)
+class FeatureScale:
+    """Per-feature mean and variance of the train split: the head standardises its input with them."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+
+
+def feature_scale(features: np.ndarray) -> FeatureScale:
+    """The train features' per-feature mean and variance (computed in float64, so the same on every run)."""
+    values = np.asarray(features, dtype=np.float64)
+    return FeatureScale(values.mean(axis=0), values.var(axis=0))
+
+
+def build_head(feature_width: int, num_classes: int, settings: HeadSettings,
+               scale: FeatureScale | None = None) -> keras.Model:
     """A compiled head: pooled features in, class logits out.
 
     Args:
         feature_width: the backbone's pooled feature width.
         num_classes: the number of classes.
-        settings: layers, widths, dropout and optimizer.
+        settings: layers, widths, dropout, L2 penalty and optimizer.
+        scale: the train features' statistics: the head standardises its input (a ``Normalization``
+            layer, saved with it), so that one L2 penalty and one learning rate mean the same for every
+            feature. None: no standardisation.
     """
     features = keras.Input((feature_width,), name="features")
-    x = keras.layers.Dropout(settings.dropout, name="dropout_0")(features)
+    x = features
+    if scale is not None:
+        x = keras.layers.Normalization(mean=scale.mean, variance=scale.variance, name="standardize")(x)
+    x = keras.layers.Dropout(settings.dropout, name="dropout_0")(x)
+    penalty = keras.regularizers.L2(settings.l2) if settings.l2 else None
     for index in range(1, settings.hidden_layers + 1):
-        x = keras.layers.Dense(settings.units, activation=settings.activation, name=f"dense_{index}")(x)
+        x = keras.layers.Dense(settings.units, activation=settings.activation, kernel_regularizer=penalty,
+                               name=f"dense_{index}")(x)
         x = keras.layers.Dropout(settings.dropout, name=f"dropout_{index}")(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    logits = keras.layers.Dense(num_classes, kernel_regularizer=penalty, name="logits")(x)
     model = keras.Model(features, logits, name=HEAD_NAME)
     training.compile_classifier(model, settings.optimizer, settings.learning_rate)
     return model

@@ -158,13 +158,23 @@ def plan_images(paths: Sequence[Path], size: int, crop: Crop) -> list[Plan]:
     Raises:
         UserError: a file is missing or is not an image.
     """
-    plans = []
-    for path in paths:
-        try:
-            plans.append(plan_image(images.read_header(path), size, crop))
-        except (OSError, SyntaxError, ValueError) as error:
-            raise UserError(f"cannot read image {path}: {error}") from None
-    return plans
+    return [plan_image(_read_header(path), size, crop) for path in paths]
+
+
+def read_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
+    """``(width, height)`` of each file as stored, from its header.
+
+    Raises:
+        UserError: a file is missing or is not an image.
+    """
+    return [(header.width, header.height) for header in map(_read_header, paths)]
+
+
+def _read_header(path: Path) -> images.Header:
+    try:
+        return images.read_header(path)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
 
 
 def image_dataset(

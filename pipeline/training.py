@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import keras
 import numpy as np
@@ -19,8 +19,12 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    """An optimizer by name; SGD gets Nesterov momentum 0.9, without which it barely moves at low rates."""
+LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
+
+
+def make_optimizer(name: str, learning_rate: LearningRate) -> keras.optimizers.Optimizer:
+    """An optimizer by name; SGD gets Nesterov momentum 0.9, without which it barely moves at low rates.
+    AdamW keeps Keras's weight decay (0.004, decoupled from the gradient)."""
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "adamw":
@@ -32,11 +36,48 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def compile_classifier(model: keras.Model, optimizer: str, learning_rate: float) -> None:
-    """Compile a model that outputs logits: cross-entropy from logits, accuracy by label index."""
+def warmup_cosine(peak: float, total_steps: int, warmup_fraction: float) -> keras.optimizers.schedules.CosineDecay:
+    """A learning rate that rises linearly from 0 to ``peak`` over the first ``warmup_fraction`` of the
+    steps, then falls along a half cosine to 0 at ``total_steps``.
+
+    The warm-up lets a freshly unfrozen backbone adjust to the head's gradients before the rate is high
+    enough to wreck its features; the decay ends training at a low rate, where the weights settle.
+    """
+    warmup = int(round(total_steps * warmup_fraction))
+    if warmup == 0:  # Keras's schedule would start at its initial rate, 0, and stay there
+        return keras.optimizers.schedules.CosineDecay(peak, max(total_steps, 1), alpha=0.0)
+    return keras.optimizers.schedules.CosineDecay(0.0, max(total_steps - warmup, 1), alpha=0.0,
+                                                  warmup_target=peak, warmup_steps=warmup)
+
+
+@keras.saving.register_keras_serializable(package="headstart")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy from logits against integer labels with label smoothing (Keras's sparse loss has none):
+    the target is ``1 - smoothing`` on the true class and ``smoothing / classes`` spread over all."""
+
+    def __init__(self, smoothing: float, name: str = "smoothed_sparse_crossentropy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.smoothing = smoothing
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        classes = keras.ops.shape(y_pred)[-1]
+        targets = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), classes)
+        return keras.losses.categorical_crossentropy(targets, y_pred, from_logits=True,
+                                                     label_smoothing=self.smoothing)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "smoothing": self.smoothing}
+
+
+def compile_classifier(model: keras.Model, optimizer: str, learning_rate: LearningRate,
+                       label_smoothing: float = 0.0) -> None:
+    """Compile a model that outputs logits: cross-entropy from logits (label-smoothed when asked), accuracy
+    by label index."""
+    loss = (SmoothedSparseCrossentropy(label_smoothing) if label_smoothing
+            else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=loss,
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     # Built now, eagerly, rather than inside the first traced training step: variables created while
@@ -73,23 +114,32 @@ class KeepBest(keras.callbacks.Callback):
     can count as a candidate (``start_score``), so fine-tuning never hands on a model worse on val
     than the one it started from.
 
+    With ``tie_break`` (a loss, e.g. ``val_loss``), an epoch that equals the best accuracy is better
+    when it has the lower loss: on a small val set, accuracy moves in steps of one image and often
+    ties, while the loss still tells a more confident model from a less confident one.
+
     Args:
         monitor: the logged metric to watch, e.g. ``val_accuracy``.
         patience: epochs without improvement before training stops.
         start_score: the monitored value of the starting weights, or None when they do not count.
+        tie_break: the logged loss that decides between equal values of ``monitor``, or None.
+        start_tie: the tie-break's value for the starting weights.
     """
 
-    def __init__(self, monitor: str, patience: int, start_score: float | None = None) -> None:
+    def __init__(self, monitor: str, patience: int, start_score: float | None = None,
+                 tie_break: str | None = None, start_tie: float | None = None) -> None:
         super().__init__()
         self.monitor = monitor
         self.mode = objective_mode(monitor)
         self.patience = patience
         self.start_score = start_score
+        self.tie_break, self.start_tie = tie_break, start_tie
         self.best_epoch: int | None = None  # None: the starting weights were never beaten
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         worst = -math.inf if self.mode == "max" else math.inf
         self.best = worst if self.start_score is None else self.start_score
+        self.best_tie = math.inf if self.start_tie is None or self.start_score is None else self.start_tie
         self.best_weights = None if self.start_score is None else self.model.get_weights()
         self.best_epoch, self.wait = None, 0
 
@@ -97,8 +147,10 @@ class KeepBest(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None:
             raise KeyError(f"{self.monitor} is not among the logged metrics: {sorted(logs or {})}")
-        if (value > self.best) if self.mode == "max" else (value < self.best):
-            self.best, self.best_epoch, self.wait = float(value), epoch, 0
+        tie = math.inf if self.tie_break is None else float((logs or {}).get(self.tie_break, math.inf))
+        better = (value > self.best) if self.mode == "max" else (value < self.best)
+        if better or (value == self.best and tie < self.best_tie):
+            self.best, self.best_tie, self.best_epoch, self.wait = float(value), tie, epoch, 0
             self.best_weights = self.model.get_weights()
             return
         self.wait += 1

@@ -1,10 +1,12 @@
 """evaluate stage: score the classifier on the test split, and the head alone on the cached test features.
 
-Reads:  paths.splits/test.csv, the test images, paths.model, paths.features/test.npz, paths.head_model;
+Reads:  paths.splits/test.csv, the test images, paths.model, paths.features/test.npz, paths.head_model,
+        paths.metrics/finetune.json (whether fine-tuning ran, for the console's verdict);
         params ``evaluate``, ``backbone.crop``, ``compute``, ``registry``
 Writes: paths.predictions; paths.plots/evaluate/ (confusion.csv for `dvc plots`, confusion_matrix.png,
         reliability.png/.csv, roc.csv, pr.csv and curves.png: class 1's for two classes, else micro-averaged);
-        paths.metrics/evaluate.json (both models side by side, and the registry decision);
+        paths.metrics/evaluate.json (both models side by side, ``finetuned_vs_head``: the accuracy difference and
+        McNemar's exact test on the images only one got right, and the registry decision);
         with ``registry.enabled``, paths.model as a new version of ``registry.model_name`` in the MLflow
         model registry (a pyfunc model: image bytes or paths in), alias candidate, champion when it wins
 """
@@ -54,9 +56,15 @@ def main() -> None:
             run.log_metrics({f"{name}.{key}": value for key, value in scores[name].items() if key != "per_class"},
                             to_json=False)
             run.record(name, scores[name])  # nested, per-class numbers included: dvc metrics show/diff
+        paired = evaluation.compare_finetuned_with_head(test.labels, predicted,
+                                                        probabilities["head_only"].argmax(axis=1))
+        run.log_metrics({f"finetuned_vs_head.{key}": value for key, value in paired.items()}, to_json=False)
+        run.record("finetuned_vs_head", paired)
         run.log_table(frame, "predictions")
-        print(f"evaluate: test accuracy {scores['finetuned']['accuracy']:.4f} "
-              f"(head alone on cached features: {scores['head_only']['accuracy']:.4f}) on {len(frame)} images")
+        fine_tuning = evaluation.fine_tuning_outcome(files.read_json(params.path("metrics") / "finetune.json"))
+        verdict = evaluation.describe_paired(scores["finetuned"]["accuracy"], scores["head_only"]["accuracy"], paired,
+                                             fine_tuning)
+        print(f"evaluate: {verdict}")
         if params.registry.enabled:
             entry = registry.register_classifier(params, scores["finetuned"], run.run_id, run.tags)
             run.record("registry", entry)

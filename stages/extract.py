@@ -15,13 +15,14 @@ def main() -> None:
     runtime.configure(params.compute)
     with tracking.stage_run("extract", params) as run:
         backbone = backbones.get(params.backbone.name)
-        size = backbone.size(params.backbone.image_size)
+        size, size_rule = features.choose_image_size(backbone, params)
         model, weights = backbones.build_extractor(
             backbone, size, params.backbone.weights, params.root, params.path("weights")
         )
-        run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256})
+        run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256, "image_size": str(size),
+                      "image_size_rule": size_rule})
         with files.staged_dir(params.path("features")) as staging:
-            meta, seconds = features.extract_splits(model, backbone, weights, size, params, staging)
+            meta, seconds = features.extract_splits(model, backbone, weights, size, params, staging, size_rule)
         images = sum(meta["counts"].values())
         images_per_s = round(images / seconds, 1) if seconds else 0.0
         cpu = runtime.describe_cpu()
@@ -32,12 +33,13 @@ def main() -> None:
                 "images_per_s": images_per_s,
                 "seconds": round(seconds, 3),
                 "feature_width": meta["feature_width"],
+                "image_size": size,
                 **{f"images_{name}": n for name, n in meta["counts"].items()},
             }
         )
         print(
             f"extract: {images} images → {meta['feature_width']} features each "
-            f"({backbone.name}, {size} px, {images_per_s:.0f} images/s on {cpu['model']}, {cpu['isa']}) "
+            f"({backbone.name}, {size_rule}, {images_per_s:.0f} images/s on {cpu['model']}, {cpu['isa']}) "
             f"→ {params.paths.features}"
         )
 

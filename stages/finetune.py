@@ -1,6 +1,7 @@
 """finetune stage: put the best head back on the backbone, unfreeze its top, train it from images.
 
-Reads:  paths.splits, the images, paths.head_model, paths.best_hparams; params ``backbone``,
+Reads:  paths.splits, the images, paths.head_model, paths.best_hparams, paths.features/meta.json (the input
+        size the head was trained at); params ``backbone``,
         ``finetune``, ``augment``, ``train_head.class_weight``, ``tune.objective``, ``compute``, ``seed``
 Writes: paths.model (raw 0-255 RGB images in, class probabilities out); paths.plots/finetune/history.csv;
         paths.metrics/finetune.json; the model in MLflow (with a signature)
@@ -8,7 +9,7 @@ Writes: paths.model (raw 0-255 RGB images in, class probabilities out); paths.pl
 
 import time
 
-from pipeline import backbones, config, files, finetune, runtime, split, tracking, training
+from pipeline import backbones, config, features, files, finetune, runtime, split, tracking, training
 from pipeline.errors import run_cli
 
 
@@ -17,7 +18,7 @@ def main() -> None:
     runtime.configure(params.compute)
     with tracking.stage_run("finetune", params) as run:
         backbone = backbones.get(params.backbone.name)
-        size = backbone.size(params.backbone.image_size)
+        size = features.read_image_size(params.path("features"), backbone.name)  # what the head was trained on
         core, weights = backbones.build_backbone(backbone, size, params.backbone.weights, params.root,
                                                  params.path("weights"))
         # Seeded after the backbone is built: with ``weights: none`` its random weights must stay the ones

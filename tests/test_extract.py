@@ -47,7 +47,7 @@ def test_extract_writes_features_in_split_order_and_repeats_bytewise(project, im
         assert subset.classes == tuple(classes)
     meta = json.loads((root / "data/features/meta.json").read_text())
     assert meta["backbone"] == "efficientnet_lite0" and meta["weights"] == "imagenet"
-    assert meta["weights_sha256"] == efficientnet_lite.WEIGHTS_SHA256
+    assert meta["weights_sha256"] == efficientnet_lite.LITE0.weights_sha256
     assert (meta["image_size"], meta["crop"], meta["feature_width"], meta["dtype"]) == (32, "center", 1280, "float32")
     assert meta["counts"] == {n: len(pd.read_csv(root / f"data/splits/{n}.csv")) for n in SPLITS}
     assert "images_per_s" not in meta and "seconds" not in meta  # timings make bytes differ: metrics JSON only
@@ -58,7 +58,7 @@ def test_extract_writes_features_in_split_order_and_repeats_bytewise(project, im
     assert metrics["cpu"] == {**runtime.describe_cpu(), "threads": project.params["compute"]["threads"]}
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     run = mlflow.get_run(metrics["mlflow"]["run_id"])
-    assert run.data.tags["weights.sha256"] == efficientnet_lite.WEIGHTS_SHA256
+    assert run.data.tags["weights.sha256"] == efficientnet_lite.LITE0.weights_sha256
     assert run.data.params["backbone.name"] == "efficientnet_lite0"
     assert (run.data.tags["cpu.model"], run.data.tags["cpu.isa"]) == (metrics["cpu"]["model"], metrics["cpu"]["isa"])
     assert run.data.metrics["images_per_s"] == metrics["images_per_s"] > 0
@@ -94,6 +94,10 @@ def test_only_what_shapes_the_features_reruns_extract(project, image_tree):
     # What changes the features re-runs it.
     assert ran(lambda p: p["backbone"].update(crop="pad")) == {"extract"}
     assert ran(lambda p: p["backbone"].update(image_size=48)) == {"extract"}
+    # auto follows the images: the test's 32 px images give the floor, 64 px (pipeline/sizing.py).
+    assert ran(lambda p: p["backbone"].update(image_size="auto")) == {"extract"}
+    meta = json.loads((project.root / "data/features/meta.json").read_text())
+    assert (meta["image_size"], meta["image_size_rule"]) == (64, "auto: median short side 32 px → 64 px")
     assert ran(lambda p: p["backbone"].update(name="mobilenet_v3_small")) == {"extract"}
     assert ran(lambda p: p["extract"].update(dtype="float16")) == {"extract"}
     assert ran(lambda p: p["data"].update(max_per_class=3)) == {"download", "split", "extract"}

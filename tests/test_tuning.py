@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 
+import keras
 import keras_tuner as kt
 import mlflow
 import numpy as np
@@ -41,13 +42,64 @@ def small_params(project) -> config.Params:
 
 def test_search_space_comes_from_params(small_params):
     hp = kt.HyperParameters()
-    settings = tuning.sample_settings(hp, small_params.tune.space)
-    assert set(hp.values) == {"hidden_layers", "units", "activation", "dropout", "optimizer", "learning_rate", "batch_size"}
+    settings = tuning.sample_settings(hp, small_params.tune.space, head.HeadSettings.from_params(small_params.train_head))
+    assert set(hp.values) == {"hidden_layers", "units", "activation", "dropout", "optimizer", "learning_rate",
+                              "batch_size", "l2"}
     by_name = {h.name: h for h in hp.space}
     assert list(by_name["units"].values) == [8, 16]
     assert by_name["learning_rate"].sampling == "log"
     assert (by_name["dropout"].min_value, by_name["dropout"].max_value, by_name["dropout"].step) == (0.0, 0.5, 0.1)
     assert settings.units in (8, 16) and settings.batch_size in (16, 32)
+
+
+def test_defaults_are_train_heads_values_where_the_space_holds_them(small_params):
+    first = dataclasses.replace(head.HeadSettings.from_params(small_params.train_head), units=16, hidden_layers=0,
+                                l2=1e-3, learning_rate=0.05, dropout=0.3)
+    hp = kt.HyperParameters()
+    tuning.sample_settings(hp, small_params.tune.space, first)
+    assert {name: hp.values[name] for name in ("units", "hidden_layers", "l2", "learning_rate", "dropout")} == {
+        "units": 16, "hidden_layers": 0, "l2": 1e-3, "learning_rate": 0.05, "dropout": 0.3}
+    outside = dataclasses.replace(first, units=256, learning_rate=0.5)  # not in [8, 16], above max 0.1
+    hp = kt.HyperParameters()
+    tuning.sample_settings(hp, small_params.tune.space, outside)
+    assert hp.values["units"] == 8 and hp.values["learning_rate"] == 0.01  # Keras Tuner's own defaults
+
+
+def test_the_search_sample_keeps_class_shares_order_and_the_seed():
+    labels = np.array([0] * 600 + [1] * 300 + [2] * 3)
+    rng = np.random.default_rng(1)
+    train = FeatureSet(rng.normal(size=(len(labels), 4)).astype(np.float32), labels,
+                       np.array([f"p{i}" for i in range(len(labels))]), np.array([f"s{i}" for i in range(len(labels))]),
+                       ("a", "b", "c"))
+    sample = tuning.search_sample(train, 90, seed=7)
+    assert np.bincount(sample.labels).tolist() == [59, 29, 1]  # in proportion, and the rare class kept
+    rows = [int(p[1:]) for p in sample.paths]
+    assert rows == sorted(rows) and np.array_equal(sample.features, train.features[rows])
+    assert list(sample.sha256) == [f"s{i}" for i in rows]
+    assert list(tuning.search_sample(train, 90, seed=7).paths) == list(sample.paths)
+    assert list(tuning.search_sample(train, 90, seed=8).paths) != list(sample.paths)
+    assert tuning.search_sample(train, None, seed=7) is train and tuning.search_sample(train, 5000, 7) is train
+
+
+def test_the_first_trials_are_the_defaults_then_their_linear_twin():
+    defaults = {"hidden_layers": 2, "units": 64, "l2": 1e-4}
+    assert tuning.first_trials(defaults, (0, 1, 2)) == [defaults, {**defaults, "hidden_layers": 0}]
+    assert tuning.first_trials(defaults, (1, 2)) == [defaults]  # no linear head in the space
+    assert tuning.first_trials({**defaults, "hidden_layers": 0}, (0, 1)) == [{**defaults, "hidden_layers": 0}]
+
+
+def test_head_penalises_and_standardises():
+    settings = head.HeadSettings(hidden_layers=1, units=4, activation="relu", dropout=0.0, optimizer="adam",
+                                 learning_rate=0.01, batch_size=8, l2=0.01)
+    features = np.random.default_rng(0).normal(5.0, 3.0, (64, 6)).astype(np.float32)
+    model = head.build_head(6, 2, settings, head.feature_scale(features))
+    standardized = keras.Model(model.input, model.get_layer("standardize").output)(features).numpy()
+    np.testing.assert_allclose(standardized.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(standardized.std(axis=0), 1.0, atol=1e-4)
+    kernels = [layer.kernel for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    expected = sum(0.01 * float(np.sum(np.square(kernel.numpy()))) for kernel in kernels)
+    assert len(model.losses) == 2 and float(sum(model.losses)) == pytest.approx(expected, rel=1e-5)
+    assert not head.build_head(6, 2, dataclasses.replace(settings, l2=0.0)).losses
 
 
 def test_head_layers_follow_the_settings():
@@ -85,6 +137,16 @@ def test_a_three_trial_search_logs_three_child_runs_under_the_stage_run(small_pa
     result, parent = _search(small_params)
     assert len(result.trials) == 3 and set(result.trials["status"]) == {"COMPLETED"}
     assert (small_params.path("tuner") / "oracle.json").is_file()
+    # The first trial is the known-good configuration (train_head's values wherever the space holds them),
+    # the second its linear twin; the third is the search's own.
+    first, second = (row for _, row in result.trials.sort_values("trial").head(2).iterrows())
+    fixed = head.HeadSettings.from_params(small_params.train_head)
+    for name in ("hidden_layers", "activation", "dropout", "optimizer", "l2"):
+        assert first[name] == getattr(fixed, name), name
+    assert second["hidden_layers"] == 0 and fixed.hidden_layers == 1
+    assert second.drop(["trial", "hidden_layers", "objective", "best_epoch"]).equals(
+        first.drop(["trial", "hidden_layers", "objective", "best_epoch"]))
+    assert len({tuple(row) for row in result.trials.drop(columns=["trial", "objective", "best_epoch"]).values}) == 3
 
     client = mlflow.MlflowClient(tracking.tracking_uri(small_params))
     experiment = client.get_experiment_by_name(small_params.tracking.experiment)
@@ -199,7 +261,7 @@ def test_train_head_stage_through_dvc(project, image_tree):
     root = project.root
     best = yaml.safe_load((root / "models/best_hparams.yaml").read_text())
     assert set(best) == {"hidden_layers", "units", "activation", "dropout", "optimizer", "learning_rate",
-                         "batch_size", "epochs"}
+                         "batch_size", "l2", "epochs"}
     assert (root / "models/head.keras").is_file()
     trials = pd.read_csv(root / "plots/train_head/trials.csv")
     history = pd.read_csv(root / "plots/train_head/history.csv")

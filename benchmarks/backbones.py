@@ -1,0 +1,115 @@
+"""Benchmark: which offline backbone to default to, by test accuracy against extract time on real photos.
+
+For each photo set in ``shared/datasets`` and each EfficientNet-Lite (0, 1, 2) at its native size (224, 240,
+260 px, what ``backbone.image_size: auto`` gives photos of that size), the pipeline's own split (the split
+stage's functions, seeded: flowers 80/10/10; hymenoptera's ``val/`` as the test set, val carved as 20 % of
+``train/``), the pipeline's extractor and input pipeline (center crop), then one probe per backbone: the
+benchmark's logistic regression (``benchmarks/logistic_regression.py``) on the cached features. All three
+backbones see the same images in the same split, so their test predictions pair image by image (McNemar's
+exact test against Lite0). Extract speed is images per second over all splits, on this machine.
+
+Writes ``benchmarks/results/backbones.json``::
+
+    python -m benchmarks.backbones [--datasets flowers hymenoptera] [--backbones efficientnet_lite0 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import machine
+from benchmarks.accuracy import SHARED
+from benchmarks.extract import RESULTS
+
+SEED = 42
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+DATASETS = {"flowers": (SHARED / "flowers", 0.1, 0.1), "hymenoptera": (SHARED / "hymenoptera_data", 0.2, 0.1)}
+
+
+def split_dataset(root: Path, val: float, test: float) -> dict[str, Any]:
+    """The pipeline's split of ``root`` (a shipped ``val/`` folder becomes the test set): split name → SplitFiles."""
+    from pipeline import config, dataset, images, split
+
+    scan = dataset.scan_dataset(root)
+    checks = images.inspect_images([scan.root / e.rel for e in scan.entries], 89_478_485)
+    items, _ = split.collect_items(scan, checks, str(root))
+    items = [dataclasses.replace(i, existing="test" if i.existing == "val" else i.existing) for i in items]
+    params = config.SplitParams(val=val, test=test, use_existing=scan.presplit, max_image_pixels=89_478_485)
+    result = split.split_images(items, params, SEED, scan.presplit)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        for name, members in result.items.items():
+            split.split_frame(members).to_csv(out / f"{name}.csv", index=False)
+        (out / split.CLASSES_FILE).write_text(json.dumps(sorted({i.label for i in items})))
+        return {name: split.read_split_files(out, name, Path("/")) for name in result.items}
+
+
+def extract(name: str, splits: dict[str, Any], out: Path) -> tuple[int, float]:
+    """Features of every split with ``name`` at its native size into ``out``; returns the size and images/s."""
+    from pipeline import backbones, features, inputs
+    from pipeline.features import FeatureSet
+
+    backbone = backbones.get(name)
+    size = backbone.default_size
+    model, _ = backbones.build_extractor(backbone, size, "imagenet", Path("."), Path(".cache/weights"))
+    forward = features.compile_forward(model)
+    seconds, count = 0.0, 0
+    for split_name, rows in splits.items():
+        batches = inputs.image_dataset(rows.paths, size, "center", 32)
+        values, spent = features.compute_features(forward, batches, len(rows.paths), "float32", f"{name} {split_name}")
+        features.write_feature_set(out / f"{split_name}.npz",
+                                   FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes))
+        seconds, count = seconds + spent, count + len(rows.paths)
+    return size, count / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    args = parser.parse_args()
+    from pipeline import runtime
+    from pipeline.config import ComputeParams
+
+    runtime.configure(ComputeParams(threads=2))
+    from benchmarks import logistic_regression
+    from pipeline import evaluation
+
+    results: dict[str, Any] = {"machine": machine.describe(), "seed": SEED, "datasets": {}}
+    for dataset_name in args.datasets:
+        root, val, test = DATASETS[dataset_name]
+        splits = split_dataset(root, val, test)
+        per_backbone: dict[str, Any] = {}
+        predictions = {}
+        for name in args.backbones:
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory() as folder:
+                size, rate = extract(name, splits, Path(folder))
+                scores = logistic_regression.train_and_score(Path(folder), SEED)
+            predictions[name] = scores.pop("predicted")
+            per_backbone[name] = {"image_size": size, "extract_images_per_s": round(rate, 1),
+                                  "test_accuracy": scores["accuracy"], "seconds": round(time.perf_counter() - started, 1),
+                                  **{k: v for k, v in scores.items() if k != "accuracy"}}
+            print(f"{dataset_name} {name} {size} px: test {scores['accuracy']:.4f}, extract {rate:.1f} images/s",
+                  flush=True)
+        labels = splits["test"].labels
+        first = args.backbones[0]
+        for name in args.backbones[1:]:
+            per_backbone[name][f"vs_{first}"] = evaluation.compare_paired(labels, predictions[first], predictions[name])
+        results["datasets"][dataset_name] = {"images": {k: len(v.paths) for k, v in splits.items()},
+                                             "backbones": per_backbone}
+    output = RESULTS / "backbones.json"
+    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"→ {output}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()
