@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPORT = HERE / "RESULTS.md"
 TIMINGS = RESULTS / "timings.json"
-BENCHMARKS = ("extract", "formats", "tuning", "backbones", "accuracy", "repro", "memory", "default_run")  # make bench's order
+BENCHMARKS = ("extract", "formats", "tuning", "backbones", "head_vs_probe", "accuracy", "repro", "memory",
+              "default_run")  # make bench's order
 Row = tuple[str, str, str]  # what was measured, the result, on what data
 
 
@@ -133,6 +134,14 @@ def backbones_rows(result: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def head_vs_probe_rows(result: dict[str, Any]) -> list[Row]:
+    return [(f"Tuned head vs. linear probe, {name}",
+             f"head {entry['head']:.3f} · logistic regression {entry['logistic_regression']:.3f} "
+             f"({entry['head_vs_probe']['difference']:+.3f}, paired p {entry['head_vs_probe']['p_value']:.2g}; "
+             f"{entry['image_size']} px)", f"shared/datasets/{name}: {entry['test_images']} test images")
+            for name, entry in result["datasets"].items()]
+
+
 def default_run_rows(result: dict[str, Any]) -> list[Row]:
     stages = ", ".join(f"{name} {seconds:.0f}" for name, seconds in result["seconds"].items() if name != "total")
     paired = result.get("finetuned_vs_head") or {}
@@ -145,7 +154,8 @@ def default_run_rows(result: dict[str, Any]) -> list[Row]:
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "extract": extract_rows, "formats": formats_rows, "tuning": tuning_rows, "backbones": backbones_rows,
-    "accuracy": accuracy_rows, "repro": repro_rows, "memory": memory_rows, "default_run": default_run_rows,
+    "head_vs_probe": head_vs_probe_rows, "accuracy": accuracy_rows, "repro": repro_rows, "memory": memory_rows,
+    "default_run": default_run_rows,
 }
 
 

@@ -1,0 +1,103 @@
+"""Benchmark: the pipeline's tuned head against a linear probe on the same cached features, on real photos.
+
+For each photo set in ``shared/datasets``: the pipeline's split (as in ``benchmarks/backbones.py``), EfficientNet-Lite0
+features at the size ``backbone.image_size: auto`` picks for those photos, then
+
+- ``head``: train_head's search exactly as params.yaml ships it (``tuning.make_search`` / ``run_search``: the
+  known-good first trials, the search sample, the trials on val), the chosen head trained again on all train
+  features, as the stage does (without MLflow);
+- ``logistic_regression``: the accuracy benchmark's probe (``benchmarks/logistic_regression.py``),
+
+scored on the same test images and paired with McNemar's exact test. The issue's goal: the head is never more
+than 0.005 below the probe. Writes ``benchmarks/results/head_vs_probe.json``::
+
+    python -m benchmarks.head_vs_probe [--datasets flowers hymenoptera]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks import machine
+from benchmarks.backbones import DATASETS, SEED, split_dataset
+from benchmarks.extract import RESULTS
+
+BACKBONE = "efficientnet_lite0"
+
+
+def write_features(splits: dict[str, Any], out: Path) -> int:
+    """Lite0 features of every split at the ``auto`` size into ``out``; returns that size."""
+    from pipeline import backbones, features, inputs, sizing
+
+    backbone = backbones.get(BACKBONE)
+    size = sizing.choose_image_size(sizing.AUTO, backbone.default_size, backbone.min_size,
+                                    inputs.read_sizes(splits["train"].paths))
+    model, _ = backbones.build_extractor(backbone, size, "imagenet", Path("."), Path(".cache/weights"))
+    forward = features.compile_forward(model)
+    for name, rows in splits.items():
+        values, _ = features.compute_features(forward, inputs.image_dataset(rows.paths, size, "center", 32),
+                                              len(rows.paths), "float32", f"{BACKBONE} {name}")
+        features.write_feature_set(out / f"{name}.npz",
+                                   features.FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes))
+    return size
+
+
+def tuned_head(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """train_head's search and final fit on the features in ``folder``: test predictions and the chosen settings."""
+    import keras
+
+    from pipeline import config, features, head, training, tuning
+
+    params = config.load(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = dataclasses.replace(params, root=folder, paths=dataclasses.replace(params.paths, tuner="tuner"))
+    train, val, test = (features.read_feature_set(folder / f"{name}.npz") for name in ("train", "val", "test"))
+    tuner = tuning.make_search(train, params, None)
+    tuning.run_search(tuner, train, val, params)
+    settings = tuning.best_settings(tuner)
+    keras.backend.clear_session()
+    training.seed_everything(params.seed)
+    model = head.build_head(train.features.shape[1], len(train.classes), settings, head.feature_scale(train.features))
+    head.fit_head(model, train, val, settings, params.train_head, params.tune.objective)
+    return model.predict(head.as_inputs(test.features), verbose=0).argmax(axis=1), settings.as_dict()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    args = parser.parse_args()
+    from pipeline import runtime
+    from pipeline.config import ComputeParams
+
+    runtime.configure(ComputeParams(threads=2))
+    import numpy as np
+
+    from benchmarks import logistic_regression
+    from pipeline import evaluation
+
+    results: dict[str, Any] = {"machine": machine.describe(), "backbone": BACKBONE, "datasets": {}}
+    for name in args.datasets:
+        splits = split_dataset(*DATASETS[name])
+        with tempfile.TemporaryDirectory() as folder:
+            size = write_features(splits, Path(folder))
+            probe = logistic_regression.train_and_score(Path(folder), SEED)
+            predicted, settings = tuned_head(Path(folder))
+        labels = splits["test"].labels
+        head_accuracy = float(np.mean(predicted == labels))
+        paired = evaluation.compare_paired(labels, probe["predicted"], predicted)
+        results["datasets"][name] = {"image_size": size, "test_images": len(labels), "head": head_accuracy,
+                                     "logistic_regression": probe["accuracy"], "head_vs_probe": paired,
+                                     "chosen_head": settings}
+        print(f"{name} ({size} px): head {head_accuracy:.4f}, logistic regression {probe['accuracy']:.4f}, "
+              f"paired p {paired['p_value']:.2g}", flush=True)
+    output = RESULTS / "head_vs_probe.json"
+    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"→ {output}")
+
+
+if __name__ == "__main__":
+    main()
