@@ -67,10 +67,13 @@ METHODS = ("scratch_cnn", "logistic_regression", "head_only", "finetuned")
 # Paired comparisons on the same test images (McNemar's exact test): (baseline, challenger).
 PAIRS = (("logistic_regression", "head_only"), ("logistic_regression", "finetuned"), ("head_only", "finetuned"),
          ("scratch_cnn", "head_only"))
-# The README's fine-tuning recipe for photos ("Fine-tuning on photos"): params.yaml's default (block6a, 1e-5,
-# 3 epochs) is sized for the 15-minute Fashion-MNIST run.
-PHOTO_FINETUNE = {
-    "finetune": {"unfreeze_from": "block5a", "learning_rate": 1.0e-4, "epochs": 5, "patience": 5},
+# The README's fine-tuning recipe for photos ("Fine-tuning on photos"), measured to pay on flowers before the
+# defaults changed (2026-12-02); the defaults have not paid on photos yet (README, "What the fine-tuning defaults
+# rest on").
+PHOTO_FINETUNE = {  # the previous defaults' optimizer, batch, sample and constant rate kept, as measured
+    "finetune": {"unfreeze_from": "block5a", "learning_rate": 1.0e-4, "epochs": 5, "patience": 5,
+                 "schedule": "constant", "label_smoothing": 0.0, "optimizer": "adam", "batch_size": 32,
+                 "images_per_epoch": 8000},
     "augment": {"rotation": 0.1, "zoom": 0.2, "contrast": 0.2},
 }
 # The head search every dataset runs: 8 trials, two more than params.yaml's default (sized for the 15-minute
