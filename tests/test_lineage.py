@@ -34,9 +34,15 @@ def entry_hashes(entries: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def expected_upstream(lock: dict[str, Any]) -> dict[str, set[str]]:
-    """Per stage, the stages one of whose outs it lists as a dep (dvc.lock's paths)."""
+    """Per stage, the stages one of whose outs it lists as a dep, or holds one of its deps (dvc.lock's paths:
+    finetune's ``data/features/meta.json`` lies in extract's ``data/features``)."""
     outs = {stage: set(entry_hashes(spec.get("outs", []))) for stage, spec in lock.items()}
-    return {stage: {other for other in lock if other != stage and outs[other] & set(entry_hashes(spec["deps"]))}
+
+    def made_by(other: str, dep: str) -> bool:
+        return any(dep == out or dep.startswith(out.rstrip("/") + "/") for out in outs[other])
+
+    return {stage: {other for other in lock if other != stage and any(made_by(other, dep) for dep in
+                                                                       entry_hashes(spec["deps"]))}
             for stage, spec in lock.items()}
 
 
