@@ -30,6 +30,19 @@ def write_image(path: Path, seed: int | str, size: tuple[int, int] = (32, 32), f
     return path
 
 
+@pytest.fixture(autouse=True)
+def _own_tracking_uri() -> Any:
+    """Undo what a test leaves in ``MLFLOW_TRACKING_URI``: ``mlflow.set_tracking_uri`` (and so every stage run in the
+    test process) also writes it to ``os.environ``, where ``tracking.tracking_uri`` would read it in every later
+    test and look for runs in another test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def image_tree() -> Callable[..., Path]:
     """Factory: ``image_tree(root, {"cat": 4, "dog": 4})`` writes distinct PNGs in class folders."""

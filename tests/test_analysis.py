@@ -113,8 +113,7 @@ def test_evaluate_and_analyze_through_dvc(project, image_tree):
     assert paired["only_finetuned"] - paired["only_head"] == round(paired["accuracy_difference"]
                                                                    * scores["finetuned"]["n"])
     assert paired["p_value"] == evaluation.mcnemar_exact_p(paired["only_finetuned"], paired["only_head"])
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    logged = mlflow.get_run(scores["mlflow"]["run_id"]).data.metrics
+    logged = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(scores["mlflow"]["run_id"]).data.metrics
     assert {key: logged[f"finetuned_vs_head.{key}"] for key in paired} == pytest.approx(paired)
     assert not any(key.startswith("finetuned_vs_head.") for key in scores)  # nested in the JSON, flat in MLflow
     test = pd.read_csv(root / "data/splits/test.csv")
