@@ -283,7 +283,7 @@ class FinetuneParams:
     enabled: bool
     unfreeze_from: Optional[Annotated[str, Pattern(r"\S+", "a cut point name of the backbone")]]
     unfreeze_top: Optional[Annotated[int, Range(1, 100000)]]
-    learning_rate: PositiveRate
+    learning_rate: Union[Literal["auto"], PositiveRate]  # auto: pipeline/finetune.py's choose_learning_rate
     optimizer: Optimizer
     batch_size: BatchSize
     epochs: Annotated[int, Range(1, 10000)]

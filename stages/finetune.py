@@ -33,10 +33,14 @@ def main() -> None:
         if params.finetune.enabled:
             train, val = (split.read_split_files(params.path("splits"), name, params.root) for name in ("train", "val"))
             trainable = finetune.unfreeze(core, backbone, params.finetune)
-            batches = finetune.make_batches(train, val, size, params.backbone.crop, params.finetune, params.seed)
+            settings, rate_reason = finetune.resolve_learning_rate(params.finetune, len(train.paths))
+            print(f"finetune: peak learning rate {rate_reason}")
+            run.set_tags({"learning_rate_rule": rate_reason})
+            metrics["learning_rate_peak"] = float(settings.learning_rate)
+            batches = finetune.make_batches(train, val, size, params.backbone.crop, settings, params.seed)
             started = time.perf_counter()
             history, start, kept = finetune.fine_tune(
-                model, batches, params.finetune, params.tune.objective,
+                model, batches, settings, params.tune.objective,
                 training.class_weights(train.labels, len(train.classes), params.train_head.class_weight),
                 initial_epoch=head_epochs, callbacks=[training.EpochLog(run.log_metrics)],
             )
