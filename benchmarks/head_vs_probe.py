@@ -49,13 +49,22 @@ def write_features(splits: dict[str, Any], out: Path) -> int:
 
 def tuned_head(folder: Path) -> tuple[Any, dict[str, Any]]:
     """train_head's search and final fit on the features in ``folder``: test predictions and the chosen settings."""
+    from pipeline import features, head
+
+    model, settings = fit_tuned_head(folder)
+    test = features.read_feature_set(folder / "test.npz")
+    return model.predict(head.as_inputs(test.features), verbose=0).argmax(axis=1), settings.as_dict()
+
+
+def fit_tuned_head(folder: Path) -> tuple[Any, Any]:
+    """train_head's search and final fit on the train/val features in ``folder``: the head and its settings."""
     import keras
 
     from pipeline import config, features, head, training, tuning
 
     params = config.load(Path(__file__).resolve().parents[1] / "params.yaml")
     params = dataclasses.replace(params, root=folder, paths=dataclasses.replace(params.paths, tuner="tuner"))
-    train, val, test = (features.read_feature_set(folder / f"{name}.npz") for name in ("train", "val", "test"))
+    train, val = (features.read_feature_set(folder / f"{name}.npz") for name in ("train", "val"))
     tuner = tuning.make_search(train, params, None)
     tuning.run_search(tuner, train, val, params)
     settings = tuning.best_settings(tuner)
@@ -63,7 +72,7 @@ def tuned_head(folder: Path) -> tuple[Any, dict[str, Any]]:
     training.seed_everything(params.seed)
     model = head.build_head(train.features.shape[1], len(train.classes), settings, head.feature_scale(train.features))
     head.fit_head(model, train, val, settings, params.train_head, params.tune.objective)
-    return model.predict(head.as_inputs(test.features), verbose=0).argmax(axis=1), settings.as_dict()
+    return model, settings
 
 
 def main() -> None:

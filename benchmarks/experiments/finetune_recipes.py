@@ -18,8 +18,8 @@ import numpy as np
 import yaml
 
 from benchmarks.backbones import DATASETS, split_dataset
-from benchmarks.head_vs_probe import write_features
-from pipeline import backbones, config, evaluation, features, finetune, head, inputs, runtime, training, tuning
+from benchmarks.head_vs_probe import fit_tuned_head, write_features
+from pipeline import backbones, config, evaluation, features, finetune, inputs, runtime, training
 from pipeline.config import ComputeParams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,14 +46,8 @@ def main() -> None:
         folder = Path(tmp)
         size = write_features(splits, folder)
         p = dataclasses.replace(params, root=folder, paths=dataclasses.replace(params.paths, tuner="tuner"))
-        tr, va, te = (features.read_feature_set(folder / f"{s}.npz") for s in ("train", "val", "test"))
-        tuner = tuning.make_search(tr, p, None)
-        tuning.run_search(tuner, tr, va, p)
-        settings = tuning.best_settings(tuner)
-        keras.backend.clear_session()
-        training.seed_everything(42)
-        hm = head.build_head(tr.features.shape[1], len(tr.classes), settings, head.feature_scale(tr.features))
-        head.fit_head(hm, tr, va, settings, p.train_head, p.tune.objective)
+        tr, te = (features.read_feature_set(folder / f"{s}.npz") for s in ("train", "test"))
+        hm, settings = fit_tuned_head(folder)
         head_pred = hm.predict(te.features, verbose=0).argmax(1)
         hm.save(folder / "head.keras")
         print("HEAD", name, size, settings, "test", round(float(np.mean(head_pred == te.labels)), 4), flush=True)
