@@ -24,8 +24,12 @@ from types import ModuleType
 from typing import IO, Any
 
 VERBOSE_ENV = "HEADSTART_VERBOSE"
-# Lines TensorFlow's native code writes before its log level applies: absl's notice and INFO records.
-_LOAD_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called|I\d{4} \d)")
+# absl's one-time notice, written before the first native log line of each library that links it: at
+# import where TensorFlow has something to say then (oneDNN on), else before the first later line (a refused
+# decode's warning on a CPU where oneDNN is off). It tells the user nothing wherever it comes.
+_ABSL_NOTICE = re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called")
+# Lines TensorFlow's native code writes before its log level applies: INFO records.
+_LOAD_NOISE = re.compile(r"^I\d{4} \d")
 # TensorFlow's Python warning for models built one after another, which a hyperparameter search does on purpose.
 _RETRACING = "triggered tf.function retracing"
 
@@ -68,7 +72,7 @@ def quiet_lines(drop: re.Pattern[str]) -> Iterator[IO[str]]:
 @contextlib.contextmanager
 def filtered_stderr(drop: re.Pattern[str]) -> Iterator[IO[str]]:
     """Capture what is written to file descriptor 2 in the block (by native code or Python); afterwards
-    write it out without the lines ``drop`` matches.
+    write it out without the lines ``drop`` matches, nor absl's notice that precedes a library's first line.
 
     Yields:
         A text stream on the real standard error, for output that must appear while the block runs
@@ -88,7 +92,9 @@ def filtered_stderr(drop: re.Pattern[str]) -> Iterator[IO[str]]:
             live.close()
             captured.seek(0)
             text = captured.read().decode("utf-8", "replace")
-            sys.stderr.write("".join(line for line in text.splitlines(keepends=True) if not drop.match(line)))
+            kept = [line for line in text.splitlines(keepends=True)
+                    if not (drop.match(line) or _ABSL_NOTICE.match(line))]
+            sys.stderr.write("".join(kept))
             sys.stderr.flush()
 
 
