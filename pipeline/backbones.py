@@ -63,10 +63,6 @@ class Backbone:
     imagenet: KerasWeights | None = None
     cut_after: tuple[str, ...] = ()  # for blocks that end in a named layer: cut point i starts after cut_after[i]
 
-    def size(self, requested: int | None) -> int:
-        """The input size to use: the requested one, or the backbone's default."""
-        return self.default_size if requested is None else requested
-
 
 def _blocks(prefix: str, numbers: range, suffix: str = "") -> tuple[str, ...]:
     return tuple(f"{prefix}{n}{suffix}" for n in numbers)
