@@ -10,8 +10,8 @@ Four classifiers per dataset, trained on the same train/val split and scored on 
   (``benchmarks/logistic_regression.py``), the reference the datasets' README quotes, here on the same split
   and test images as the tuned head.
 
-The photo datasets fine-tune with the README's recipe for photos (``PHOTO_FINETUNE``: from ``block5a``, learning rate
-1e-4, up to 5 epochs, stronger augmentation); Fashion-MNIST runs params.yaml's defaults unchanged.
+Every dataset runs params.yaml's defaults; only what names the data set differs (its source and split, and
+Fashion-MNIST's cap on images per class): the accuracy a user gets by pointing the pipeline at their photos.
 
 Each dataset runs the real pipeline, ``dvc repro`` one stage at a time up to evaluate, in a throw-away copy of
 the project: its own git + DVC repository and MLflow store in a temporary folder, the images copied in by the
@@ -19,11 +19,13 @@ the project: its own git + DVC repository and MLflow store in a temporary folder
 from that run's ``metrics/evaluate.json``; the scratch CNN trains on that run's ``data/splits`` CSVs.
 
 - ``flowers``: ``shared/datasets/flowers`` (5 classes, 4,317 photos of 128 px), split 80/10/10 by the pipeline;
-  backbone at 160 px (features at 160 px beat 128 px; 224 px adds nothing), scratch CNN at 64 px;
+  scratch CNN at 64 px;
 - ``hymenoptera``: ``shared/datasets/hymenoptera_data`` (ants vs. bees, 398 photos); the shipped ``val/`` is the
-  test set (the classic protocol, 153 images), val is carved from ``train/``; 160 px, scratch CNN at 64 px;
-- ``fashion_mnist``: params.yaml's defaults (96 px, official test set), capped at ``FASHION_MAX_PER_CLASS``
-  images per class (over train and test) to fit the time budget; scratch CNN at 28 px (the native size).
+  test set (the classic protocol, 153 images), val is carved from ``train/``; scratch CNN at 64 px;
+- ``fashion_mnist``: the official test set, capped at ``FASHION_MAX_PER_CLASS`` images per class (over train and
+  test) to fit the time budget; scratch CNN at 28 px (the native size).
+
+The backbone's input size is params.yaml's ``auto``, decided by each run from its images (recorded per dataset).
 
 Writes ``benchmarks/results/accuracy.json`` (accuracies; images per split; seconds per method and per stage;
 the params each run used) and prints a summary table. ``--quick`` checks the whole benchmark end to end in a few
@@ -67,18 +69,6 @@ METHODS = ("scratch_cnn", "logistic_regression", "head_only", "finetuned")
 # Paired comparisons on the same test images (McNemar's exact test): (baseline, challenger).
 PAIRS = (("logistic_regression", "head_only"), ("logistic_regression", "finetuned"), ("head_only", "finetuned"),
          ("scratch_cnn", "head_only"))
-# The README's fine-tuning recipe for photos ("Fine-tuning on photos"), measured to pay on flowers before the
-# defaults changed (2026-12-02); the defaults have not paid on photos yet (README, "What the fine-tuning defaults
-# rest on").
-PHOTO_FINETUNE = {  # the previous defaults' optimizer, batch, sample and constant rate kept, as measured
-    "finetune": {"unfreeze_from": "block5a", "learning_rate": 1.0e-4, "epochs": 5, "patience": 5,
-                 "schedule": "constant", "label_smoothing": 0.0, "optimizer": "adam", "batch_size": 32,
-                 "images_per_epoch": 8000},
-    "augment": {"rotation": 0.1, "zoom": 0.2, "contrast": 0.2},
-}
-# The head search every dataset runs: 8 trials, two more than params.yaml's default (sized for the 15-minute
-# default run), as measured since 2026-11-25.
-ACCURACY_SEARCH = {"tune": {"max_trials": 8}}
 FASHION_MAX_PER_CLASS = 2000
 QUICK_MAX_PER_CLASS = 30
 
@@ -106,20 +96,18 @@ class Dataset:
 DATASETS = {
     "flowers": Dataset(
         "shared/datasets/flowers: 5 classes of photos; split 80/10/10 by the pipeline (seeded, stratified)",
-        {"data": {"source": "folder"}, "split": {"use_existing": False}, "backbone": {"image_size": 160},
-         **PHOTO_FINETUNE, **ACCURACY_SEARCH},
+        {"data": {"source": "folder"}, "split": {"use_existing": False}},
         scratch_size=64, scratch_epochs=25, scratch_batch=64, source=lambda _: SHARED / "flowers",
     ),
     "hymenoptera": Dataset(
         "shared/datasets/hymenoptera_data: ants vs. bees; its val/ folder is the test set, val is 20% of train/",
-        {"data": {"source": "folder"}, "split": {"use_existing": True, "val": 0.2}, "backbone": {"image_size": 160},
-         **PHOTO_FINETUNE, **ACCURACY_SEARCH},
+        {"data": {"source": "folder"}, "split": {"use_existing": True, "val": 0.2}},
         scratch_size=64, scratch_epochs=40, scratch_batch=32, source=copy_hymenoptera,
     ),
     "fashion_mnist": Dataset(
         f"Fashion-MNIST (Debian package), at most {FASHION_MAX_PER_CLASS} images per class: test images from the "
         "official test set, val is 10% of train",
-        {"data": {"max_per_class": FASHION_MAX_PER_CLASS}, **ACCURACY_SEARCH},
+        {"data": {"max_per_class": FASHION_MAX_PER_CLASS}},
         scratch_size=28, scratch_epochs=20, scratch_batch=128,
     ),
 }
@@ -189,7 +177,7 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
         Test accuracy per method, with the images per split, seconds and the params the run used.
     """
     from benchmarks import logistic_regression, scratch_cnn
-    from pipeline import config, split
+    from pipeline import config, features, split
 
     root = scratch / "workspace"
     create_workspace(root, workspace_params(dataset, dataset.source(scratch) if dataset.source else None, quick))
@@ -216,7 +204,7 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
         "classes": len(splits["test"].classes),
         "images": {name: len(files_of.paths) for name, files_of in splits.items()},
         "max_per_class": params.data.max_per_class,
-        "image_size": params.backbone.image_size,
+        "image_size": features.read_image_size(params.path("features"), params.backbone.name),  # what auto chose
         "scratch_image_size": dataset.scratch_size,
         # head_only: extract + train_head; finetuned: those and the finetune stage; scratch_cnn: decoding
         # the three splits, training and testing. Scoring both pipeline models is the evaluate stage.
@@ -229,7 +217,7 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
             "params": dataclasses.asdict(params.finetune),
             "augment": dataclasses.asdict(params.augment),
             **{key: finetuned[key] for key in ("val_accuracy_before", "best_val_accuracy", "kept_epoch",
-                                                "epochs_trained", "trainable_params") if key in finetuned},
+                                                "epochs_trained", "trainable_params", "learning_rate_peak") if key in finetuned},
         },
         "scratch": cnn,
         "logistic_regression_fit": logreg,

@@ -283,10 +283,10 @@ class FinetuneParams:
     enabled: bool
     unfreeze_from: Optional[Annotated[str, Pattern(r"\S+", "a cut point name of the backbone")]]
     unfreeze_top: Optional[Annotated[int, Range(1, 100000)]]
-    learning_rate: Union[Literal["auto"], PositiveRate]  # auto: pipeline/finetune.py's choose_learning_rate
+    learning_rate: Union[Literal["auto"], PositiveRate]  # auto: pipeline/finetune.py's choose_schedule
     optimizer: Optimizer
     batch_size: BatchSize
-    epochs: Annotated[int, Range(1, 10000)]
+    epochs: Union[Literal["auto"], Annotated[int, Range(1, 10000)]]  # auto: as learning_rate
     patience: Annotated[int, Range(1, 10000)]
     images_per_epoch: Optional[Annotated[int, Range(lo=1)]]
     schedule: Literal["constant", "cosine"]

@@ -24,12 +24,15 @@ from pipeline.split import SplitFiles
 
 LAYER_NAMES = ("augmentation", "preprocessing", "backbone", "features", "head", "probabilities")
 AUTO = "auto"
-# ``finetune.learning_rate: auto``: the peak rate by the train split's size. The boundary is BiT-HyperRule's
-# between small and medium sets (Kolesnikov et al., 2020); the two rates are the ones measured to pay on each
-# side (README, "What the fine-tuning defaults rest on").
+# ``finetune.learning_rate: auto`` and ``finetune.epochs: auto``: the peak rate and the passes by the train
+# split's size. The boundary is BiT-HyperRule's between small and medium sets (Kolesnikov et al., 2020), which
+# also gives small sets more passes; the values are the ones measured to pay on each side (README, "What the
+# fine-tuning defaults rest on").
 LARGE_SET = 20_000
 LARGE_SET_RATE = 5.0e-4
-SMALL_SET_RATE = 1.0e-4
+LARGE_SET_EPOCHS = 2
+SMALL_SET_RATE = 2.0e-4
+SMALL_SET_EPOCHS = 6
 
 
 def augmentation_layers(params: AugmentParams, seed: int) -> keras.Sequential:
@@ -120,37 +123,44 @@ def make_batches(train: SplitFiles, val: SplitFiles, size: int, crop: str, param
     return Batches(train_batches.repeat(), val_batches, steps, steps)
 
 
-def choose_learning_rate(setting: float | str, train_images: int) -> tuple[float, str]:
-    """The peak learning rate, with the reason in words: the number set, or ``auto``'s choice by size.
+def choose_schedule(rate: float | str, epochs: int | str, train_images: int) -> tuple[float, int, str]:
+    """The peak learning rate and the epochs, with the reason in words: the numbers set, or ``auto``'s
+    choice by the train split's size.
 
-    Example: ``choose_learning_rate("auto", 3453)`` →
-    ``(1e-4, "auto: 3,453 train images (under 20,000) → 0.0001")``.
+    Example: ``choose_schedule("auto", "auto", 3453)`` →
+    ``(2e-4, 6, "auto: 3,453 train images (under 20,000) → peak 0.0002, 6 epochs")``.
     """
-    if setting != AUTO:
-        return float(setting), f"{float(setting):g} (params.yaml)"
-    if train_images >= LARGE_SET:
-        return LARGE_SET_RATE, f"auto: {train_images:,} train images ({LARGE_SET:,} or more) → {LARGE_SET_RATE:g}"
-    return SMALL_SET_RATE, f"auto: {train_images:,} train images (under {LARGE_SET:,}) → {SMALL_SET_RATE:g}"
+    large = train_images >= LARGE_SET
+    chosen_rate = (LARGE_SET_RATE if large else SMALL_SET_RATE) if rate == AUTO else float(rate)
+    chosen_epochs = (LARGE_SET_EPOCHS if large else SMALL_SET_EPOCHS) if epochs == AUTO else int(epochs)
+    parts = (f"peak {chosen_rate:g}" + ("" if rate == AUTO else " (params.yaml)"),
+             f"{chosen_epochs} epochs" + ("" if epochs == AUTO else " (params.yaml)"))
+    if AUTO not in (rate, epochs):
+        return chosen_rate, chosen_epochs, ", ".join(parts)
+    size = f"{LARGE_SET:,} or more" if large else f"under {LARGE_SET:,}"
+    return chosen_rate, chosen_epochs, f"auto: {train_images:,} train images ({size}) → {', '.join(parts)}"
 
 
-def resolve_learning_rate(params: FinetuneParams, train_images: int) -> tuple[FinetuneParams, str]:
-    """``params`` with ``learning_rate`` a number (``auto`` decided by ``choose_learning_rate``), and the reason."""
-    rate, reason = choose_learning_rate(params.learning_rate, train_images)
-    return dataclasses.replace(params, learning_rate=rate), reason
+def resolve_schedule(params: FinetuneParams, train_images: int) -> tuple[FinetuneParams, str]:
+    """``params`` with ``learning_rate`` and ``epochs`` numbers (``auto`` decided by ``choose_schedule``),
+    and the reason."""
+    rate, epochs, reason = choose_schedule(params.learning_rate, params.epochs, train_images)
+    return dataclasses.replace(params, learning_rate=rate, epochs=epochs), reason
 
 
 def learning_rate(params: FinetuneParams, steps_per_epoch: int) -> training.LearningRate:
     """The rate fine-tuning trains at: constant, or warm-up then cosine decay over all its epochs.
 
     Raises:
-        ValueError: ``learning_rate`` is still ``auto`` (``resolve_learning_rate`` decides it).
+        ValueError: ``learning_rate`` or ``epochs`` is still ``auto`` (``resolve_schedule`` decides them).
     """
-    peak = params.learning_rate
-    if isinstance(peak, str):
-        raise ValueError("finetune.learning_rate: auto must be resolved first (finetune.resolve_learning_rate)")
+    peak, epochs = params.learning_rate, params.epochs
+    if isinstance(peak, str) or isinstance(epochs, str):
+        raise ValueError("finetune.learning_rate and finetune.epochs: auto must be resolved first "
+                         "(finetune.resolve_schedule)")
     if params.schedule == "constant":
         return peak
-    return training.warmup_cosine(peak, steps_per_epoch * params.epochs, params.warmup)
+    return training.warmup_cosine(peak, steps_per_epoch * epochs, params.warmup)
 
 
 def fine_tune(model: keras.Model, batches: Batches, params: FinetuneParams, objective: str,
@@ -186,7 +196,7 @@ def fine_tune(model: keras.Model, batches: Batches, params: FinetuneParams, obje
         batches.train,
         validation_data=batches.val,
         initial_epoch=initial_epoch,
-        epochs=initial_epoch + params.epochs,
+        epochs=initial_epoch + int(params.epochs),  # a number: learning_rate() refused auto above
         steps_per_epoch=batches.steps_per_epoch,
         shuffle=False,  # the dataset shuffles its files itself, before decoding
         class_weight=class_weight,

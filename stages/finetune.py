@@ -33,10 +33,10 @@ def main() -> None:
         if params.finetune.enabled:
             train, val = (split.read_split_files(params.path("splits"), name, params.root) for name in ("train", "val"))
             trainable = finetune.unfreeze(core, backbone, params.finetune)
-            settings, rate_reason = finetune.resolve_learning_rate(params.finetune, len(train.paths))
-            print(f"finetune: peak learning rate {rate_reason}")
-            run.set_tags({"learning_rate_rule": rate_reason})
-            metrics["learning_rate_peak"] = float(settings.learning_rate)
+            settings, reason = finetune.resolve_schedule(params.finetune, len(train.paths))
+            print(f"finetune: schedule {reason}")
+            run.set_tags({"schedule_rule": reason})
+            metrics.update(learning_rate_peak=float(settings.learning_rate), epochs_planned=int(settings.epochs))
             batches = finetune.make_batches(train, val, size, params.backbone.crop, settings, params.seed)
             started = time.perf_counter()
             history, start, kept = finetune.fine_tune(

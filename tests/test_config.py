@@ -138,6 +138,7 @@ def test_exponent_rates_and_whole_numbers_pass_validation(tmp_path, base_params:
     ("finetune", "learning_rate", "fast",
      "finetune.learning_rate: found 'fast'; allowed: 'auto', or a number in (0, 1]"),
     ("finetune", "learning_rate", "1e-4x", "finetune.learning_rate: found '1e-4x'; allowed: 'auto'"),
+    ("finetune", "epochs", "many", "finetune.epochs: found 'many'; allowed: 'auto', or an integer in [1, 10000]"),
     ("data", "max_per_class", "5e-1", "data.max_per_class: found 0.5 (float); allowed: an integer >= 1, or null"),
 ])
 def test_what_is_still_not_a_number_keeps_the_clear_message(base_params: dict[str, Any], section: str, key: str,

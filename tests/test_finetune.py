@@ -109,14 +109,14 @@ def test_finetune_stage_writes_a_model_that_classifies_raw_uint8_images(project,
     assert metrics["head_epochs"] == best and metrics["trainable_layers"] > 0
     assert metrics["best_val_accuracy"] >= metrics["val_accuracy_before"]  # never worse than where it started
     assert project.params["finetune"]["learning_rate"] == "auto"  # params.yaml's default, so a tiny set's rate:
-    assert metrics["learning_rate_peak"] == pytest.approx(1e-4)
+    assert metrics["learning_rate_peak"] == pytest.approx(2e-4) and metrics["epochs_planned"] == 2
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     run = mlflow.get_run(metrics["mlflow"]["run_id"])
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == list(
         history["epoch"])
-    assert run.data.tags["learning_rate_rule"].startswith("auto: ") and "(under 20,000) → 0.0001" in run.data.tags[
-        "learning_rate_rule"]
+    assert run.data.tags["schedule_rule"].startswith("auto: ")
+    assert run.data.tags["schedule_rule"].endswith("(under 20,000) → peak 0.0002, 2 epochs (params.yaml)")
     logged = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
     assert logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, SIZE, SIZE, 3)
     assert logged.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3)
@@ -136,24 +136,26 @@ def test_finetune_disabled_hands_on_the_head_on_the_frozen_backbone(project, ima
     assert pd.read_csv(root / "plots/finetune/history.csv").empty
 
 
-@pytest.mark.parametrize(("setting", "train_images", "expected"), [
-    ("auto", 245, 1e-4), ("auto", 19_999, 1e-4), ("auto", 20_000, 5e-4), ("auto", 54_000, 5e-4),
-    (3e-5, 54_000, 3e-5), (0.01, 10, 0.01),
+@pytest.mark.parametrize(("rate", "epochs", "train_images", "expected"), [
+    ("auto", "auto", 245, (2e-4, 6)), ("auto", "auto", 19_999, (2e-4, 6)), ("auto", "auto", 20_000, (5e-4, 2)),
+    ("auto", "auto", 54_000, (5e-4, 2)), ("auto", 3, 54_000, (5e-4, 3)), (3e-5, "auto", 245, (3e-5, 6)),
+    (3e-5, 4, 54_000, (3e-5, 4)), (0.01, 1, 10, (0.01, 1)),
 ])
-def test_auto_learning_rate_goes_by_the_train_split_size_and_a_number_stays(setting, train_images, expected):
-    rate, reason = finetune.choose_learning_rate(setting, train_images)
-    assert rate == pytest.approx(expected)
-    assert reason.startswith("auto: ") == (setting == "auto")
-    assert f"{train_images:,} train images" in reason or setting != "auto"
+def test_auto_schedule_goes_by_the_train_split_size_and_a_number_stays(rate, epochs, train_images, expected):
+    chosen_rate, chosen_epochs, reason = finetune.choose_schedule(rate, epochs, train_images)
+    assert (chosen_rate, chosen_epochs) == (pytest.approx(expected[0]), expected[1])
+    assert reason.startswith(f"auto: {train_images:,} train images ") == ("auto" in (rate, epochs))
+    assert ("(params.yaml)" in reason) == (rate != "auto" or epochs != "auto")
 
 
-def test_the_schedule_refuses_an_unresolved_auto_rate(base_params):
-    params = _finetune_params(base_params, learning_rate="auto")
-    with pytest.raises(ValueError, match="resolve"):
-        finetune.learning_rate(params, 10)
-    resolved, reason = finetune.resolve_learning_rate(params, 3_453)
-    assert resolved.learning_rate == pytest.approx(1e-4)
-    assert reason == "auto: 3,453 train images (under 20,000) → 0.0001"
+def test_the_schedule_refuses_an_unresolved_auto(base_params):
+    for unresolved in ({"learning_rate": "auto", "epochs": 2}, {"learning_rate": 1e-4, "epochs": "auto"}):
+        with pytest.raises(ValueError, match="resolve"):
+            finetune.learning_rate(_finetune_params(base_params, **unresolved), 10)
+    resolved, reason = finetune.resolve_schedule(_finetune_params(base_params, learning_rate="auto", epochs="auto"),
+                                                 3_453)
+    assert (resolved.learning_rate, resolved.epochs) == (pytest.approx(2e-4), 6)
+    assert reason == "auto: 3,453 train images (under 20,000) → peak 0.0002, 6 epochs"
     assert float(finetune.learning_rate(resolved, 10)(0)) == pytest.approx(0.0)  # the warm-up starts from 0
 
 

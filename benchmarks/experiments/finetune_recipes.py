@@ -5,7 +5,8 @@ defaults rest on").
 
     python -m benchmarks.experiments.finetune_recipes flowers 'lr1e-4:finetune.learning_rate=1e-4' ...
 
-A recipe is ``name:key=value,key=value`` over params.yaml's finetune.* and augment.* keys.
+A recipe is ``name:key=value,key=value`` over params.yaml's finetune.* and augment.* keys; what stays ``auto``
+is decided as the finetune stage decides it (``finetune.resolve_schedule``).
 """
 import dataclasses
 import sys
@@ -56,6 +57,7 @@ def main() -> None:
         for recipe in recipes:
             label, _, spec = recipe.partition(":")
             q = with_overrides(p, spec)
+            q = dataclasses.replace(q, finetune=finetune.resolve_schedule(q.finetune, len(splits["train"].paths))[0])
             keras.backend.clear_session()
             training.seed_everything(42)
             core, _ = backbones.build_backbone(bb, size, "imagenet", Path("."), REPO / ".cache/weights")
