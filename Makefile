@@ -46,7 +46,7 @@ test: setup fashion-mnist fonts ## the whole test suite
 	pytest $(PYTEST_ARGS)
 
 bench: setup ## benchmarks on ../shared/datasets → benchmarks/results/*.json, one table → benchmarks/RESULTS.md
-	python -m benchmarks.report --run extract formats tuning backbones head_vs_probe accuracy repro memory default_run
+	python -m benchmarks.report --run extract formats tuning backbones finetune_speed head_vs_probe accuracy repro memory default_run
 
 lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
 	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock

@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPORT = HERE / "RESULTS.md"
 TIMINGS = RESULTS / "timings.json"
-BENCHMARKS = ("extract", "formats", "tuning", "backbones", "head_vs_probe", "accuracy", "repro", "memory",
-              "default_run")  # make bench's order
+BENCHMARKS = ("extract", "formats", "tuning", "backbones", "finetune_speed", "head_vs_probe", "accuracy", "repro",
+              "memory", "default_run")  # make bench's order
 Row = tuple[str, str, str]  # what was measured, the result, on what data
 
 
@@ -134,6 +134,13 @@ def backbones_rows(result: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def finetune_speed_rows(result: dict[str, Any]) -> list[Row]:
+    cells = [f"{name} " + ", ".join(f"{size} px {rate:.0f}/s" for size, rate in sizes.items())
+             for name, sizes in result["images_per_s"].items()]
+    return [("Fine-tuning speed (training step)", " · ".join(cells),
+             f"random images, batches of {result['batch_size']}, unfrozen from {result['unfreeze_from']}")]
+
+
 def head_vs_probe_rows(result: dict[str, Any]) -> list[Row]:
     return [(f"Tuned head vs. linear probe, {name}",
              f"head {entry['head']:.3f} · logistic regression {entry['logistic_regression']:.3f} "
@@ -154,8 +161,8 @@ def default_run_rows(result: dict[str, Any]) -> list[Row]:
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "extract": extract_rows, "formats": formats_rows, "tuning": tuning_rows, "backbones": backbones_rows,
-    "head_vs_probe": head_vs_probe_rows, "accuracy": accuracy_rows, "repro": repro_rows, "memory": memory_rows,
-    "default_run": default_run_rows,
+    "finetune_speed": finetune_speed_rows, "head_vs_probe": head_vs_probe_rows, "accuracy": accuracy_rows,
+    "repro": repro_rows, "memory": memory_rows, "default_run": default_run_rows,
 }
 
 
