@@ -217,7 +217,8 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
             "params": dataclasses.asdict(params.finetune),
             "augment": dataclasses.asdict(params.augment),
             **{key: finetuned[key] for key in ("val_accuracy_before", "best_val_accuracy", "kept_epoch",
-                                                "epochs_trained", "trainable_params", "learning_rate_peak") if key in finetuned},
+                                                "epochs_trained", "trainable_params", "learning_rate_peak")
+               if key in finetuned},
         },
         "scratch": cnn,
         "logistic_regression_fit": logreg,

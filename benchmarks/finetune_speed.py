@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks import machine
 from pipeline import files
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "finetune_speed.json"
@@ -28,21 +31,21 @@ STEPS = 8
 CLASSES = 5
 
 
-def time_steps(name: str, size: int, steps: int) -> float:
+def time_steps(params: Params, name: str, size: int, steps: int) -> float:
     """Images per second of the finetune stage's training step for one backbone at one size."""
     import keras
     import numpy as np
 
-    from pipeline import backbones, config, finetune, training
+    from pipeline import backbones, finetune, training
 
-    params = config.load(REPO / "params.yaml")
     keras.backend.clear_session()
     backbone = backbones.get(name)
     core, _ = backbones.build_backbone(backbone, size, "imagenet", REPO, params.path("weights"))
     head = keras.Sequential([keras.Input((backbone.feature_width,)), keras.layers.Dense(CLASSES)])
     model = finetune.assemble(backbone, core, head, size, finetune.augmentation_layers(params.augment, params.seed))
     finetune.unfreeze(core, backbone, params.finetune)
-    training.compile_classifier(model, params.finetune.optimizer, 2.0e-4, params.finetune.label_smoothing)
+    training.compile_classifier(model, params.finetune.optimizer, finetune.SMALL_SET_RATE,
+                                params.finetune.label_smoothing)
     batch = params.finetune.batch_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3)).astype("float32")
@@ -68,7 +71,7 @@ def main() -> None:
         native = backbones.get(name).default_size
         results[name] = {}
         for size in sorted({*SIZES, native}):
-            rate = time_steps(name, size, args.steps)
+            rate = time_steps(params, name, size, args.steps)
             results[name][str(size)] = round(rate, 1)
             print(f"{name} {size} px: {rate:.1f} images/s", flush=True)
     files.write_json(RESULT, {

@@ -1,8 +1,9 @@
 """One-off experiment (2026-12-02; it ran before ``finetune.learning_rate`` and ``epochs`` became ``auto``, at 5e-4
-and 2 epochs, and needs numbers there now; ``finetune_recipes`` decides auto as the stage does): params.yaml's fine-tuning defaults on the photo sets, through the pipeline's own
-functions in one process (the split, extract, head search and fine-tuning functions the stages call; no DVC or
-MLflow), the fine-tuned model paired against the tuned head on the same test images. Kept as it ran (the README's
-"What the fine-tuning defaults rest on").
+and 2 epochs, and needs numbers there now; ``finetune_recipes`` decides auto as the stage does): params.yaml's
+fine-tuning defaults on the photo sets, through the pipeline's own functions in one process (the split,
+extract, head search and fine-tuning functions the stages call; no DVC or MLflow), the fine-tuned model paired
+against the tuned head on the same test images. Kept as it ran (the README's "What the fine-tuning defaults
+rest on").
 
     python -m benchmarks.experiments.finetune_photos hymenoptera flowers
 """
