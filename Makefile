@@ -51,12 +51,12 @@ bench: setup ## benchmarks on ../shared/datasets → benchmarks/results/*.json, 
 lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
 	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock
 	$(VENV).lock/bin/python -m pip install --quiet --upgrade pip==$(PIP_VERSION)
-	$(VENV).lock/bin/python -m pip install --quiet ".[test]"
+	$(VENV).lock/bin/python -m pip install --quiet ".[test,dev]"
 	$(VENV).lock/bin/python -m pip freeze --exclude-editable | grep -v '^headstart' | sort -f > requirements.lock
 	rm -rf $(VENV).lock
 
 ui: setup ## the MLflow UI on the embedded store, opened on the training runs (it prints the address)
-	python -m pipeline.ui --host 127.0.0.1 --port 5000
+	python -m pipeline.tracking.ui --host 127.0.0.1 --port 5000
 
 clean: ## remove the venv and caches (not data, models or MLflow runs)
 	rm -rf $(VENV) .pytest_cache .cache

@@ -54,11 +54,12 @@ import yaml
 
 from benchmarks import machine
 from benchmarks.workspace import create_workspace, run_in, scratch_folder
-from pipeline import evaluation, files  # both plain NumPy/YAML: no TensorFlow before the thread count is set
+from pipeline.core import files
+from pipeline.evaluation import scoring  # both plain NumPy/YAML: no TensorFlow before the thread count is set
 
 if TYPE_CHECKING:
-    from pipeline.config import Params
-    from pipeline.split import SplitFiles
+    from pipeline.core.config import Params
+    from pipeline.data.split import SplitFiles
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
@@ -152,21 +153,23 @@ def read_metrics(root: Path, stage: str) -> dict[str, Any]:
 def pipeline_predictions(params: Params, test: SplitFiles) -> dict[str, np.ndarray]:
     """The predicted class of each test image, in the test split's order, by the pipeline's two classifiers:
     the fine-tuned model's from evaluate's predictions CSV, the head's from the head on the cached features."""
-    from pipeline import features, finetune, predict
+    from pipeline.features import extraction
+    from pipeline.serving import classifier
+    from pipeline.training import finetune
 
     frame = pd.read_csv(params.path("predictions"))
-    predict.check_same_rows(test.rel_paths, list(frame["path"]), "the predictions CSV")
+    classifier.check_same_rows(test.rel_paths, list(frame["path"]), "the predictions CSV")
     index = {name: position for position, name in enumerate(test.classes)}
-    cached = features.read_feature_set(params.path("features") / "test.npz")
-    predict.check_same_rows(test.rel_paths, cached.paths, "the cached test features")
+    cached = extraction.read_feature_set(params.path("features") / "test.npz")
+    classifier.check_same_rows(test.rel_paths, cached.paths, "the cached test features")
     head = finetune.load_head(params.path("head_model"))
     return {"finetuned": frame["predicted"].map(index).to_numpy(),
-            "head_only": predict.head_probabilities(head, cached.features).argmax(axis=1)}
+            "head_only": classifier.head_probabilities(head, cached.features).argmax(axis=1)}
 
 
 def compare_pairs(labels: np.ndarray, predicted: dict[str, np.ndarray]) -> dict[str, dict[str, float | int]]:
-    """``PAIRS`` on the same test images: ``{"<challenger>_vs_<baseline>": evaluation.compare_paired(...)}``."""
-    return {f"{challenger}_vs_{baseline}": evaluation.compare_paired(labels, predicted[baseline], predicted[challenger])
+    """``PAIRS`` on the same test images: ``{"<challenger>_vs_<baseline>": scoring.compare_paired(...)}``."""
+    return {f"{challenger}_vs_{baseline}": scoring.compare_paired(labels, predicted[baseline], predicted[challenger])
             for baseline, challenger in PAIRS}
 
 
@@ -177,7 +180,9 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
         Test accuracy per method, with the images per split, seconds and the params the run used.
     """
     from benchmarks import logistic_regression, scratch_cnn
-    from pipeline import config, features, split
+    from pipeline.core import config
+    from pipeline.data import split
+    from pipeline.features import extraction
 
     root = scratch / "workspace"
     create_workspace(root, workspace_params(dataset, dataset.source(scratch) if dataset.source else None, quick))
@@ -204,7 +209,7 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
         "classes": len(splits["test"].classes),
         "images": {name: len(files_of.paths) for name, files_of in splits.items()},
         "max_per_class": params.data.max_per_class,
-        "image_size": features.read_image_size(params.path("features"), params.backbone.name),  # what auto chose
+        "image_size": extraction.read_image_size(params.path("features"), params.backbone.name),  # what auto chose
         "scratch_image_size": dataset.scratch_size,
         # head_only: extract + train_head; finetuned: those and the finetune stage; scratch_cnn: decoding
         # the three splits, training and testing. Scoring both pipeline models is the evaluate stage.
@@ -243,7 +248,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few images per class, tiny training: a smoke run")
     parser.add_argument("--keep", type=Path, help="build the workspaces in this new folder and keep them")
     args = parser.parse_args()
-    from pipeline import config, runtime
+    from pipeline.core import config, runtime
 
     threads = config.load(REPO / "params.yaml").compute.threads
     runtime.configure(config.ComputeParams(threads=threads))  # the scratch CNN's threads: the pipeline's

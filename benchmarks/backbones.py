@@ -36,7 +36,8 @@ DATASETS = {"flowers": (SHARED / "flowers", 0.1, 0.1), "hymenoptera": (SHARED / 
 
 def split_dataset(root: Path, val: float, test: float) -> dict[str, Any]:
     """The pipeline's split of ``root`` (a shipped ``val/`` folder becomes the test set): split name → SplitFiles."""
-    from pipeline import config, dataset, images, split
+    from pipeline.core import config
+    from pipeline.data import dataset, images, split
 
     scan = dataset.scan_dataset(root)
     checks = images.inspect_images([scan.root / e.rel for e in scan.entries], 89_478_485)
@@ -54,18 +55,18 @@ def split_dataset(root: Path, val: float, test: float) -> dict[str, Any]:
 
 def extract(name: str, splits: dict[str, Any], out: Path) -> tuple[int, float]:
     """Features of every split with ``name`` at its native size into ``out``; returns the size and images/s."""
-    from pipeline import backbones, features, inputs
-    from pipeline.features import FeatureSet
+    from pipeline.features import backbones, extraction, inputs
+    from pipeline.features.extraction import FeatureSet
 
     backbone = backbones.get(name)
     size = backbone.default_size
     model, _ = backbones.build_extractor(backbone, size, "imagenet", Path("."), Path(".cache/weights"))
-    forward = features.compile_forward(model)
+    forward = extraction.compile_forward(model)
     seconds, count = 0.0, 0
     for split_name, rows in splits.items():
         batches = inputs.image_dataset(rows.paths, size, "center", 32)
-        values, spent = features.compute_features(forward, batches, len(rows.paths), "float32", f"{name} {split_name}")
-        features.write_feature_set(out / f"{split_name}.npz",
+        values, spent = extraction.compute_features(forward, batches, len(rows.paths), "float32", f"{name} {split_name}")
+        extraction.write_feature_set(out / f"{split_name}.npz",
                                    FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes))
         seconds, count = seconds + spent, count + len(rows.paths)
     return size, count / seconds
@@ -76,12 +77,12 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     args = parser.parse_args()
-    from pipeline import runtime
-    from pipeline.config import ComputeParams
+    from pipeline.core import runtime
+    from pipeline.core.config import ComputeParams
 
     runtime.configure(ComputeParams(threads=2))
     from benchmarks import logistic_regression
-    from pipeline import evaluation
+    from pipeline.evaluation import scoring
 
     results: dict[str, Any] = {"machine": machine.describe(), "seed": SEED, "datasets": {}}
     for dataset_name in args.datasets:
@@ -104,7 +105,7 @@ def main() -> None:
         labels = splits["test"].labels
         first = args.backbones[0]
         for name in args.backbones[1:]:
-            per_backbone[name][f"vs_{first}"] = evaluation.compare_paired(labels, predictions[first], predictions[name])
+            per_backbone[name][f"vs_{first}"] = scoring.compare_paired(labels, predictions[first], predictions[name])
         results["datasets"][dataset_name] = {"images": {k: len(v.paths) for k, v in splits.items()},
                                              "backbones": per_backbone}
     output = RESULTS / "backbones.json"

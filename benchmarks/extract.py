@@ -4,7 +4,7 @@ Three ways to turn the same image files into features, measured in one run on th
 model, batch size and thread count:
 
 - ``forward``: the backbone alone on images already decoded and resized, held in memory (the ceiling);
-- ``extract``: the extract stage's path (``inputs.image_dataset`` + ``features.compute_features``);
+- ``extract``: the extract stage's path (``inputs.image_dataset`` + ``extraction.compute_features``);
 - ``naive``: the lecture notes' loop: PIL-load each image, stack a batch, ``model.predict`` per batch.
 
 Each path runs five passes, taken in turns with the others; the fastest pass is the result (the median is
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import machine
-from pipeline import backbones, config, features, files, inputs, runtime
+from pipeline.core import config, files, runtime
+from pipeline.features import backbones, extraction, inputs
 
 FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,17 +76,17 @@ def measure(size: int, paths: list[Path], cache_dir: Path) -> dict[str, float]:
     import tensorflow as tf
 
     model, _ = backbones.build_extractor(backbones.get("efficientnet_lite0"), size, "imagenet", Path("."), cache_dir)
-    forward_fn = features.compile_forward(model)
+    forward_fn = extraction.compile_forward(model)
     count = len(paths)
     decoded = [images for images in inputs.image_dataset(paths, size, "center", BATCH)]  # pre-decoded, in memory
     resident = [tf.identity(images) for images in decoded]
 
     def forward() -> None:
-        features.compute_features(forward_fn, resident, count, "float32", f"forward {size}px")
+        extraction.compute_features(forward_fn, resident, count, "float32", f"forward {size}px")
 
     def extract() -> None:
         batches = inputs.image_dataset(paths, size, "center", BATCH)
-        features.compute_features(forward_fn, batches, count, "float32", f"extract {size}px")
+        extraction.compute_features(forward_fn, batches, count, "float32", f"extract {size}px")
 
     measured = rates(count, {"forward": forward, "extract": extract,
                              "naive": lambda: naive_features(model, paths, size)})

@@ -1,7 +1,7 @@
 """Benchmark: extract's speed on JPEG photos in this checkout against an earlier commit, measured in turns.
 
 A change to the input pipeline must not slow the usual case down. Both trees run the same measurement
-(the extract stage's path: ``inputs.image_dataset`` + ``features.compute_features``, EfficientNet-Lite0
+(the extract stage's path: ``inputs.image_dataset`` + ``extraction.compute_features``, EfficientNet-Lite0
 with its ImageNet weights, the same 512 flower JPEGs, batch 64, 2 threads) in fresh processes, taken in
 turns (baseline, this checkout, baseline, ...) so that drift in the machine's speed hits both alike;
 each process keeps its best of three passes per size, and each round gives one ratio (this checkout over
@@ -23,24 +23,25 @@ from pathlib import Path
 
 from benchmarks import machine
 from benchmarks.extract import FLOWERS, RESULTS, sample_images
-from pipeline import files
+from pipeline.core import files
 
 REPO = Path(__file__).resolve().parents[1]
 # Run inside each tree (its own ``pipeline`` package): prints {size: best images/s}.
 MEASURE = """
 import json, sys, time
 from pathlib import Path
-from pipeline import backbones, config, features, inputs, runtime
+from pipeline.core import config, runtime
+from pipeline.features import backbones, extraction, inputs
 runtime.configure(config.ComputeParams(threads=2))
 paths, sizes, weights = [Path(p) for p in json.loads(sys.argv[1])], json.loads(sys.argv[2]), Path(sys.argv[3])
 best = {}
 for size in sizes:
     model, _ = backbones.build_extractor(backbones.get("efficientnet_lite0"), size, "imagenet", Path("."), weights)
-    forward = features.compile_forward(model)
+    forward = extraction.compile_forward(model)
     passes = []
     for _ in range(3):
         start = time.perf_counter()
-        features.compute_features(forward, inputs.image_dataset(paths, size, "center", 64), len(paths), "float32", "ab")
+        extraction.compute_features(forward, inputs.image_dataset(paths, size, "center", 64), len(paths), "float32", "ab")
         passes.append(len(paths) / (time.perf_counter() - start))
     best[size] = max(passes)
 print("RESULT", json.dumps(best))

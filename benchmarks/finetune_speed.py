@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks import machine
-from pipeline import files
+from pipeline.core import files
 
 if TYPE_CHECKING:
-    from pipeline.config import Params
+    from pipeline.core.config import Params
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "finetune_speed.json"
@@ -36,7 +36,8 @@ def time_steps(params: Params, name: str, size: int, steps: int) -> float:
     import keras
     import numpy as np
 
-    from pipeline import backbones, finetune, training
+    from pipeline.features import backbones
+    from pipeline.training import finetune, fitting
 
     keras.backend.clear_session()
     backbone = backbones.get(name)
@@ -44,7 +45,7 @@ def time_steps(params: Params, name: str, size: int, steps: int) -> float:
     head = keras.Sequential([keras.Input((backbone.feature_width,)), keras.layers.Dense(CLASSES)])
     model = finetune.assemble(backbone, core, head, size, finetune.augmentation_layers(params.augment, params.seed))
     finetune.unfreeze(core, backbone, params.finetune)
-    training.compile_classifier(model, params.finetune.optimizer, finetune.SMALL_SET_RATE,
+    fitting.compile_classifier(model, params.finetune.optimizer, finetune.SMALL_SET_RATE,
                                 params.finetune.label_smoothing)
     batch = params.finetune.batch_size
     rng = np.random.default_rng(0)
@@ -62,7 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=STEPS)
     args = parser.parse_args()
-    from pipeline import backbones, config, runtime
+    from pipeline.core import config, runtime
+    from pipeline.features import backbones
 
     params = config.load(REPO / "params.yaml")
     runtime.configure(params.compute)

@@ -25,7 +25,8 @@ from PIL import Image
 
 from benchmarks import machine
 from benchmarks.extract import BATCH, FLOWERS, RESULTS, THREADS, rates, sample_images
-from pipeline import backbones, config, features, files, inputs, runtime
+from pipeline.core import config, files, runtime
+from pipeline.features import backbones, extraction, inputs
 
 SIZE = 96
 FORMATS = {  # name -> (suffix, how to write it from 8-bit RGB pixels)
@@ -71,7 +72,7 @@ def main() -> None:
     params = config.load()
     model, _ = backbones.build_extractor(backbones.get("efficientnet_lite0"), SIZE, "imagenet", Path("."),
                                          params.path("weights"))
-    forward = features.compile_forward(model)
+    forward = extraction.compile_forward(model)
     paths = sample_images(FLOWERS, args.images)
     with tempfile.TemporaryDirectory(prefix="headstart-formats-") as folder:
         encoded = write_formats(paths, Path(folder))
@@ -83,7 +84,7 @@ def main() -> None:
 
         def extract(name: str) -> None:
             batches = inputs.image_dataset(encoded[name], SIZE, "center", BATCH)
-            features.compute_features(forward, batches, len(encoded[name]), "float32", f"extract {name}")
+            extraction.compute_features(forward, batches, len(encoded[name]), "float32", f"extract {name}")
 
         runs = {f"{kind} {name}": (lambda n=name, k=kind: (decode if k == "decode" else extract)(n))
                 for name in FORMATS for kind in ("decode", "extract")}

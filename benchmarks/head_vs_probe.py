@@ -32,27 +32,28 @@ BACKBONE = "efficientnet_lite0"
 
 def write_features(splits: dict[str, Any], out: Path) -> int:
     """Lite0 features of every split at the ``auto`` size into ``out``; returns that size."""
-    from pipeline import backbones, features, inputs, sizing
+    from pipeline.features import backbones, extraction, inputs, sizing
 
     backbone = backbones.get(BACKBONE)
     size = sizing.choose_image_size(sizing.AUTO, backbone.default_size, backbone.min_size,
                                     inputs.read_sizes(splits["train"].paths))
     model, _ = backbones.build_extractor(backbone, size, "imagenet", Path("."), Path(".cache/weights"))
-    forward = features.compile_forward(model)
+    forward = extraction.compile_forward(model)
     for name, rows in splits.items():
-        values, _ = features.compute_features(forward, inputs.image_dataset(rows.paths, size, "center", 32),
+        values, _ = extraction.compute_features(forward, inputs.image_dataset(rows.paths, size, "center", 32),
                                               len(rows.paths), "float32", f"{BACKBONE} {name}")
-        features.write_feature_set(out / f"{name}.npz",
-                                   features.FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes))
+        extraction.write_feature_set(out / f"{name}.npz",
+                                   extraction.FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes))
     return size
 
 
 def tuned_head(folder: Path) -> tuple[Any, dict[str, Any]]:
     """train_head's search and final fit on the features in ``folder``: test predictions and the chosen settings."""
-    from pipeline import features, head
+    from pipeline.features import extraction
+    from pipeline.training import head
 
     model, settings = fit_tuned_head(folder)
-    test = features.read_feature_set(folder / "test.npz")
+    test = extraction.read_feature_set(folder / "test.npz")
     return model.predict(head.as_inputs(test.features), verbose=0).argmax(axis=1), settings.as_dict()
 
 
@@ -60,16 +61,18 @@ def fit_tuned_head(folder: Path) -> tuple[Any, Any]:
     """train_head's search and final fit on the train/val features in ``folder``: the head and its settings."""
     import keras
 
-    from pipeline import config, features, head, training, tuning
+    from pipeline.core import config
+    from pipeline.features import extraction
+    from pipeline.training import fitting, head, tuning
 
     params = config.load(Path(__file__).resolve().parents[1] / "params.yaml")
     params = dataclasses.replace(params, root=folder, paths=dataclasses.replace(params.paths, tuner="tuner"))
-    train, val = (features.read_feature_set(folder / f"{name}.npz") for name in ("train", "val"))
+    train, val = (extraction.read_feature_set(folder / f"{name}.npz") for name in ("train", "val"))
     tuner = tuning.make_search(train, params, None)
     tuning.run_search(tuner, train, val, params)
     settings = tuning.best_settings(tuner)
     keras.backend.clear_session()
-    training.seed_everything(params.seed)
+    fitting.seed_everything(params.seed)
     model = head.build_head(train.features.shape[1], len(train.classes), settings, head.feature_scale(train.features))
     head.fit_head(model, train, val, settings, params.train_head, params.tune.objective)
     return model, settings
@@ -79,14 +82,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     args = parser.parse_args()
-    from pipeline import runtime
-    from pipeline.config import ComputeParams
+    from pipeline.core import runtime
+    from pipeline.core.config import ComputeParams
 
     runtime.configure(ComputeParams(threads=2))
     import numpy as np
 
     from benchmarks import logistic_regression
-    from pipeline import evaluation
+    from pipeline.evaluation import scoring
 
     results: dict[str, Any] = {"machine": machine.describe(), "backbone": BACKBONE, "datasets": {}}
     for name in args.datasets:
@@ -97,7 +100,7 @@ def main() -> None:
             predicted, settings = tuned_head(Path(folder))
         labels = splits["test"].labels
         head_accuracy = float(np.mean(predicted == labels))
-        paired = evaluation.compare_paired(labels, probe["predicted"], predicted)
+        paired = scoring.compare_paired(labels, probe["predicted"], predicted)
         results["datasets"][name] = {"image_size": size, "test_images": len(labels), "head": head_accuracy,
                                      "logistic_regression": probe["accuracy"], "head_vs_probe": paired,
                                      "chosen_head": settings}

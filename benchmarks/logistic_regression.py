@@ -16,7 +16,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline import features, training
+from pipeline.features import extraction
+from pipeline.training import fitting
 
 LEARNING_RATE = 1e-3
 EPOCHS = 200  # at most; early stopping on val ends sooner
@@ -44,11 +45,11 @@ def train_and_score(features_dir: Path, seed: int) -> dict[str, Any]:
         kept epoch, epochs trained and seconds.
     """
     started = time.perf_counter()
-    train, val, test = (features.read_feature_set(features_dir / f"{name}.npz") for name in ("train", "val", "test"))
-    training.seed_everything(seed)
+    train, val, test = (extraction.read_feature_set(features_dir / f"{name}.npz") for name in ("train", "val", "test"))
+    fitting.seed_everything(seed)
     model = build_model(train.features.shape[1], len(train.classes), len(train.labels))
-    training.compile_classifier(model, "adam", LEARNING_RATE)
-    keep = training.KeepBest("val_accuracy", PATIENCE)
+    fitting.compile_classifier(model, "adam", LEARNING_RATE)
+    keep = fitting.KeepBest("val_accuracy", PATIENCE)
     history = model.fit(train.features, train.labels, validation_data=(val.features, val.labels), epochs=EPOCHS,
                         batch_size=BATCH_SIZE, callbacks=[keep], verbose=0)
     predicted = model.predict(test.features, verbose=0).argmax(axis=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
-from pipeline import runtime
+from pipeline.core import runtime
 
 
 def describe() -> dict[str, object]:

@@ -24,7 +24,7 @@ from benchmarks import machine
 from benchmarks.extract import RESULTS
 from benchmarks.repro import flower_params
 from benchmarks.workspace import create_workspace, run_in, scratch_folder, write_params
-from pipeline import files
+from pipeline.core import files
 
 CLASSES = 5  # the flower photos' classes
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import machine
-from pipeline import files
+from pipeline.core import files
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

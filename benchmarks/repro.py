@@ -28,7 +28,7 @@ import yaml
 from benchmarks import machine
 from benchmarks.extract import FLOWERS, RESULTS
 from benchmarks.workspace import create_workspace, run_in, scratch_folder, write_params
-from pipeline import files
+from pipeline.core import files
 
 REPO = Path(__file__).resolve().parents[1]
 _RUNNING = re.compile(r"Running stage '([^']+)'")

@@ -22,8 +22,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import inputs, progress, training
-from pipeline.split import SplitFiles
+from pipeline.core import progress
+from pipeline.features import inputs
+from pipeline.training import fitting
+from pipeline.data.split import SplitFiles
 
 FILTERS = (32, 64, 128, 128)
 LEARNING_RATE = 1e-3
@@ -65,7 +67,7 @@ def build_model(size: int, num_classes: int, seed: int) -> keras.Model:
     Args:
         size: the input side in pixels.
         num_classes: the number of classes.
-        seed: the augmentation layers' seed (weights are seeded by ``training.seed_everything``).
+        seed: the augmentation layers' seed (weights are seeded by ``fitting.seed_everything``).
     """
     layers: list[keras.layers.Layer] = [
         keras.Input((size, size, 3), name="images"),
@@ -115,16 +117,16 @@ def train_and_score(train: SplitFiles, val: SplitFiles, test: SplitFiles, size: 
     started = time.perf_counter()
     decoded = {name: load_images(split, size) for name, split in (("train", train), ("val", val), ("test", test))}
     decoded_at = time.perf_counter()
-    training.seed_everything(seed)
+    fitting.seed_everything(seed)
     model = build_model(size, len(train.classes), seed)
-    training.compile_classifier(model, "adam", LEARNING_RATE)
-    keep = training.KeepBest("val_accuracy", patience)
+    fitting.compile_classifier(model, "adam", LEARNING_RATE)
+    keep = fitting.KeepBest("val_accuracy", patience)
     history = model.fit(
         batches(decoded["train"], batch_size, shuffle_seed=seed),
         validation_data=batches(decoded["val"], batch_size),
         epochs=epochs,
         shuffle=False,  # the dataset shuffles itself
-        class_weight=training.class_weights(train.labels, len(train.classes), "balanced"),
+        class_weight=fitting.class_weights(train.labels, len(train.classes), "balanced"),
         callbacks=[keep],
         verbose=progress.keras_verbosity(),
     )

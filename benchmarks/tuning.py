@@ -31,7 +31,9 @@ import numpy as np
 
 from benchmarks import machine
 from benchmarks.extract import FLOWERS, RESULTS, THREADS
-from pipeline import backbones, config, features, files, head, inputs, runtime, training, tuning
+from pipeline.core import config, files, runtime
+from pipeline.features import backbones, extraction, inputs
+from pipeline.training import fitting, head, tuning
 
 ROUNDS = 3
 
@@ -57,8 +59,8 @@ def memory_by_trial(cached: dict[str, np.ndarray], train_labels: np.ndarray, val
                     num_classes: int, width: int, params: config.Params, trials: int = 12) -> list[float]:
     """Resident memory after each trial of a real random search on the cached features: flat if
     every trial's graph and weights are released (Keras Tuner clears the session between trials)."""
-    train = features.FeatureSet(cached["train"], train_labels, np.array([]), np.array([]), tuple(map(str, range(num_classes))))
-    val = features.FeatureSet(cached["val"], val_labels, np.array([]), np.array([]), train.classes)
+    train = extraction.FeatureSet(cached["train"], train_labels, np.array([]), np.array([]), tuple(map(str, range(num_classes))))
+    val = extraction.FeatureSet(cached["val"], val_labels, np.array([]), np.array([]), train.classes)
     log = tuning.TrialLog(None, "random")
     hypermodel = tuning.HeadHyperModel(params.tune.space, width, num_classes, params.train_head,
                                        params.tune.objective, params.seed, log)
@@ -82,30 +84,30 @@ def main() -> None:
     train, train_labels, val, val_labels = flower_files(FLOWERS)
     num_classes = int(train_labels.max()) + 1
 
-    forward = features.compile_forward(extractor)
+    forward = extraction.compile_forward(extractor)
     cached: dict[str, np.ndarray] = {}
 
     def extract() -> None:
         for name, paths in (("train", train), ("val", val)):
             batches = inputs.image_dataset(paths, args.size, "center", 64)
-            cached[name], _ = features.compute_features(forward, batches, len(paths), "float32", f"extract {name}")
+            cached[name], _ = extraction.compute_features(forward, batches, len(paths), "float32", f"extract {name}")
 
     extract_s = timed(extract)
 
     def cached_trial() -> None:
         keras.backend.clear_session()
-        training.seed_everything(params.seed)
+        fitting.seed_everything(params.seed)
         model = head.build_head(entry.feature_width, num_classes, settings)
         model.fit(cached["train"], train_labels, validation_data=(cached["val"], val_labels),
                   batch_size=settings.batch_size, epochs=args.epochs, verbose=0)
 
     def end_to_end_trial() -> None:
         keras.backend.clear_session()
-        training.seed_everything(params.seed)
+        fitting.seed_everything(params.seed)
         head_model = head.build_head(entry.feature_width, num_classes, settings)
         images = keras.Input((args.size, args.size, 3))
         model = keras.Model(images, head_model(extractor(images, training=False)))
-        training.compile_classifier(model, settings.optimizer, settings.learning_rate)
+        fitting.compile_classifier(model, settings.optimizer, settings.learning_rate)
         model.fit(inputs.image_dataset(train, args.size, "center", settings.batch_size, labels=train_labels,
                                        shuffle_seed=params.seed),
                   validation_data=inputs.image_dataset(val, args.size, "center", settings.batch_size, labels=val_labels),

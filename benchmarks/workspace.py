@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import files
+from pipeline.core import files
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")

@@ -2,10 +2,10 @@
 
 The package holds all logic; ``stages/`` holds one thin entry point per DVC stage.
 
-Importing it sets the console's defaults (``pipeline.console``): they must be in place before
+Importing it sets the console's defaults (``pipeline.core.console``): they must be in place before
 TensorFlow loads, and every stage and command line imports this package first.
 """
 
-from pipeline import console
+from pipeline.core import console
 
 console.quiet_libraries()

@@ -7,8 +7,10 @@ Writes: paths.report (images embedded; opens with no network); paths.plots/analy
         confused_pairs.csv, worst_errors.csv and the report's figures as PNG); paths.metrics/analyze.json
 """
 
-from pipeline import analysis, analysis_report, config, evaluation, files, report, runtime, tracking
-from pipeline.errors import run_cli
+from pipeline.core import config, files, runtime
+from pipeline.evaluation import analysis, analysis_report, report, scoring
+from pipeline.tracking import runs
+from pipeline.core.errors import run_cli
 
 THUMBNAIL_PX = 200
 
@@ -16,10 +18,10 @@ THUMBNAIL_PX = 200
 def main() -> None:
     params = config.load()
     runtime.configure(params.compute)
-    with tracking.stage_run("analyze", params) as run:
+    with runs.stage_run("analyze", params) as run:
         predictions = files.read_csv(params.path("predictions"), text_columns=("path", "label", "predicted"))
         scores = files.read_json(params.path("metrics") / "evaluate.json")
-        fine_tuning = evaluation.fine_tuning_outcome(files.read_json(params.path("metrics") / "finetune.json"))
+        fine_tuning = scoring.fine_tuning_outcome(files.read_json(params.path("metrics") / "finetune.json"))
         classes = analysis.class_names(predictions)
         tables = {
             "per_class_accuracy": analysis.per_class_accuracy(predictions, classes),

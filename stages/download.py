@@ -4,13 +4,15 @@ Reads:  params ``data``; the source (Fashion-MNIST files, an archive URL, or a l
 Writes: paths.raw/[<split>/]<class>/<image>, paths.metrics/download.json
 """
 
-from pipeline import config, files, sources, tracking
-from pipeline.errors import run_cli
+from pipeline.core import config, files
+from pipeline.data import sources
+from pipeline.tracking import runs
+from pipeline.core.errors import run_cli
 
 
 def main() -> None:
     params = config.load()
-    with tracking.stage_run("download", params) as run:
+    with runs.stage_run("download", params) as run:
         # Built beside paths.raw and swapped in only when complete: a failure leaves nothing half-written.
         with files.staged_dir(params.path("raw")) as staging:
             acquired = sources.acquire(params.data, staging, params.path("downloads"))

@@ -11,9 +11,14 @@ Writes: paths.predictions; paths.plots/evaluate/ (confusion.csv for `dvc plots`,
         model registry (a pyfunc model: image bytes or paths in), alias candidate, champion when it wins
 """
 
-from pipeline import (config, evaluation, features, figures, files, finetune, predict, registry, runtime, split,
-                      tracking)
-from pipeline.errors import run_cli
+from pipeline.core import config, figures, files, runtime
+from pipeline.data import split
+from pipeline.evaluation import scoring
+from pipeline.features import extraction
+from pipeline.serving import classifier, registry
+from pipeline.tracking import runs
+from pipeline.training import finetune
+from pipeline.core.errors import run_cli
 
 MODELS = ("finetuned", "head_only")
 
@@ -21,30 +26,30 @@ MODELS = ("finetuned", "head_only")
 def main() -> None:
     params = config.load()
     runtime.configure(params.compute)
-    with tracking.stage_run("evaluate", params) as run:
+    with runs.stage_run("evaluate", params) as run:
         test = split.read_split_files(params.path("splits"), "test", params.root)
         classes = list(test.classes)
-        cached = features.read_feature_set(params.path("features") / "test.npz")
-        predict.check_same_rows(test.rel_paths, cached.paths, "the cached test features")
+        cached = extraction.read_feature_set(params.path("features") / "test.npz")
+        classifier.check_same_rows(test.rel_paths, cached.paths, "the cached test features")
         probabilities = {
-            "finetuned": predict.predict_probabilities(predict.load_model(params.path("model")), test.paths,
+            "finetuned": classifier.predict_probabilities(classifier.load_model(params.path("model")), test.paths,
                                                        params.backbone.crop, params.evaluate.batch_size, "evaluate"),
-            "head_only": predict.head_probabilities(finetune.load_head(params.path("head_model")), cached.features),
+            "head_only": classifier.head_probabilities(finetune.load_head(params.path("head_model")), cached.features),
         }
-        scores = {name: evaluation.summarize(test.labels, probabilities[name], classes, params.evaluate.top_k,
+        scores = {name: scoring.summarize(test.labels, probabilities[name], classes, params.evaluate.top_k,
                                              params.evaluate.calibration_bins) for name in MODELS}
-        frame = predict.predictions_frame(test.rel_paths, test.labels, probabilities["finetuned"], classes)
+        frame = classifier.predictions_frame(test.rel_paths, test.labels, probabilities["finetuned"], classes)
         files.write_csv(params.path("predictions"), frame)
         plots = params.path("plots") / "evaluate"
-        curves = evaluation.curves(test.labels, probabilities["finetuned"], classes)
-        for name, table in evaluation.plot_tables(test.labels, probabilities["finetuned"], classes,
+        curves = scoring.curves(test.labels, probabilities["finetuned"], classes)
+        for name, table in scoring.plot_tables(test.labels, probabilities["finetuned"], classes,
                                                   params.evaluate.calibration_bins, curves).items():
             files.write_csv(plots / f"{name}.csv", table)
         predicted = probabilities["finetuned"].argmax(axis=1)
         charts = {
             "confusion_matrix": figures.confusion_matrix_chart(
-                evaluation.confusion_matrix(test.labels, predicted, len(classes)), classes),
-            "reliability": figures.reliability_chart(evaluation.reliability_bins(
+                scoring.confusion_matrix(test.labels, predicted, len(classes)), classes),
+            "reliability": figures.reliability_chart(scoring.reliability_bins(
                 test.labels, probabilities["finetuned"], params.evaluate.calibration_bins), scores["finetuned"]["ece"]),
             "curves": figures.curves_chart((curves.fpr, curves.tpr), curves.auc, (curves.precision, curves.recall),
                                            curves.average_precision, curves.label),
@@ -56,13 +61,13 @@ def main() -> None:
             run.log_metrics({f"{name}.{key}": value for key, value in scores[name].items() if key != "per_class"},
                             to_json=False)
             run.record(name, scores[name])  # nested, per-class numbers included: dvc metrics show/diff
-        paired = evaluation.compare_finetuned_with_head(test.labels, predicted,
+        paired = scoring.compare_finetuned_with_head(test.labels, predicted,
                                                         probabilities["head_only"].argmax(axis=1))
         run.log_metrics({f"finetuned_vs_head.{key}": value for key, value in paired.items()}, to_json=False)
         run.record("finetuned_vs_head", paired)
         run.log_table(frame, "predictions")
-        fine_tuning = evaluation.fine_tuning_outcome(files.read_json(params.path("metrics") / "finetune.json"))
-        verdict = evaluation.describe_paired(scores["finetuned"]["accuracy"], scores["head_only"]["accuracy"], paired,
+        fine_tuning = scoring.fine_tuning_outcome(files.read_json(params.path("metrics") / "finetune.json"))
+        verdict = scoring.describe_paired(scores["finetuned"]["accuracy"], scores["head_only"]["accuracy"], paired,
                                              fine_tuning)
         print(f"evaluate: {verdict}")
         if params.registry.enabled:

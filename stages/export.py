@@ -7,15 +7,18 @@ Writes: paths.tflite/ (model_<format>.tflite and model_<format>.json per ``expor
         model.keras, max probability difference, test accuracy, size, images/s)
 """
 
-from pipeline import config, export, files, predict, runtime, split, tracking
-from pipeline.errors import run_cli
+from pipeline.core import config, files, runtime
+from pipeline.data import split
+from pipeline.serving import classifier, export
+from pipeline.tracking import runs
+from pipeline.core.errors import run_cli
 
 
 def main() -> None:
     params = config.load()
     runtime.configure(params.compute)
     folder = params.path("tflite")
-    with tracking.stage_run("export", params) as run:
+    with runs.stage_run("export", params) as run:
         run.record("enabled", params.export.enabled)
         if not params.export.enabled:
             with files.staged_dir(folder):
@@ -23,7 +26,7 @@ def main() -> None:
             print(f"export: export.enabled is false; {params.paths.tflite} left empty")
             return
         test = split.read_split_files(params.path("splits"), "test", params.root)
-        model = predict.load_model(params.path("model"))
+        model = classifier.load_model(params.path("model"))
         formats = tuple(dict.fromkeys(params.export.formats))  # a format listed twice is exported once
         converted = {fmt: export.convert(model, fmt) for fmt in formats}
         scores = export.measure(model, converted, test.paths, test.labels, params.backbone.crop,
@@ -31,7 +34,7 @@ def main() -> None:
         for name, numbers in scores.items():  # logged before the check, so a failed run shows why
             run.log_metrics({f"{name}.{key}": value for key, value in numbers.items()}, to_json=False)
         export.check_parity({fmt: scores[fmt] for fmt in formats}, params.export.min_agreement)
-        size = predict.input_size(model)
+        size = classifier.input_size(model)
         descriptions = {fmt: export.describe_model(fmt, converted[fmt], size, params.backbone.crop, test.classes,
                                                    scores[fmt]) for fmt in formats}
         with files.staged_dir(folder) as staging:

@@ -6,23 +6,25 @@ Writes: paths.features/{train,val,test}.npz, meta.json (the same bytes on every 
         its instruction set)
 """
 
-from pipeline import backbones, config, features, files, runtime, tracking
-from pipeline.errors import run_cli
+from pipeline.core import config, files, runtime
+from pipeline.features import backbones, extraction
+from pipeline.tracking import runs
+from pipeline.core.errors import run_cli
 
 
 def main() -> None:
     params = config.load()
     runtime.configure(params.compute)
-    with tracking.stage_run("extract", params) as run:
+    with runs.stage_run("extract", params) as run:
         backbone = backbones.get(params.backbone.name)
-        size, size_rule = features.choose_image_size(backbone, params)
+        size, size_rule = extraction.choose_image_size(backbone, params)
         model, weights = backbones.build_extractor(
             backbone, size, params.backbone.weights, params.root, params.path("weights")
         )
         run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256, "image_size": str(size),
                       "image_size_rule": size_rule})
         with files.staged_dir(params.path("features")) as staging:
-            meta, seconds = features.extract_splits(model, backbone, weights, size, params, staging, size_rule)
+            meta, seconds = extraction.extract_splits(model, backbone, weights, size, params, staging, size_rule)
         images = sum(meta["counts"].values())
         images_per_s = round(images / seconds, 1) if seconds else 0.0
         cpu = runtime.describe_cpu()

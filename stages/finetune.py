@@ -9,21 +9,25 @@ Writes: paths.model (raw 0-255 RGB images in, class probabilities out); paths.pl
 
 import time
 
-from pipeline import backbones, config, features, files, finetune, runtime, split, tracking, training
-from pipeline.errors import run_cli
+from pipeline.core import config, files, runtime
+from pipeline.data import split
+from pipeline.features import backbones, extraction
+from pipeline.tracking import runs
+from pipeline.training import finetune, fitting
+from pipeline.core.errors import run_cli
 
 
 def main() -> None:
     params = config.load()
     runtime.configure(params.compute)
-    with tracking.stage_run("finetune", params) as run:
+    with runs.stage_run("finetune", params) as run:
         backbone = backbones.get(params.backbone.name)
-        size = features.read_image_size(params.path("features"), backbone.name)  # what the head was trained on
+        size = extraction.read_image_size(params.path("features"), backbone.name)  # what the head was trained on
         core, weights = backbones.build_backbone(backbone, size, params.backbone.weights, params.root,
                                                  params.path("weights"))
         # Seeded after the backbone is built: with ``weights: none`` its random weights must stay the ones
         # extract drew (runtime's fixed seed). The layers built from here on (the head's dropout) draw from ``seed``.
-        training.seed_everything(params.seed)
+        fitting.seed_everything(params.seed)
         run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256})
         head_epochs = int(files.read_yaml(params.path("best_hparams"))["epochs"])
         model = finetune.assemble(backbone, core, finetune.load_head(params.path("head_model")), size,
@@ -41,10 +45,10 @@ def main() -> None:
             started = time.perf_counter()
             history, start, kept = finetune.fine_tune(
                 model, batches, settings, params.tune.objective,
-                training.class_weights(train.labels, len(train.classes), params.train_head.class_weight),
-                initial_epoch=head_epochs, callbacks=[training.EpochLog(run.log_metrics)],
+                fitting.class_weights(train.labels, len(train.classes), params.train_head.class_weight),
+                initial_epoch=head_epochs, callbacks=[fitting.EpochLog(run.log_metrics)],
             )
-            frame = training.history_frame(history, first_epoch=head_epochs + 1)
+            frame = fitting.history_frame(history, first_epoch=head_epochs + 1)
             run.log_dict({"trainable_layers": trainable}, "trainable_layers.json")
             metrics.update(finetune.summarize(frame, params.tune.objective, start, kept, trainable, model,
                                               time.perf_counter() - started))

@@ -5,13 +5,15 @@ Writes: paths.splits/{train,val,test}.csv (path, label, sha256), classes.json, r
         paths.plots/split/class_counts.png; paths.metrics/split.json
 """
 
-from pipeline import config, dataset, figures, files, images, split, tracking
-from pipeline.errors import run_cli
+from pipeline.core import config, figures, files
+from pipeline.data import dataset, images, split
+from pipeline.tracking import runs
+from pipeline.core.errors import run_cli
 
 
 def main() -> None:
     params = config.load()
-    with tracking.stage_run("split", params) as run:
+    with runs.stage_run("split", params) as run:
         scan = dataset.scan_dataset(params.path("raw"))
         checks = images.inspect_images([scan.root / e.rel for e in scan.entries], params.split.max_image_pixels)
         items, excluded = split.collect_items(scan, checks, params.paths.raw)

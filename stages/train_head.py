@@ -4,17 +4,20 @@ Reads:  paths.features/{train,val}.npz; params ``train_head``, ``tune``, ``compu
 Writes: paths.head_model, paths.best_hparams, paths.tuner (the search's trials);
         paths.plots/train_head/{trials,history}.csv; paths.metrics/train_head.json
 
-Distributed tuning (``KERASTUNER_TUNER_ID`` set; see ``pipeline.distributed``) runs this
+Distributed tuning (``KERASTUNER_TUNER_ID`` set; see ``pipeline.training.distributed``) runs this
 same command in every process. The chief is the stage: it serves the search, then trains the best
 head and writes everything above, under its MLflow stage run. A worker only runs trials (each a
 child run of the chief's stage run, see ``distributed.run_worker``) and writes nothing but its trial
 files in paths.tuner: no stage run, no model, no metrics JSON.
 """
 
-from pipeline import config, distributed, features, files, runtime, tracking, tuning
-from pipeline.config import Params
-from pipeline.errors import run_cli
-from pipeline.features import FeatureSet
+from pipeline.core import config, files, runtime
+from pipeline.features import extraction
+from pipeline.tracking import runs
+from pipeline.training import distributed, tuning
+from pipeline.core.config import Params
+from pipeline.core.errors import run_cli
+from pipeline.features.extraction import FeatureSet
 
 
 def main() -> None:
@@ -25,7 +28,7 @@ def main() -> None:
         trials = distributed.run_worker(*read_features(params), params, role)
         print(f"train_head worker {role.tuner_id}: ran trials {', '.join(trials) or 'none'}")
         return
-    with tracking.stage_run("train_head", params) as run:
+    with runs.stage_run("train_head", params) as run:
         train, val = read_features(params)
         if role.kind == "chief":
             result = tuning.train_chosen(*distributed.serve_search(train, val, params, run, role), train, val, params, run)
@@ -48,7 +51,7 @@ def main() -> None:
 
 def read_features(params: Params) -> tuple[FeatureSet, FeatureSet]:
     """The train and val splits' cached features."""
-    return tuple(features.read_feature_set(params.path("features") / f"{name}.npz") for name in ("train", "val"))
+    return tuple(extraction.read_feature_set(params.path("features") / f"{name}.npz") for name in ("train", "val"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import analysis, analysis_report, evaluation, predict
+from pipeline.evaluation import analysis, analysis_report, scoring
+from pipeline.serving import classifier
 
 CLASSES = ["cat", "dog", "猫"]
 
@@ -26,7 +27,7 @@ def hand_made() -> pd.DataFrame:
         ("f.png", 2, [0.0, 0.0, 1.0]),  # right
     ]
     labels = np.array([r[1] for r in rows])
-    return predict.predictions_frame([r[0] for r in rows], labels, np.array([r[2] for r in rows]), CLASSES)
+    return classifier.predictions_frame([r[0] for r in rows], labels, np.array([r[2] for r in rows]), CLASSES)
 
 
 def test_predictions_frame_columns_and_losses():
@@ -112,7 +113,7 @@ def test_evaluate_and_analyze_through_dvc(project, image_tree):
     # Every image only one got right moves the difference by 1/n; the rest cancel out.
     assert paired["only_finetuned"] - paired["only_head"] == round(paired["accuracy_difference"]
                                                                    * scores["finetuned"]["n"])
-    assert paired["p_value"] == evaluation.mcnemar_exact_p(paired["only_finetuned"], paired["only_head"])
+    assert paired["p_value"] == scoring.mcnemar_exact_p(paired["only_finetuned"], paired["only_head"])
     logged = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(scores["mlflow"]["run_id"]).data.metrics
     assert {key: logged[f"finetuned_vs_head.{key}"] for key in paired} == pytest.approx(paired)
     assert not any(key.startswith("finetuned_vs_head.") for key in scores)  # nested in the JSON, flat in MLflow
@@ -135,7 +136,7 @@ def test_evaluate_and_analyze_through_dvc(project, image_tree):
     assert "http://" not in page and "https://" not in page
     for name in ("猫", "sea lion", "cat"):
         assert name in page
-    fine_tuning = evaluation.fine_tuning_outcome(json.loads((root / "metrics/finetune.json").read_text()))
+    fine_tuning = scoring.fine_tuning_outcome(json.loads((root / "metrics/finetune.json").read_text()))
     sentence = analysis_report.paired_sentence(scores, fine_tuning)
     assert sentence.startswith(f"Test accuracy {scores['finetuned']['accuracy']:.4f} (head alone ")
     assert f"<p>{html.escape(sentence)}</p>" in page

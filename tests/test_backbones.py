@@ -9,8 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import backbones, config, efficientnet_lite
-from pipeline.errors import UserError
+from pipeline.core import config
+from pipeline.features import backbones, efficientnet_lite
+from pipeline.core.errors import UserError
 from processes import free_port
 
 # keras.applications' own input conventions, the reference our in-graph preprocessing must match.

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import config
+from pipeline.core import config
 
 
 def problems_for(params: dict[str, Any]) -> str:

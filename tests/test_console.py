@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from conftest import REPO
-from pipeline import console
+from pipeline.core import console
 
 NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard")
 LOAD = "import pipeline, tensorflow as tf; import mlflow; print('loaded', tf.__version__)"
@@ -38,7 +38,7 @@ def test_a_refused_file_prints_nothing_where_onednn_is_off(tmp_path) -> None:
 
     Image.new("RGB", (32, 32), "red").save(tmp_path / "good.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
-    code = ("import sys; from pathlib import Path; from pipeline import images\n"
+    code = ("import sys; from pathlib import Path; from pipeline.data import images\n"
             f"folder = Path({str(tmp_path)!r})\n"
             "found = images.inspect_images([folder / 'good.png', folder / 'cut.png'], 10**6)\n"
             "print([problem is None for _, problem in found])")
@@ -75,7 +75,7 @@ model name	: Intel(R) Xeon(R) CPU @ 2.20GHz
 
 
 def test_the_cpu_is_named_with_the_instruction_set_its_kernels_use() -> None:
-    from pipeline import runtime
+    from pipeline.core import runtime
 
     assert runtime.describe_cpu(XEON) == {"model": "Intel(R) Xeon(R) CPU @ 2.20GHz", "isa": "avx512_core_vnni"}
     epyc = "model name\t: AMD EPYC 7B12\nflags\t\t: sse4_1 avx avx2 fma\n"

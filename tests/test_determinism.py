@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from conftest import Project
-from pipeline import files
+from pipeline.core import files
 
 VOLATILE_METRICS = {
     "download": ("mlflow",),

@@ -17,8 +17,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import config, distributed, features, tracking, tuning
-from pipeline.errors import UserError
+from pipeline.core import config
+from pipeline.features import extraction
+from pipeline.tracking import store
+from pipeline.training import distributed, tuning
+from pipeline.core.errors import UserError
 from processes import free_port
 from test_tuning import tiny_features
 
@@ -135,8 +138,8 @@ def distributed_project(project):
     project.params["tune"]["space"]["learning_rate"].update(min=0.01, max=0.1)
     project.write_params()
     folder = project.root / project.params["paths"]["features"]
-    features.write_feature_set(folder / "train.npz", tiny_features(30, 0))
-    features.write_feature_set(folder / "val.npz", tiny_features(10, 1))
+    extraction.write_feature_set(folder / "train.npz", tiny_features(30, 0))
+    extraction.write_feature_set(folder / "val.npz", tiny_features(10, 1))
     return project
 
 
@@ -176,7 +179,7 @@ def test_a_chief_and_two_workers_complete_and_log_every_trial_once(distributed_p
     # MLflow: the chief's stage run, and under it one finished run per trial, tagged with its worker.
     metrics = json.loads((params.path("metrics") / "train_head.json").read_text())
     chief_run_id = metrics["mlflow"]["run_id"]
-    client = mlflow.MlflowClient(tracking.tracking_uri(params))
+    client = mlflow.MlflowClient(store.tracking_uri(params))
     chief = client.get_run(chief_run_id)
     assert chief.info.status == "FINISHED" and chief.data.tags["tuner.role"] == "chief"
     every_run = client.search_runs([chief.info.experiment_id], max_results=1000)

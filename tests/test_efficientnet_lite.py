@@ -13,8 +13,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from pipeline import torch_legacy
-from pipeline.efficientnet_lite import (
+from pipeline.features import torch_legacy
+from pipeline.features.efficientnet_lite import (
     CUT_POINTS,
     FEATURE_WIDTH,
     LITE0,
@@ -27,7 +27,7 @@ from pipeline.efficientnet_lite import (
     load_weights,
     packaged_weights,
 )
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 ESPRESSO, CUP = 967, 968
 DOMESTIC_CATS = range(281, 286)

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import backbones, config, export, files, finetune, head, inputs
-from pipeline.errors import UserError
+from pipeline.core import config, files
+from pipeline.features import backbones, inputs
+from pipeline.serving import export
+from pipeline.training import finetune, head
+from pipeline.core.errors import UserError
 
 SIZE = 32
 CLASSES = 3

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import efficientnet_lite, features, runtime
+from pipeline.core import runtime
+from pipeline.features import efficientnet_lite, extraction
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def test_extract_writes_features_in_split_order_and_repeats_bytewise(project, im
     classes = json.loads((root / "data/splits/classes.json").read_text())
     for name in SPLITS:
         frame = pd.read_csv(root / f"data/splits/{name}.csv")
-        subset = features.read_feature_set(root / f"data/features/{name}.npz")
+        subset = extraction.read_feature_set(root / f"data/features/{name}.npz")
         assert subset.features.shape == (len(frame), 1280) and subset.features.dtype == np.float32
         assert np.isfinite(subset.features).all() and subset.features.std() > 0
         assert list(subset.paths) == list(frame["path"]) and list(subset.sha256) == list(frame["sha256"])
@@ -94,7 +95,7 @@ def test_only_what_shapes_the_features_reruns_extract(project, image_tree):
     # What changes the features re-runs it.
     assert ran(lambda p: p["backbone"].update(crop="pad")) == {"extract"}
     assert ran(lambda p: p["backbone"].update(image_size=48)) == {"extract"}
-    # auto follows the images: the test's 32 px images give the floor, 64 px (pipeline/sizing.py).
+    # auto follows the images: the test's 32 px images give the floor, 64 px (pipeline/features/sizing.py).
     assert ran(lambda p: p["backbone"].update(image_size="auto")) == {"extract"}
     meta = json.loads((project.root / "data/features/meta.json").read_text())
     assert (meta["image_size"], meta["image_size_rule"]) == (64, "auto: median short side 32 px → 64 px")

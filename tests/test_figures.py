@@ -12,7 +12,8 @@ from matplotlib.font_manager import FontProperties, fontManager
 from matplotlib.ft2font import FT2Font
 from matplotlib.text import Text
 
-from pipeline import figures, gallery
+from pipeline.core import figures
+from pipeline.evaluation import gallery
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES_60 = [f"class {i:02d} {['northern', 'spotted', 'lesser'][i % 3]} longish name" for i in range(60)]

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import files
+from pipeline.core import files
 
 
 def _umask() -> int:

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import backbones, config, features, finetune, head, inputs
-from pipeline.errors import UserError
+from pipeline.core import config
+from pipeline.features import backbones, extraction, inputs
+from pipeline.training import finetune, head
+from pipeline.core.errors import UserError
 
 SIZE = 32
 
@@ -129,7 +131,7 @@ def test_finetune_disabled_hands_on_the_head_on_the_frozen_backbone(project, ima
     root = project.root
     model = keras.saving.load_model(root / "models/model.keras")
     head_model = keras.saving.load_model(root / "models/head.keras")
-    cached = features.read_feature_set(root / "data/features/test.npz")
+    cached = extraction.read_feature_set(root / "data/features/test.npz")
     (batch,) = inputs.image_dataset([root / p for p in cached.paths], SIZE, "center", 64)
     expected = keras.ops.softmax(head_model(cached.features, training=False))
     np.testing.assert_allclose(model.predict(batch, verbose=0), expected, atol=1e-4)

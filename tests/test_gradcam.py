@@ -7,7 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import backbones, config, finetune, gradcam, head
+from pipeline.core import config
+from pipeline.evaluation import gradcam
+from pipeline.features import backbones
+from pipeline.training import finetune, head
 
 SIZE = 32
 HALF = SIZE // 2

@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from pipeline import images, inputs
-from pipeline.errors import UserError
+from pipeline.data import images
+from pipeline.features import inputs
+from pipeline.core.errors import UserError
 
 
 def _pattern(height: int, width: int) -> np.ndarray:

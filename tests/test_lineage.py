@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from pipeline import lineage
+from pipeline.tracking import lineage
 
 CODE_SUFFIX = ".py"
 
@@ -113,34 +113,35 @@ def test_every_run_links_to_the_runs_that_made_its_inputs_also_when_dvc_skips_th
     for stage in now:
         check_run_matches_lock(client, now[stage], relocked[stage])
 
-    shown = project.run(sys.executable, "-m", "pipeline.lineage")
+    shown = project.run(sys.executable, "-m", "pipeline.tracking.lineage")
     assert shown.stdout.startswith(f"lineage of evaluate run {now['evaluate']}")
     blocks = {line.split()[0]: line.split()[1] for line in shown.stdout.splitlines()[1:] if not line.startswith(" ")}
     assert blocks == now
     assert "data/features" in shown.stdout and entry_hashes(relocked["extract"]["outs"])["data/features"] in shown.stdout
     assert "!" not in shown.stdout  # nothing stale, no mismatch
 
-    old = project.run(sys.executable, "-m", "pipeline.lineage", "--run", first["evaluate"])
+    old = project.run(sys.executable, "-m", "pipeline.tracking.lineage", "--run", first["evaluate"])
     stale = [line for line in old.stdout.splitlines() if "! stale" in line]
     assert any("metrics/evaluate.json" in line for line in stale)
     assert first["train_head"] in old.stdout and now["train_head"] not in old.stdout
 
 
 def test_lineage_command_reports_what_is_missing(project) -> None:
-    result = project.run(sys.executable, "-m", "pipeline.lineage", check=False)
+    result = project.run(sys.executable, "-m", "pipeline.tracking.lineage", check=False)
     assert result.returncode == 2 and "run `dvc repro` first" in result.stderr and "Traceback" not in result.stderr
-    result = project.run(sys.executable, "-m", "pipeline.lineage", "--stage", "split", check=False)
+    result = project.run(sys.executable, "-m", "pipeline.tracking.lineage", "--stage", "split", check=False)
     assert result.returncode == 2 and "stage 'split' has not run" in result.stderr
 
 
 def test_unknown_run_is_a_user_error(project, monkeypatch) -> None:
-    from pipeline import config, tracking
+    from pipeline.core import config
+    from pipeline.tracking import runs
 
     params = config.load(project.root / "params.yaml")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with tracking.stage_run("split", params):
+    with runs.stage_run("split", params):
         pass  # creates the store; no data, so no hashes
-    result = project.run(sys.executable, "-m", "pipeline.lineage", "--run", "0" * 32, check=False)
+    result = project.run(sys.executable, "-m", "pipeline.tracking.lineage", "--run", "0" * 32, check=False)
     assert result.returncode == 2
     assert f"run {'0' * 32} is not in the tracking store" in result.stderr
     assert "Traceback" not in result.stderr

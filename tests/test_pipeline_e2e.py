@@ -44,7 +44,7 @@ def test_the_whole_pipeline_runs_then_nothing_is_left_to_do(project, image_tree)
     first = project.run("dvc", "repro")
     stages = ("download", "split", "extract", "train_head", "finetune", "evaluate", "analyze", "export")
     assert all(f"Running stage '{stage}'" in first.stdout for stage in stages)
-    # The console: each stage's own lines, none of the libraries' chatter (pipeline/console.py).
+    # The console: each stage's own lines, none of the libraries' chatter (pipeline/core/console.py).
     console = first.stdout + first.stderr
     chatter = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "Search: Running Trial",
                "Successfully registered model", "already exists. Creating a new version", "Ignored output_format", "XNNPACK delegate",

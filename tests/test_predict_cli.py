@@ -1,4 +1,4 @@
-"""``python -m pipeline.predict``: files and folders in, CSV or JSON out, unusable files reported and skipped."""
+"""``python -m pipeline.serving.predict``: files and folders in, CSV or JSON out, unusable files reported and skipped."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from conftest import REPO, write_image
-from pipeline import config, files, predict, serving
-from pipeline.errors import UserError
+from pipeline.core import config, files
+from pipeline.serving import classifier, predict, pyfunc_model
+from pipeline.core.errors import UserError
 from test_registry import build_model
 
 CLASSES = ["bird", "cat", "dog"]
@@ -60,34 +61,34 @@ def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     """Run the command in ``root`` as a user would, with this checkout's package importable."""
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "pipeline.predict", *args], cwd=root, env=env,
+    return subprocess.run([sys.executable, "-m", "pipeline.serving.predict", *args], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
 def expected_probabilities(params: config.Params, paths: list[Path]) -> np.ndarray:
-    return predict.predict_probabilities(predict.load_model(params.path("model")), paths, params.backbone.crop, 4)
+    return classifier.predict_probabilities(classifier.load_model(params.path("model")), paths, params.backbone.crop, 4)
 
 
 def test_folders_are_searched_for_images_in_sorted_order(photos: dict[str, Path], tmp_path: Path) -> None:
     folder = tmp_path / "photos"
-    found = predict.find_images([folder, folder / "readme.txt"])
+    found = classifier.find_images([folder, folder / "readme.txt"])
     names = [p.relative_to(folder).as_posix() for p in found]
     assert names == ["a.png", "e.tiff", "empty.png", "sub/b.jpg", "sub/d.webp", "sub/notes.jpg", "sub/deeper/C.BMP",
                      "readme.txt"]
     with pytest.raises(UserError, match="no such file or folder"):
-        predict.find_images([tmp_path / "missing"])
+        classifier.find_images([tmp_path / "missing"])
     (tmp_path / "nothing").mkdir()
     with pytest.raises(UserError, match="no image files"):
-        predict.find_images([tmp_path / "nothing"])
+        classifier.find_images([tmp_path / "nothing"])
 
 
 def test_unusable_files_are_told_apart_with_a_reason(photos: dict[str, Path], tmp_path: Path) -> None:
     folder = tmp_path / "photos"
-    good, bad = predict.check_images(predict.find_images([folder]), max_pixels=10_000)
+    good, bad = classifier.check_images(classifier.find_images([folder]), max_pixels=10_000)
     assert good == [photos["a"], photos["e"], photos["b"], photos["d"], photos["c"]]
     assert dict(bad) == {folder / "empty.png": "empty file (0 bytes)",
                          folder / "sub" / "notes.jpg": "not an image (content not recognised)"}
-    _, too_large = predict.check_images([photos["a"]], max_pixels=100)
+    _, too_large = classifier.check_images([photos["a"]], max_pixels=100)
     assert too_large[0][1].startswith("too large: 40x30 pixels")
 
 
@@ -146,7 +147,7 @@ def test_a_registered_model_brings_its_class_names(repository: config.Params, ph
     try:
         experiment = mlflow.create_experiment("predict-test", (tmp_path / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment):
-            uri = serving.log_classifier(repository.path("model"), classes_file,
+            uri = pyfunc_model.log_classifier(repository.path("model"), classes_file,
                                          {"crop": "pad", "max_image_pixels": 10**6, "batch_size": 2})
         version = mlflow.register_model(uri, "cli-test").version
         mlflow.MlflowClient().set_registered_model_alias("cli-test", "champion", version)
@@ -158,7 +159,7 @@ def test_a_registered_model_brings_its_class_names(repository: config.Params, ph
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(output)
     assert [c for c in frame.columns if c.startswith("p:")] == [f"p:{c}" for c in registered_classes]
-    expected = predict.predict_probabilities(predict.load_model(repository.path("model")), [photos["a"], photos["c"]],
+    expected = classifier.predict_probabilities(classifier.load_model(repository.path("model")), [photos["a"], photos["c"]],
                                              "pad", 2)  # the registered crop, not params' center
     centered = expected_probabilities(repository, [photos["a"], photos["c"]])
     assert not np.allclose(expected, centered, atol=1e-4)  # so the crop used really shows

@@ -27,7 +27,8 @@ import yaml
 
 import processes
 from conftest import write_image
-from pipeline import config, files, predict, registry
+from pipeline.core import config, files
+from pipeline.serving import classifier, registry
 
 HOST = processes.HOST
 NAME = "test-classifier"
@@ -72,7 +73,7 @@ def test_a_champion_from_another_test_split_is_not_compared() -> None:
     decision = registry.decide("accuracy", 0.99, "bbb", 4, _champion(0.10, split_md5="aaa"))
     assert not decision.promote
     assert "different test split" in decision.reason and "aaa" in decision.reason and "bbb" in decision.reason
-    assert decision.reason.endswith("python -m pipeline.registry promote 4")
+    assert decision.reason.endswith("python -m pipeline.serving.registry promote 4")
 
 
 def test_a_champion_without_the_metric_is_not_compared() -> None:
@@ -200,7 +201,7 @@ def test_versions_aliases_and_promotion(tmp_path: Path, base_params: dict[str, A
         assert "different test split" in elsewhere["reason"] and test_md5 in elsewhere["reason"]
         assert aliases(client) == {"candidate": 4, "champion": 3}
 
-        registry.promote(client, NAME, 4)  # what `python -m pipeline.registry promote 4` does
+        registry.promote(client, NAME, 4)  # what `python -m pipeline.serving.registry promote 4` does
         assert aliases(client) == {"candidate": 4, "champion": 4}
         promotion = client.get_model_version(NAME, "4").tags["promotion"]
         assert promotion == f"promoted by hand (at registration: {elsewhere['reason']})"
@@ -243,7 +244,7 @@ def test_the_served_champion_answers_with_labels_and_probabilities(
             refused = post_json(f"http://{HOST}:{port}/invocations",
                                 {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
     rows = answer["predictions"]
-    expected = predict.predict_probabilities(predict.load_model(params.path("model")), images, "center", 8)
+    expected = classifier.predict_probabilities(classifier.load_model(params.path("model")), images, "center", 8)
     assert len(rows) == len(images)
     for row, probabilities in zip(rows, expected):
         served = np.array([row[f"p:{name}"] for name in CLASSES])
@@ -301,8 +302,8 @@ def test_evaluate_registers_the_model_with_its_lineage(project, image_tree) -> N
     assert (again["version"], again["promoted"]) == (2, False)
     assert {a: int(v) for a, v in client.get_registered_model(name).aliases.items()} == {"candidate": 2, "champion": 1}
 
-    project.run(sys.executable, "-m", "pipeline.registry", "promote", "2")
-    listing = project.run(sys.executable, "-m", "pipeline.registry", "list").stdout.splitlines()
+    project.run(sys.executable, "-m", "pipeline.serving.registry", "promote", "2")
+    listing = project.run(sys.executable, "-m", "pipeline.serving.registry", "list").stdout.splitlines()
     assert listing[0].startswith("v2\tcandidate,champion\taccuracy ")
     assert listing[1].startswith("v1\t-\t")
 

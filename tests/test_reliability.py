@@ -39,7 +39,8 @@ import pytest
 import tifffile  # comes with scikit-image, a test dependency
 from PIL import Image
 
-from pipeline import features, images, inputs
+from pipeline.data import images
+from pipeline.features import extraction, inputs
 
 from conftest import write_image
 
@@ -134,7 +135,7 @@ def _feature_rows(root: Path) -> dict[str, np.ndarray]:
     rows = {}
     for name in SPLITS:
         frame = pd.read_csv(root / f"data/splits/{name}.csv", dtype=str, keep_default_na=False)
-        subset = features.read_feature_set(root / f"data/features/{name}.npz")
+        subset = extraction.read_feature_set(root / f"data/features/{name}.npz")
         assert list(subset.paths) == list(frame["path"])  # every split row has its features, in order
         assert np.isfinite(subset.features).all()
         rows.update(zip(subset.paths, subset.features))

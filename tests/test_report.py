@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image as PILImage
 
-from pipeline import analysis_report, evaluation, predict
-from pipeline.report import NOTES_ID, Image, Section, Table, build_report, find_external_references
+from pipeline.evaluation import analysis_report, scoring
+from pipeline.serving import classifier
+from pipeline.evaluation.report import NOTES_ID, Image, Section, Table, build_report, find_external_references
 
 VOID_ELEMENTS = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -274,16 +275,16 @@ def test_output_is_deterministic() -> None:
     assert report() == report()
 
 
-def overview_paragraphs(fine_tuning: evaluation.FineTuning) -> list[str]:
+def overview_paragraphs(fine_tuning: scoring.FineTuning) -> list[str]:
     """The paragraphs of the analyze report's overview, on four test images (the fine-tuned model gets 3 right)
     and evaluate.json numbers for twelve images only the fine-tuned model got right and one only the head did."""
-    predictions = predict.predictions_frame(["a.png", "b.png", "c.png", "d.png"], np.array([0, 0, 1, 1]),
+    predictions = classifier.predictions_frame(["a.png", "b.png", "c.png", "d.png"], np.array([0, 0, 1, 1]),
                                             np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]]), ["cat", "dog"])
     scores = {
         "finetuned": {"accuracy": 0.75, "ece": 0.1},
         "head_only": {"accuracy": 0.5, "ece": 0.2},
         # 12:1 of 13 discordant: p = 2 * (1 + 13) / 2**13 = 0.0034.
-        "finetuned_vs_head": {"accuracy_difference": 0.25, "p_value": evaluation.mcnemar_exact_p(12, 1),
+        "finetuned_vs_head": {"accuracy_difference": 0.25, "p_value": scoring.mcnemar_exact_p(12, 1),
                               "only_finetuned": 12, "only_head": 1},
     }
     section = analysis_report.overview_section(predictions, scores, analysis_report.Rendered(), 5, fine_tuning)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import write_image
-from pipeline import config, inputs, sizing
+from pipeline.core import config
+from pipeline.features import inputs, sizing
 
 
 def test_a_number_is_that_number_and_null_the_native_size():

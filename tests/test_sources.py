@@ -26,9 +26,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import archive, config, dataset, fashion_mnist, fetch, files, sources
-from pipeline.config import DataParams
-from pipeline.errors import UserError
+from pipeline.core import config, files
+from pipeline.data import archive, dataset, fashion_mnist, fetch, sources
+from pipeline.core.config import DataParams
+from pipeline.core.errors import UserError
 
 from conftest import write_image
 

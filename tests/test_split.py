@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from conftest import write_image
-from pipeline import config, images
-from pipeline.errors import UserError
-from pipeline.split import Item, split_images
+from pipeline.core import config
+from pipeline.data import images
+from pipeline.core.errors import UserError
+from pipeline.data.split import Item, split_images
 
 
 def split_params(**overrides: object) -> config.SplitParams:

@@ -10,8 +10,9 @@ import sys
 import mlflow
 import pytest
 
-from pipeline import config, tracking
-from pipeline.errors import UserError
+from pipeline.core import config
+from pipeline.tracking import runs, store
+from pipeline.core.errors import UserError
 from processes import free_port
 
 
@@ -21,13 +22,13 @@ def params(project) -> config.Params:
 
 
 def finished_run(params: config.Params, run_id: str) -> mlflow.entities.Run:
-    return mlflow.MlflowClient(tracking.tracking_uri(params)).get_run(run_id)
+    return mlflow.MlflowClient(store.tracking_uri(params)).get_run(run_id)
 
 
 def test_stage_run_logs_params_tags_metrics_and_writes_metrics_json(params, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_EXP_NAME", "sweep-42")
-    with tracking.stage_run("split", params) as run:
+    with runs.stage_run("split", params) as run:
         run.log_metrics({"images_train": 12, "classes": 3})
     record = json.loads((params.path("metrics") / "split.json").read_text(encoding="utf-8"))
     assert record["images_train"] == 12 and record["classes"] == 3
@@ -42,7 +43,7 @@ def test_stage_run_logs_params_tags_metrics_and_writes_metrics_json(params, monk
     assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
     assert tags["params.sha256"] == hashlib.sha256((params.root / "params.yaml").read_bytes()).hexdigest()
     assert logged.data.metrics["images_train"] == 12
-    experiment = mlflow.MlflowClient(tracking.tracking_uri(params)).get_experiment(logged.info.experiment_id)
+    experiment = mlflow.MlflowClient(store.tracking_uri(params)).get_experiment(logged.info.experiment_id)
     assert experiment.artifact_location == params.path("mlflow_artifacts").resolve().as_uri()
 
 
@@ -50,7 +51,7 @@ def test_failed_stage_marks_the_run_failed_and_writes_no_metrics(params, monkeyp
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     with pytest.raises(RuntimeError):
-        with tracking.stage_run("download", params) as run:
+        with runs.stage_run("download", params) as run:
             run_id = run.run_id
             raise RuntimeError("boom")
     assert finished_run(params, run_id).info.status == "FAILED"
@@ -61,7 +62,7 @@ def test_unreachable_tracking_server_is_a_user_error_naming_the_uri(params, monk
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with pytest.raises(UserError, match=f"MLflow tracking server {uri} is unreachable"):
-        with tracking.stage_run("split", params):
+        with runs.stage_run("split", params):
             pytest.fail("the stage body must not run")
 
 
@@ -78,8 +79,8 @@ def test_stage_stops_before_work_when_tracking_server_is_down(project, image_tre
 def test_the_experiment_opens_on_its_training_runs_new_or_existing(params, monkeypatch) -> None:
     """MLflow 3's UI shows an experiment without ``mlflow.experimentKind`` as a GenAI one."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    client = mlflow.MlflowClient(tracking.tracking_uri(params))
-    with tracking.stage_run("split", params) as run:
+    client = mlflow.MlflowClient(store.tracking_uri(params))
+    with runs.stage_run("split", params) as run:
         experiment_id = run.experiment_id
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -89,7 +90,7 @@ def test_the_experiment_opens_on_its_training_runs_new_or_existing(params, monke
                                     tags={"mlflow.experimentKind": "finetuning"})
     for name, expected in (("made before the tag", "custom_model_development"), ("a user's own choice", "finetuning")):
         renamed = config.parse({**_raw(params), "tracking": {"experiment": name}})
-        with tracking.stage_run("split", dataclasses.replace(renamed, root=params.root)):
+        with runs.stage_run("split", dataclasses.replace(renamed, root=params.root)):
             pass
         assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == expected, name
     assert {old, kept} == {client.get_experiment_by_name(n).experiment_id
@@ -101,14 +102,14 @@ def _raw(params: config.Params) -> dict:
 
 
 def test_make_ui_prints_the_address_of_the_training_runs(params, monkeypatch) -> None:
-    from pipeline import ui
+    from pipeline.tracking import ui
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    store = tracking.tracking_uri(params)
-    assert ui.find_experiment(store, params.tracking.experiment) is None  # nothing has run yet
+    uri = store.tracking_uri(params)
+    assert ui.find_experiment(uri, params.tracking.experiment) is None  # nothing has run yet
     assert ui.experiment_url("http://127.0.0.1:5000/", None) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
-    with tracking.stage_run("split", params) as run:
+    with runs.stage_run("split", params) as run:
         experiment_id = run.experiment_id
-    assert ui.find_experiment(store, params.tracking.experiment) == experiment_id
+    assert ui.find_experiment(uri, params.tracking.experiment) == experiment_id
     assert ui.experiment_url("http://127.0.0.1:5000", experiment_id) == (
         f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import processes
-from pipeline import tracking
+from pipeline.tracking import store
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +99,7 @@ def test_pipeline_logs_runs_trials_artifacts_and_model_to_a_tracking_server(proj
     assert sorted(tag(run, "stage") for run in stage_runs) == sorted(stages)
     by_stage = {tag(run, "stage"): run for run in stage_runs}
     for stage, run in by_stage.items():  # each stage names its run's page on the server
-        page = tracking.run_url(mlflow_server.url, experiment["experiment_id"], run["info"]["run_id"])
+        page = store.run_url(mlflow_server.url, experiment["experiment_id"], run["info"]["run_id"])
         assert f"{stage}: MLflow run {page}" in result.stdout
     for stage in stages:
         recorded = json.loads((project.root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))

@@ -14,8 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import config, features, head, tracking, training, tuning
-from pipeline.features import FeatureSet
+from pipeline.core import config
+from pipeline.features import extraction
+from pipeline.tracking import runs, store
+from pipeline.training import fitting, head, tuning
+from pipeline.features.extraction import FeatureSet
 
 CLASSES = ("ant", "bee", "wasp")
 
@@ -115,9 +118,9 @@ def test_head_layers_follow_the_settings():
 
 
 def test_balanced_class_weights():
-    weights = training.class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
+    weights = fitting.class_weights(np.array([0, 0, 0, 1]), 3, "balanced")
     assert weights == {0: pytest.approx(4 / (2 * 3)), 1: pytest.approx(4 / (2 * 1)), 2: 0.0}
-    assert training.class_weights(np.array([0, 1]), 2, "none") is None
+    assert fitting.class_weights(np.array([0, 1]), 2, "none") is None
 
 
 def _with_tune(params: config.Params, **changes) -> config.Params:
@@ -126,7 +129,7 @@ def _with_tune(params: config.Params, **changes) -> config.Params:
 
 def _search(params: config.Params, seed_data: int = 0) -> tuple[tuning.HeadResult, str]:
     train, val = tiny_features(30, seed_data), tiny_features(10, seed_data + 1)
-    with tracking.stage_run("train_head", params) as run:
+    with runs.stage_run("train_head", params) as run:
         result = tuning.select_head(train, val, params, run)
         run.log_metrics(result.summary())
     return result, run.run_id
@@ -148,7 +151,7 @@ def test_a_three_trial_search_logs_three_child_runs_under_the_stage_run(small_pa
         first.drop(["trial", "hidden_layers", "objective", "best_epoch"]))
     assert len({tuple(row) for row in result.trials.drop(columns=["trial", "objective", "best_epoch"]).values}) == 3
 
-    client = mlflow.MlflowClient(tracking.tracking_uri(small_params))
+    client = mlflow.MlflowClient(store.tracking_uri(small_params))
     experiment = client.get_experiment_by_name(small_params.tracking.experiment)
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert len(children) == 3
@@ -238,7 +241,7 @@ def test_every_algorithm_runs_and_logs_its_trials(small_params, monkeypatch, alg
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = _with_tune(small_params, algorithm=algorithm, max_trials=2)
     result, parent = _search(params)
-    client = mlflow.MlflowClient(tracking.tracking_uri(params))
+    client = mlflow.MlflowClient(store.tracking_uri(params))
     children = client.search_runs([client.get_run(parent).info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")
     assert len(children) == len(result.trials) >= 2
@@ -274,5 +277,5 @@ def test_train_head_stage_through_dvc(project, image_tree):
     out = project.run("dvc", "repro", "train_head").stdout
     assert "Running stage 'train_head'" in out
     assert not any(f"Running stage '{s}'" in out for s in ("download", "split", "extract"))
-    restored = features.read_feature_set(root / "data/features/val.npz")
+    restored = extraction.read_feature_set(root / "data/features/val.npz")
     assert restored.features.shape[0] == len(pd.read_csv(root / "data/splits/val.csv"))

@@ -20,9 +20,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from pipeline import backbones, finetune
+from pipeline.features import backbones
+from pipeline.training import finetune
 
-from pipeline.config import AugmentParams
+from pipeline.core.config import AugmentParams
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,8 +20,11 @@ import yaml
 
 from benchmarks.backbones import DATASETS, split_dataset
 from benchmarks.head_vs_probe import fit_tuned_head, write_features
-from pipeline import backbones, config, evaluation, features, finetune, inputs, runtime, training
-from pipeline.config import ComputeParams
+from pipeline.core import config, runtime
+from pipeline.evaluation import scoring
+from pipeline.features import backbones, extraction, inputs
+from pipeline.training import finetune, fitting
+from pipeline.core.config import ComputeParams
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +50,7 @@ def main() -> None:
         folder = Path(tmp)
         size = write_features(splits, folder)
         p = dataclasses.replace(params, root=folder, paths=dataclasses.replace(params.paths, tuner="tuner"))
-        tr, te = (features.read_feature_set(folder / f"{s}.npz") for s in ("train", "test"))
+        tr, te = (extraction.read_feature_set(folder / f"{s}.npz") for s in ("train", "test"))
         hm, settings = fit_tuned_head(folder)
         head_pred = hm.predict(te.features, verbose=0).argmax(1)
         hm.save(folder / "head.keras")
@@ -59,7 +62,7 @@ def main() -> None:
             q = with_overrides(p, spec)
             q = dataclasses.replace(q, finetune=finetune.resolve_schedule(q.finetune, len(splits["train"].paths))[0])
             keras.backend.clear_session()
-            training.seed_everything(42)
+            fitting.seed_everything(42)
             core, _ = backbones.build_backbone(bb, size, "imagenet", Path("."), REPO / ".cache/weights")
             model = finetune.assemble(bb, core, finetune.load_head(folder / "head.keras"), size,
                                       finetune.augmentation_layers(q.augment, 42))
@@ -68,10 +71,10 @@ def main() -> None:
             start_time = time.perf_counter()
             history, start, kept = finetune.fine_tune(
                 model, batches, q.finetune, q.tune.objective,
-                training.class_weights(tr.labels, len(tr.classes), "balanced"), 0, [])
+                fitting.class_weights(tr.labels, len(tr.classes), "balanced"), 0, [])
             seconds = time.perf_counter() - start_time
             ft_pred = finetune.with_probabilities(model).predict(test_images, verbose=0).argmax(1)
-            pair = evaluation.compare_paired(te.labels, head_pred, ft_pred)
+            pair = scoring.compare_paired(te.labels, head_pred, ft_pred)
             print("RESULT", name, size, label, spec, "head", round(float(np.mean(head_pred == te.labels)), 4),
                   "finetuned", round(float(np.mean(ft_pred == te.labels)), 4), pair,
                   "val", [round(v, 4) for v in history["val_accuracy"]], "start", round(start, 4), "kept", kept,
