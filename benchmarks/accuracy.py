@@ -68,8 +68,12 @@ QUICK_OUTPUT = REPO / "benchmarks" / "work" / "accuracy_quick.json"
 STAGES = ("download", "split", "extract", "train_head", "finetune", "evaluate")
 METHODS = ("scratch_cnn", "logistic_regression", "head_only", "finetuned")
 # Paired comparisons on the same test images (McNemar's exact test): (baseline, challenger).
-PAIRS = (("logistic_regression", "head_only"), ("logistic_regression", "finetuned"), ("head_only", "finetuned"),
-         ("scratch_cnn", "head_only"))
+PAIRS = (
+    ("logistic_regression", "head_only"),
+    ("logistic_regression", "finetuned"),
+    ("head_only", "finetuned"),
+    ("scratch_cnn", "head_only"),
+)
 FASHION_MAX_PER_CLASS = 2000
 QUICK_MAX_PER_CLASS = 30
 
@@ -98,18 +102,26 @@ DATASETS = {
     "flowers": Dataset(
         "shared/datasets/flowers: 5 classes of photos; split 80/10/10 by the pipeline (seeded, stratified)",
         {"data": {"source": "folder"}, "split": {"use_existing": False}},
-        scratch_size=64, scratch_epochs=25, scratch_batch=64, source=lambda _: SHARED / "flowers",
+        scratch_size=64,
+        scratch_epochs=25,
+        scratch_batch=64,
+        source=lambda _: SHARED / "flowers",
     ),
     "hymenoptera": Dataset(
         "shared/datasets/hymenoptera_data: ants vs. bees; its val/ folder is the test set, val is 20% of train/",
         {"data": {"source": "folder"}, "split": {"use_existing": True, "val": 0.2}},
-        scratch_size=64, scratch_epochs=40, scratch_batch=32, source=copy_hymenoptera,
+        scratch_size=64,
+        scratch_epochs=40,
+        scratch_batch=32,
+        source=copy_hymenoptera,
     ),
     "fashion_mnist": Dataset(
         f"Fashion-MNIST (Debian package), at most {FASHION_MAX_PER_CLASS} images per class: test images from the "
         "official test set, val is 10% of train",
         {"data": {"max_per_class": FASHION_MAX_PER_CLASS}},
-        scratch_size=28, scratch_epochs=20, scratch_batch=128,
+        scratch_size=28,
+        scratch_epochs=20,
+        scratch_batch=128,
     ),
 }
 
@@ -163,14 +175,18 @@ def pipeline_predictions(params: Params, test: SplitFiles) -> dict[str, np.ndarr
     cached = extraction.read_feature_set(params.path("features") / "test.npz")
     classifier.check_same_rows(test.rel_paths, cached.paths, "the cached test features")
     head = finetune.load_head(params.path("head_model"))
-    return {"finetuned": frame["predicted"].map(index).to_numpy(),
-            "head_only": classifier.head_probabilities(head, cached.features).argmax(axis=1)}
+    return {
+        "finetuned": frame["predicted"].map(index).to_numpy(),
+        "head_only": classifier.head_probabilities(head, cached.features).argmax(axis=1),
+    }
 
 
 def compare_pairs(labels: np.ndarray, predicted: dict[str, np.ndarray]) -> dict[str, dict[str, float | int]]:
     """``PAIRS`` on the same test images: ``{"<challenger>_vs_<baseline>": scoring.compare_paired(...)}``."""
-    return {f"{challenger}_vs_{baseline}": scoring.compare_paired(labels, predicted[baseline], predicted[challenger])
-            for baseline, challenger in PAIRS}
+    return {
+        f"{challenger}_vs_{baseline}": scoring.compare_paired(labels, predicted[baseline], predicted[challenger])
+        for baseline, challenger in PAIRS
+    }
 
 
 def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
@@ -191,13 +207,23 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
     evaluated, finetuned = read_metrics(root, "evaluate"), read_metrics(root, "finetune")
     splits = {name: split.read_split_files(params.path("splits"), name, root) for name in ("train", "val", "test")}
     print(f"  scratch CNN at {dataset.scratch_size} px ...", flush=True)
-    cnn = scratch_cnn.train_and_score(splits["train"], splits["val"], splits["test"], dataset.scratch_size,
-                                      epochs=2 if quick else dataset.scratch_epochs, patience=scratch_cnn.PATIENCE,
-                                      batch_size=dataset.scratch_batch, seed=params.seed)
+    cnn = scratch_cnn.train_and_score(
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        dataset.scratch_size,
+        epochs=2 if quick else dataset.scratch_epochs,
+        patience=scratch_cnn.PATIENCE,
+        batch_size=dataset.scratch_batch,
+        seed=params.seed,
+    )
     print("  logistic regression on the cached features ...", flush=True)
     logreg = logistic_regression.train_and_score(params.path("features"), params.seed)
-    predicted = {"scratch_cnn": cnn.pop("predicted"), "logistic_regression": logreg.pop("predicted"),
-                 **pipeline_predictions(params, splits["test"])}
+    predicted = {
+        "scratch_cnn": cnn.pop("predicted"),
+        "logistic_regression": logreg.pop("predicted"),
+        **pipeline_predictions(params, splits["test"]),
+    }
     head_s = stage_seconds["extract"] + stage_seconds["train_head"]
     return {
         "scratch_cnn": round(cnn.pop("accuracy"), 4),
@@ -213,17 +239,29 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
         "scratch_image_size": dataset.scratch_size,
         # head_only: extract + train_head; finetuned: those and the finetune stage; scratch_cnn: decoding
         # the three splits, training and testing. Scoring both pipeline models is the evaluate stage.
-        "seconds": {"scratch_cnn": round(cnn["decode_s"] + cnn["train_s"] + cnn["test_s"], 1),
-                    "logistic_regression": round(stage_seconds["extract"] + logreg["seconds"], 1),
-                    "head_only": round(head_s, 1), "finetuned": round(head_s + stage_seconds["finetune"], 1)},
+        "seconds": {
+            "scratch_cnn": round(cnn["decode_s"] + cnn["train_s"] + cnn["test_s"], 1),
+            "logistic_regression": round(stage_seconds["extract"] + logreg["seconds"], 1),
+            "head_only": round(head_s, 1),
+            "finetuned": round(head_s + stage_seconds["finetune"], 1),
+        },
         "stage_seconds": stage_seconds,
         "head": files.read_yaml(params.path("best_hparams")),
         "finetune": {
             "params": dataclasses.asdict(params.finetune),
             "augment": dataclasses.asdict(params.augment),
-            **{key: finetuned[key] for key in ("val_accuracy_before", "best_val_accuracy", "kept_epoch",
-                                                "epochs_trained", "trainable_params", "learning_rate_peak")
-               if key in finetuned},
+            **{
+                key: finetuned[key]
+                for key in (
+                    "val_accuracy_before",
+                    "best_val_accuracy",
+                    "kept_epoch",
+                    "epochs_trained",
+                    "trainable_params",
+                    "learning_rate_peak",
+                )
+                if key in finetuned
+            },
         },
         "scratch": cnn,
         "logistic_regression_fit": logreg,
@@ -232,8 +270,11 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
 
 def summary_table(results: dict[str, dict[str, Any]]) -> str:
     """The results as a markdown table: test accuracy and seconds per method, per dataset."""
-    lines = ["| dataset | train / val / test images | scratch CNN | logistic regression | head only | fine-tuned "
-             "| seconds (scratch / logistic / head / fine-tuned) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | train / val / test images | scratch CNN | logistic regression | head only | fine-tuned "
+        "| seconds (scratch / logistic / head / fine-tuned) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, result in results.items():
         images = " / ".join(f"{result['images'][split]:,}" for split in ("train", "val", "test"))
         accuracies = " | ".join(f"{result[method]:.3f}" for method in METHODS)
@@ -261,17 +302,23 @@ def main() -> None:
             results[name] = run_dataset(DATASETS[name], base / name, args.quick)
             print("  test accuracy: " + ", ".join(f"{m} {results[name][m]:.4f}" for m in METHODS), flush=True)
     output = QUICK_OUTPUT if args.quick else RESULTS / "accuracy.json"
-    files.write_json(output, {
-        "benchmark": "accuracy",
-        "machine": machine.describe(),
-        # Other processes on the machine slow every number here down: the load before and after.
-        "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]},
-        "quick": args.quick,
-        "backbone": "efficientnet_lite0 (imagenet)",
-        "threads": threads,
-        **results,
-        "total_s": round(time.perf_counter() - started, 1),
-    })
+    files.write_json(
+        output,
+        {
+            "benchmark": "accuracy",
+            "machine": machine.describe(),
+            # Other processes on the machine slow every number here down: the load before and after.
+            "load_average": {
+                "before": [round(v, 2) for v in load_before],
+                "after": [round(v, 2) for v in os.getloadavg()],
+            },
+            "quick": args.quick,
+            "backbone": "efficientnet_lite0 (imagenet)",
+            "threads": threads,
+            **results,
+            "total_s": round(time.perf_counter() - started, 1),
+        },
+    )
     print(summary_table(results))
     print(f"→ {output.relative_to(REPO)} ({time.perf_counter() - started:.0f} s)")
 

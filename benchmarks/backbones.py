@@ -65,9 +65,12 @@ def extract(name: str, splits: dict[str, Any], out: Path) -> tuple[int, float]:
     seconds, count = 0.0, 0
     for split_name, rows in splits.items():
         batches = inputs.image_dataset(rows.paths, size, "center", 32)
-        values, spent = extraction.compute_features(forward, batches, len(rows.paths), "float32", f"{name} {split_name}")
-        extraction.write_feature_set(out / f"{split_name}.npz",
-                                   FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes))
+        values, spent = extraction.compute_features(
+            forward, batches, len(rows.paths), "float32", f"{name} {split_name}"
+        )
+        extraction.write_feature_set(
+            out / f"{split_name}.npz", FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes)
+        )
         seconds, count = seconds + spent, count + len(rows.paths)
     return size, count / seconds
 
@@ -97,17 +100,25 @@ def main() -> None:
                 scores = logistic_regression.train_and_score(Path(folder), SEED)
             predictions[name] = scores.pop("predicted")
             probe = {f"probe_{k}": v for k, v in scores.items() if k != "accuracy"}  # the regression's own numbers
-            per_backbone[name] = {"image_size": size, "extract_images_per_s": round(rate, 1),
-                                  "test_accuracy": scores["accuracy"], **probe,
-                                  "seconds": round(time.perf_counter() - started, 1)}
-            print(f"{dataset_name} {name} {size} px: test {scores['accuracy']:.4f}, extract {rate:.1f} images/s",
-                  flush=True)
+            per_backbone[name] = {
+                "image_size": size,
+                "extract_images_per_s": round(rate, 1),
+                "test_accuracy": scores["accuracy"],
+                **probe,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            print(
+                f"{dataset_name} {name} {size} px: test {scores['accuracy']:.4f}, extract {rate:.1f} images/s",
+                flush=True,
+            )
         labels = splits["test"].labels
         first = args.backbones[0]
         for name in args.backbones[1:]:
             per_backbone[name][f"vs_{first}"] = scoring.compare_paired(labels, predictions[first], predictions[name])
-        results["datasets"][dataset_name] = {"images": {k: len(v.paths) for k, v in splits.items()},
-                                             "backbones": per_backbone}
+        results["datasets"][dataset_name] = {
+            "images": {k: len(v.paths) for k, v in splits.items()},
+            "backbones": per_backbone,
+        }
     output = RESULTS / "backbones.json"
     output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"→ {output}")

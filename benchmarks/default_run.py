@@ -50,8 +50,10 @@ def run_timed(command: list[str]) -> tuple[list[tuple[float, str]], float]:
 
 def summarize(events: list[tuple[float, str]], total: float) -> dict[str, Any]:
     """The result: machine, seconds per stage and in all, and what the run reached (from metrics/)."""
-    metrics = {name: json.loads((REPO / "metrics" / f"{name}.json").read_text()) for name in
-               ("extract", "train_head", "finetune", "evaluate")}
+    metrics = {
+        name: json.loads((REPO / "metrics" / f"{name}.json").read_text())
+        for name in ("extract", "train_head", "finetune", "evaluate")
+    }
     evaluate = metrics["evaluate"]
     meta = json.loads((REPO / "data" / "features" / "meta.json").read_text())
     return {
@@ -78,8 +80,10 @@ def main() -> None:
     events, total = run_timed(command)
     result = summarize(events, total)
     RESULT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"default run: {result['seconds']['total'] / 60:.1f} min on {result['machine']['cpu']}, "
-          f"test accuracy {result['test_accuracy']:.4f} → {RESULT.relative_to(REPO)}")
+    print(
+        f"default run: {result['seconds']['total'] / 60:.1f} min on {result['machine']['cpu']}, "
+        f"test accuracy {result['test_accuracy']:.4f} → {RESULT.relative_to(REPO)}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ def rates(count: int, runs: dict[str, Callable[[], None]], rounds: int = 5) -> d
             start = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - start)
-    return {name: {"best": round(count / min(s), 1), "median": round(count / statistics.median(s), 1)}
-            for name, s in seconds.items()}
+    return {
+        name: {"best": round(count / min(s), 1), "median": round(count / statistics.median(s), 1)}
+        for name, s in seconds.items()
+    }
 
 
 def naive_features(model, paths: list[Path], size: int) -> np.ndarray:  # noqa: ANN001 - a Keras model
@@ -88,10 +90,12 @@ def measure(size: int, paths: list[Path], cache_dir: Path) -> dict[str, float]:
         batches = inputs.image_dataset(paths, size, "center", BATCH)
         extraction.compute_features(forward_fn, batches, count, "float32", f"extract {size}px")
 
-    measured = rates(count, {"forward": forward, "extract": extract,
-                             "naive": lambda: naive_features(model, paths, size)})
+    measured = rates(
+        count, {"forward": forward, "extract": extract, "naive": lambda: naive_features(model, paths, size)}
+    )
     return {f"{name}_images_per_s": r["best"] for name, r in measured.items()} | {
-        f"{name}_images_per_s_median": r["median"] for name, r in measured.items()}
+        f"{name}_images_per_s_median": r["median"] for name, r in measured.items()
+    }
 
 
 def main() -> None:

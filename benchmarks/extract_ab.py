@@ -41,7 +41,8 @@ for size in sizes:
     passes = []
     for _ in range(3):
         start = time.perf_counter()
-        extraction.compute_features(forward, inputs.image_dataset(paths, size, "center", 64), len(paths), "float32", "ab")
+        batches = inputs.image_dataset(paths, size, "center", 64)
+        extraction.compute_features(forward, batches, len(paths), "float32", "ab")
         passes.append(len(paths) / (time.perf_counter() - start))
     best[size] = max(passes)
 print("RESULT", json.dumps(best))
@@ -51,8 +52,14 @@ print("RESULT", json.dumps(best))
 def measure(tree: Path, paths: list[Path], sizes: list[int], weights: Path) -> dict[str, float]:
     """Best images/s per size of one fresh process running ``tree``'s code."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run([sys.executable, "-c", MEASURE, json.dumps([str(p) for p in paths]), json.dumps(sizes),
-                           str(weights)], cwd=tree, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, json.dumps([str(p) for p in paths]), json.dumps(sizes), str(weights)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 
@@ -66,8 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     paths = sample_images(FLOWERS, args.images)
     weights = REPO / ".cache" / "weights"
-    revision = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", args.baseline], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
     runs: dict[str, list[dict[str, float]]] = {"baseline": [], "current": []}
     with tempfile.TemporaryDirectory(prefix="headstart-ab-") as folder:
         baseline = Path(folder) / "baseline"
@@ -84,16 +92,24 @@ def main() -> None:
         base = [r[size] for r in runs["baseline"]]
         current = [r[size] for r in runs["current"]]
         paired = [c / b for b, c in zip(base, current, strict=True)]  # the same round: the same machine speed
-        by_size[size] = {"baseline_images_per_s": [round(v, 1) for v in base],
-                         "current_images_per_s": [round(v, 1) for v in current],
-                         "ratio_per_round": [round(r, 3) for r in paired],
-                         "median_ratio": round(statistics.median(paired), 3),
-                         "ratio_range": [round(min(paired), 3), round(max(paired), 3)]}
-    result = {"benchmark": "extract_ab", "machine": machine.describe(), "baseline": revision,
-              "current": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                        text=True, check=True).stdout.strip(),
-              "data": f"{args.images} JPEGs from shared/datasets/flowers (128x128 photos)",
-              "rounds": args.rounds, "sizes": by_size}
+        by_size[size] = {
+            "baseline_images_per_s": [round(v, 1) for v in base],
+            "current_images_per_s": [round(v, 1) for v in current],
+            "ratio_per_round": [round(r, 3) for r in paired],
+            "median_ratio": round(statistics.median(paired), 3),
+            "ratio_range": [round(min(paired), 3), round(max(paired), 3)],
+        }
+    result = {
+        "benchmark": "extract_ab",
+        "machine": machine.describe(),
+        "baseline": revision,
+        "current": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip(),
+        "data": f"{args.images} JPEGs from shared/datasets/flowers (128x128 photos)",
+        "rounds": args.rounds,
+        "sizes": by_size,
+    }
     files.write_json(RESULTS / "extract_ab.json", result)
     print(json.dumps(by_size, indent=2))
 

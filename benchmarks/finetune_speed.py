@@ -45,8 +45,9 @@ def time_steps(params: Params, name: str, size: int, steps: int) -> float:
     head = keras.Sequential([keras.Input((backbone.feature_width,)), keras.layers.Dense(CLASSES)])
     model = finetune.assemble(backbone, core, head, size, finetune.augmentation_layers(params.augment, params.seed))
     finetune.unfreeze(core, backbone, params.finetune)
-    fitting.compile_classifier(model, params.finetune.optimizer, finetune.SMALL_SET_RATE,
-                                params.finetune.label_smoothing)
+    fitting.compile_classifier(
+        model, params.finetune.optimizer, finetune.SMALL_SET_RATE, params.finetune.label_smoothing
+    )
     batch = params.finetune.batch_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3)).astype("float32")
@@ -76,15 +77,18 @@ def main() -> None:
             rate = time_steps(params, name, size, args.steps)
             results[name][str(size)] = round(rate, 1)
             print(f"{name} {size} px: {rate:.1f} images/s", flush=True)
-    files.write_json(RESULT, {
-        "benchmark": "finetune_speed",
-        "machine": machine.describe(),
-        "threads": params.compute.threads,
-        "batch_size": params.finetune.batch_size,
-        "unfreeze_from": params.finetune.unfreeze_from,
-        "steps": args.steps,
-        "images_per_s": results,
-    })
+    files.write_json(
+        RESULT,
+        {
+            "benchmark": "finetune_speed",
+            "machine": machine.describe(),
+            "threads": params.compute.threads,
+            "batch_size": params.finetune.batch_size,
+            "unfreeze_from": params.finetune.unfreeze_from,
+            "steps": args.steps,
+            "images_per_s": results,
+        },
+    )
     print(f"→ {RESULT.relative_to(REPO)}")
 
 

@@ -70,8 +70,9 @@ def main() -> None:
     args = parser.parse_args()
     runtime.configure(config.ComputeParams(threads=THREADS))
     params = config.load()
-    model, _ = backbones.build_extractor(backbones.get("efficientnet_lite0"), SIZE, "imagenet", Path("."),
-                                         params.path("weights"))
+    model, _ = backbones.build_extractor(
+        backbones.get("efficientnet_lite0"), SIZE, "imagenet", Path("."), params.path("weights")
+    )
     forward = extraction.compile_forward(model)
     paths = sample_images(FLOWERS, args.images)
     with tempfile.TemporaryDirectory(prefix="headstart-formats-") as folder:
@@ -86,15 +87,22 @@ def main() -> None:
             batches = inputs.image_dataset(encoded[name], SIZE, "center", BATCH)
             extraction.compute_features(forward, batches, len(encoded[name]), "float32", f"extract {name}")
 
-        runs = {f"{kind} {name}": (lambda n=name, k=kind: (decode if k == "decode" else extract)(n))
-                for name in FORMATS for kind in ("decode", "extract")}
+        runs = {
+            f"{kind} {name}": (lambda n=name, k=kind: (decode if k == "decode" else extract)(n))
+            for name in FORMATS
+            for kind in ("decode", "extract")
+        }
         measured = rates(args.images, runs)
-    by_format = {name: {"bytes_per_image": sizes[name],
-                        "decode_images_per_s": measured[f"decode {name}"]["best"],
-                        "decode_images_per_s_median": measured[f"decode {name}"]["median"],
-                        "extract_images_per_s": measured[f"extract {name}"]["best"],
-                        "extract_images_per_s_median": measured[f"extract {name}"]["median"]}
-                 for name in FORMATS}
+    by_format = {
+        name: {
+            "bytes_per_image": sizes[name],
+            "decode_images_per_s": measured[f"decode {name}"]["best"],
+            "decode_images_per_s_median": measured[f"decode {name}"]["median"],
+            "extract_images_per_s": measured[f"extract {name}"]["best"],
+            "extract_images_per_s_median": measured[f"extract {name}"]["median"],
+        }
+        for name in FORMATS
+    }
     jpeg = by_format["JPEG"]["extract_images_per_s"]
     for numbers in by_format.values():
         numbers["extract_vs_jpeg"] = round(numbers["extract_images_per_s"] / jpeg, 3)

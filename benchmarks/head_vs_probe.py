@@ -35,15 +35,22 @@ def write_features(splits: dict[str, Any], out: Path) -> int:
     from pipeline.features import backbones, extraction, inputs, sizing
 
     backbone = backbones.get(BACKBONE)
-    size = sizing.choose_image_size(sizing.AUTO, backbone.default_size, backbone.min_size,
-                                    inputs.read_sizes(splits["train"].paths))
+    size = sizing.choose_image_size(
+        sizing.AUTO, backbone.default_size, backbone.min_size, inputs.read_sizes(splits["train"].paths)
+    )
     model, _ = backbones.build_extractor(backbone, size, "imagenet", Path("."), Path(".cache/weights"))
     forward = extraction.compile_forward(model)
     for name, rows in splits.items():
-        values, _ = extraction.compute_features(forward, inputs.image_dataset(rows.paths, size, "center", 32),
-                                              len(rows.paths), "float32", f"{BACKBONE} {name}")
-        extraction.write_feature_set(out / f"{name}.npz",
-                                   extraction.FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes))
+        values, _ = extraction.compute_features(
+            forward,
+            inputs.image_dataset(rows.paths, size, "center", 32),
+            len(rows.paths),
+            "float32",
+            f"{BACKBONE} {name}",
+        )
+        extraction.write_feature_set(
+            out / f"{name}.npz", extraction.FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes)
+        )
     return size
 
 
@@ -101,11 +108,19 @@ def main() -> None:
         labels = splits["test"].labels
         head_accuracy = float(np.mean(predicted == labels))
         paired = scoring.compare_paired(labels, probe["predicted"], predicted)
-        results["datasets"][name] = {"image_size": size, "test_images": len(labels), "head": head_accuracy,
-                                     "logistic_regression": probe["accuracy"], "head_vs_probe": paired,
-                                     "chosen_head": settings}
-        print(f"{name} ({size} px): head {head_accuracy:.4f}, logistic regression {probe['accuracy']:.4f}, "
-              f"paired p {paired['p_value']:.2g}", flush=True)
+        results["datasets"][name] = {
+            "image_size": size,
+            "test_images": len(labels),
+            "head": head_accuracy,
+            "logistic_regression": probe["accuracy"],
+            "head_vs_probe": paired,
+            "chosen_head": settings,
+        }
+        print(
+            f"{name} ({size} px): head {head_accuracy:.4f}, logistic regression {probe['accuracy']:.4f}, "
+            f"paired p {paired['p_value']:.2g}",
+            flush=True,
+        )
     output = RESULTS / "head_vs_probe.json"
     output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"→ {output}")

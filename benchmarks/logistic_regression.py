@@ -28,8 +28,9 @@ BATCH_SIZE = 64
 def build_model(width: int, num_classes: int, train_size: int) -> keras.Model:
     """Features in, class logits out: one Dense layer with scikit-learn's default L2 penalty."""
     inputs = keras.Input((width,), name="features")
-    logits = keras.layers.Dense(num_classes, kernel_regularizer=keras.regularizers.L2(1 / (2 * train_size)),
-                                name="logits")(inputs)
+    logits = keras.layers.Dense(
+        num_classes, kernel_regularizer=keras.regularizers.L2(1 / (2 * train_size)), name="logits"
+    )(inputs)
     return keras.Model(inputs, logits, name="logistic_regression")
 
 
@@ -50,8 +51,15 @@ def train_and_score(features_dir: Path, seed: int) -> dict[str, Any]:
     model = build_model(train.features.shape[1], len(train.classes), len(train.labels))
     fitting.compile_classifier(model, "adam", LEARNING_RATE)
     keep = fitting.KeepBest("val_accuracy", PATIENCE)
-    history = model.fit(train.features, train.labels, validation_data=(val.features, val.labels), epochs=EPOCHS,
-                        batch_size=BATCH_SIZE, callbacks=[keep], verbose=0)
+    history = model.fit(
+        train.features,
+        train.labels,
+        validation_data=(val.features, val.labels),
+        epochs=EPOCHS,
+        batch_size=BATCH_SIZE,
+        callbacks=[keep],
+        verbose=0,
+    )
     predicted = model.predict(test.features, verbose=0).argmax(axis=1)
     return {
         "accuracy": float(np.mean(predicted == test.labels)),

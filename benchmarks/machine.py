@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pipeline.core import runtime
 
@@ -12,7 +12,7 @@ def describe() -> dict[str, object]:
     """CPU model and instruction set, core count, memory and accelerator, plus the time of measurement (UTC)."""
     cpu = runtime.describe_cpu()
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": cpu["model"],
         "cpu_isa": cpu["isa"],
         "cores": os.cpu_count(),

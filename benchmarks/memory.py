@@ -39,8 +39,9 @@ def peak_rss_mb(root: Path, module: str) -> tuple[float, float]:
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.perf_counter()
     with open(root / f"{module}.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", module], cwd=root, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", module], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     if status != 0:
@@ -78,14 +79,18 @@ def main() -> None:
         "machine": machine.describe(),
         "data": f"shared/datasets/flowers, {args.n // CLASSES} then {4 * args.n // CLASSES} photos per class",
         "backbone": f"{params['backbone']['name']} ({params['backbone']['weights']}), "
-                    f"{params['backbone']['image_size']} px, batch {params['extract']['batch_size']}",
+        f"{params['backbone']['image_size']} px, batch {params['extract']['batch_size']}",
         "n": small["images"],
         "peak_rss_mb_n": small["peak_rss_mb"],
         "peak_rss_mb_4n": large["peak_rss_mb"],
         "growth_mb": round(large["peak_rss_mb"] - small["peak_rss_mb"], 1),
         "feature_array_mb_4n": round(large["images"] * width * 4 / 2**20, 1),
-        "parts_s": {"extract_n": small["extract_s"], "extract_4n": large["extract_s"],
-                    "split_n": small["split_s"], "split_4n": large["split_s"]},
+        "parts_s": {
+            "extract_n": small["extract_s"],
+            "extract_4n": large["extract_s"],
+            "split_n": small["split_s"],
+            "split_4n": large["split_s"],
+        },
         "seconds": round(time.perf_counter() - started, 1),
     }
     files.write_json(RESULTS / "memory.json", result)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,18 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPORT = HERE / "RESULTS.md"
 TIMINGS = RESULTS / "timings.json"
-BENCHMARKS = ("extract", "formats", "tuning", "backbones", "finetune_speed", "head_vs_probe", "accuracy", "repro",
-              "memory", "default_run")  # make bench's order
+BENCHMARKS = (
+    "extract",
+    "formats",
+    "tuning",
+    "backbones",
+    "finetune_speed",
+    "head_vs_probe",
+    "accuracy",
+    "repro",
+    "memory",
+    "default_run",
+)  # make bench's order
 Row = tuple[str, str, str]  # what was measured, the result, on what data
 
 
@@ -50,24 +60,36 @@ def run_benchmarks(names: list[str]) -> None:
 
 
 def extract_rows(result: dict[str, Any]) -> list[Row]:
-    return [(f"Extract speed, {size} px",
-             f"{rates['extract_images_per_s']:.0f} images/s: {result[f'ratio_vs_forward_{size}']:.2f}× the backbone "
-             f"alone on decoded images, {result[f'speedup_vs_naive_{size}']:.1f}× a PIL + `predict` loop",
-             result["data"]) for size, rates in result["sizes"].items()]
+    return [
+        (
+            f"Extract speed, {size} px",
+            f"{rates['extract_images_per_s']:.0f} images/s: {result[f'ratio_vs_forward_{size}']:.2f}× the backbone "
+            f"alone on decoded images, {result[f'speedup_vs_naive_{size}']:.1f}× a PIL + `predict` loop",
+            result["data"],
+        )
+        for size, rates in result["sizes"].items()
+    ]
 
 
 def formats_rows(result: dict[str, Any]) -> list[Row]:
-    cells = [f"{name} {n['extract_images_per_s']:.0f}/s ({n['extract_vs_jpeg']:.2f}× JPEG; decode alone "
-             f"{n['decode_images_per_s']:.0f}/s)" for name, n in result["formats"].items()]
+    cells = [
+        f"{name} {n['extract_images_per_s']:.0f}/s ({n['extract_vs_jpeg']:.2f}× JPEG; decode alone "
+        f"{n['decode_images_per_s']:.0f}/s)"
+        for name, n in result["formats"].items()
+    ]
     return [(f"Extract by image format, {result['image_size']} px", " · ".join(cells), result["data"])]
 
 
 def tuning_rows(result: dict[str, Any]) -> list[Row]:
-    return [("Head search, one trial",
-             f"{result['s_per_trial_cached']:.2f} s on cached features, {result['s_per_trial_end_to_end']:.1f} s "
-             f"through the frozen backbone ({result['speedup_cached_vs_end_to_end']}× faster); memory "
-             f"{result['rss_growth_mb_after_first_trial']:+.0f} MB over {result['search_trials']} trials",
-             result["data"])]
+    return [
+        (
+            "Head search, one trial",
+            f"{result['s_per_trial_cached']:.2f} s on cached features, {result['s_per_trial_end_to_end']:.1f} s "
+            f"through the frozen backbone ({result['speedup_cached_vs_end_to_end']}× faster); memory "
+            f"{result['rss_growth_mb_after_first_trial']:+.0f} MB over {result['search_trials']} trials",
+            result["data"],
+        )
+    ]
 
 
 def sampling_noise(accuracy: float, images: int) -> float:
@@ -76,8 +98,12 @@ def sampling_noise(accuracy: float, images: int) -> float:
     return 1.96 * math.sqrt(accuracy * (1 - accuracy) / images)
 
 
-METHOD_NAMES = {"scratch_cnn": "scratch CNN", "logistic_regression": "logistic regression", "head_only": "head only",
-                "finetuned": "fine-tuned"}
+METHOD_NAMES = {
+    "scratch_cnn": "scratch CNN",
+    "logistic_regression": "logistic regression",
+    "head_only": "head only",
+    "finetuned": "fine-tuned",
+}
 
 
 def paired_summary(paired: dict[str, dict[str, Any]]) -> str:
@@ -85,8 +111,10 @@ def paired_summary(paired: dict[str, dict[str, Any]]) -> str:
     parts = []
     for key, found in paired.items():
         challenger, baseline = key.split("_vs_")
-        parts.append(f"{METHOD_NAMES[challenger]} − {METHOD_NAMES[baseline]} {found['difference']:+.3f} "
-                     f"(p {found['p_value']:.2g})")
+        parts.append(
+            f"{METHOD_NAMES[challenger]} − {METHOD_NAMES[baseline]} {found['difference']:+.3f} "
+            f"(p {found['p_value']:.2g})"
+        )
     return "; ".join(parts)
 
 
@@ -96,27 +124,41 @@ def accuracy_rows(result: dict[str, Any]) -> list[Row]:
         if not (isinstance(scores, dict) and "scratch_cnn" in scores):
             continue
         paired = scores.get("paired")
-        rows.append((f"Test accuracy, {name}",
-                     " · ".join(f"{label} {scores[method]:.3f}" for method, label in METHOD_NAMES.items())
-                     + f" ({scores['image_size']} px; ±{sampling_noise(scores['head_only'], scores['images']['test']):.3f}"
-                     f" at 95% on {scores['images']['test']:,} test images)"
-                     + (f". Paired on the same images (McNemar): {paired_summary(paired)}" if paired else ""),
-                     scores.get("data", "")))
+        rows.append(
+            (
+                f"Test accuracy, {name}",
+                " · ".join(f"{label} {scores[method]:.3f}" for method, label in METHOD_NAMES.items())
+                + f" ({scores['image_size']} px; ±{sampling_noise(scores['head_only'], scores['images']['test']):.3f}"
+                f" at 95% on {scores['images']['test']:,} test images)"
+                + (f". Paired on the same images (McNemar): {paired_summary(paired)}" if paired else ""),
+                scores.get("data", ""),
+            )
+        )
     return rows
 
 
 def repro_rows(result: dict[str, Any]) -> list[Row]:
     ran = ", ".join(result["head_change_stages"]) or "no stage"
-    return [("`dvc repro`",
-             f"full run {result['full_s']:.0f} s · nothing changed {result['noop_s']:.1f} s · "
-             f"{result['head_change']}: {result['head_change_s']:.0f} s (ran: {ran})", result["data"])]
+    return [
+        (
+            "`dvc repro`",
+            f"full run {result['full_s']:.0f} s · nothing changed {result['noop_s']:.1f} s · "
+            f"{result['head_change']}: {result['head_change_s']:.0f} s (ran: {ran})",
+            result["data"],
+        )
+    ]
 
 
 def memory_rows(result: dict[str, Any]) -> list[Row]:
-    return [("Extract peak memory",
-             f"{result['n']} images: {result['peak_rss_mb_n']:.0f} MiB · {4 * result['n']} images: "
-             f"{result['peak_rss_mb_4n']:.0f} MiB ({result['growth_mb']:+.0f} MiB; the 4N feature array is "
-             f"{result['feature_array_mb_4n']:.0f} MiB)", result["data"])]
+    return [
+        (
+            "Extract peak memory",
+            f"{result['n']} images: {result['peak_rss_mb_n']:.0f} MiB · {4 * result['n']} images: "
+            f"{result['peak_rss_mb_4n']:.0f} MiB ({result['growth_mb']:+.0f} MiB; the 4N feature array is "
+            f"{result['feature_array_mb_4n']:.0f} MiB)",
+            result["data"],
+        )
+    ]
 
 
 def backbones_rows(result: dict[str, Any]) -> list[Row]:
@@ -127,42 +169,72 @@ def backbones_rows(result: dict[str, Any]) -> list[Row]:
         for name, scores in entry["backbones"].items():
             paired = scores.get(f"vs_{first}")
             versus = f", {paired['difference']:+.3f} vs {first} (p {paired['p_value']:.2g})" if paired else ""
-            cells.append(f"{name} {scores['image_size']} px: {scores['test_accuracy']:.3f}{versus}, extract "
-                         f"{scores['extract_images_per_s']:.0f} images/s")
-        rows.append((f"Backbones, {dataset}", " · ".join(cells) + " (logistic regression on each one's features)",
-                     f"shared/datasets/{dataset}: {entry['images']['test']} test images, the pipeline's split"))
+            cells.append(
+                f"{name} {scores['image_size']} px: {scores['test_accuracy']:.3f}{versus}, extract "
+                f"{scores['extract_images_per_s']:.0f} images/s"
+            )
+        rows.append(
+            (
+                f"Backbones, {dataset}",
+                " · ".join(cells) + " (logistic regression on each one's features)",
+                f"shared/datasets/{dataset}: {entry['images']['test']} test images, the pipeline's split",
+            )
+        )
     return rows
 
 
 def finetune_speed_rows(result: dict[str, Any]) -> list[Row]:
-    cells = [f"{name} " + ", ".join(f"{size} px {rate:.0f}/s" for size, rate in sizes.items())
-             for name, sizes in result["images_per_s"].items()]
-    return [("Fine-tuning speed (training step)", " · ".join(cells),
-             f"random images, batches of {result['batch_size']}, unfrozen from {result['unfreeze_from']}")]
+    cells = [
+        f"{name} " + ", ".join(f"{size} px {rate:.0f}/s" for size, rate in sizes.items())
+        for name, sizes in result["images_per_s"].items()
+    ]
+    return [
+        (
+            "Fine-tuning speed (training step)",
+            " · ".join(cells),
+            f"random images, batches of {result['batch_size']}, unfrozen from {result['unfreeze_from']}",
+        )
+    ]
 
 
 def head_vs_probe_rows(result: dict[str, Any]) -> list[Row]:
-    return [(f"Tuned head vs. linear probe, {name}",
-             f"head {entry['head']:.3f} · logistic regression {entry['logistic_regression']:.3f} "
-             f"({entry['head_vs_probe']['difference']:+.3f}, paired p {entry['head_vs_probe']['p_value']:.2g}; "
-             f"{entry['image_size']} px)", f"shared/datasets/{name}: {entry['test_images']} test images")
-            for name, entry in result["datasets"].items()]
+    return [
+        (
+            f"Tuned head vs. linear probe, {name}",
+            f"head {entry['head']:.3f} · logistic regression {entry['logistic_regression']:.3f} "
+            f"({entry['head_vs_probe']['difference']:+.3f}, paired p {entry['head_vs_probe']['p_value']:.2g}; "
+            f"{entry['image_size']} px)",
+            f"shared/datasets/{name}: {entry['test_images']} test images",
+        )
+        for name, entry in result["datasets"].items()
+    ]
 
 
 def default_run_rows(result: dict[str, Any]) -> list[Row]:
     stages = ", ".join(f"{name} {seconds:.0f}" for name, seconds in result["seconds"].items() if name != "total")
     paired = result.get("finetuned_vs_head") or {}
     gain = f"; fine-tuning {paired['accuracy_difference']:+.4f} (p {paired['p_value']:.2g})" if paired else ""
-    return [("Default run (`dvc repro`)",
-             f"{result['seconds']['total'] / 60:.1f} min, test accuracy {result['test_accuracy']:.4f} "
-             f"(head alone {result['head_only_test_accuracy']:.4f}{gain}); seconds per stage: {stages}",
-             f"Fashion-MNIST, all 70,000 images at {result['image_size']} px (image_size auto)")]
+    return [
+        (
+            "Default run (`dvc repro`)",
+            f"{result['seconds']['total'] / 60:.1f} min, test accuracy {result['test_accuracy']:.4f} "
+            f"(head alone {result['head_only_test_accuracy']:.4f}{gain}); seconds per stage: {stages}",
+            f"Fashion-MNIST, all 70,000 images at {result['image_size']} px (image_size auto)",
+        )
+    ]
 
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
-    "extract": extract_rows, "formats": formats_rows, "tuning": tuning_rows, "backbones": backbones_rows,
-    "finetune_speed": finetune_speed_rows, "head_vs_probe": head_vs_probe_rows, "accuracy": accuracy_rows,
-    "repro": repro_rows, "memory": memory_rows, "default_run": default_run_rows,
+    "extract": extract_rows,
+    "formats": formats_rows,
+    "tuning": tuning_rows,
+    "backbones": backbones_rows,
+    "finetune_speed": finetune_speed_rows,
+    "head_vs_probe": head_vs_probe_rows,
+    "accuracy": accuracy_rows,
+    "repro": repro_rows,
+    "memory": memory_rows,
+    "default_run": default_run_rows,
 }
 
 
@@ -189,7 +261,9 @@ def build_table(results: dict[str, dict[str, Any]], timings: dict[str, dict[str,
         took = _minutes(timings.get(name, {}).get("seconds", own.get("total") if isinstance(own, dict) else own))
         measured = str(result.get("machine", {}).get("date", ""))[:10]
         for index, (what, value, data) in enumerate(ROWS[name](result)):
-            lines.append(f"| {what} | {value} | {data} | {measured if index == 0 else ''} | {took if index == 0 else ''} |")
+            lines.append(
+                f"| {what} | {value} | {data} | {measured if index == 0 else ''} | {took if index == 0 else ''} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -207,20 +281,35 @@ def describe_machines(results: dict[str, dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", nargs="*", choices=BENCHMARKS, metavar="NAME",
-                        help=f"run these benchmarks first (any of: {', '.join(BENCHMARKS)})")
+    parser.add_argument(
+        "--run",
+        nargs="*",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run these benchmarks first (any of: {', '.join(BENCHMARKS)})",
+    )
     args = parser.parse_args()
     if args.run:
         run_benchmarks(args.run)
-    results = {name: json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
-               for name in BENCHMARKS if (RESULTS / f"{name}.json").exists()}
+    results = {
+        name: json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+        for name in BENCHMARKS
+        if (RESULTS / f"{name}.json").exists()
+    }
     timings = files.read_json(TIMINGS) if TIMINGS.exists() else {}
     table = build_table(results, timings)
     timed = [name for name in BENCHMARKS if name in timings]
-    total = f" Run by `make bench`, {', '.join(timed)} took {_minutes(sum(timings[n]['seconds'] for n in timed))}." if timed else ""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    files.write_text(REPORT, f"# Benchmark results\n\nWritten {now} by `python -m benchmarks.report`. "
-                             f"{describe_machines(results)}{total}\n\n{table}")
+    total = (
+        f" Run by `make bench`, {', '.join(timed)} took {_minutes(sum(timings[n]['seconds'] for n in timed))}."
+        if timed
+        else ""
+    )
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    files.write_text(
+        REPORT,
+        f"# Benchmark results\n\nWritten {now} by `python -m benchmarks.report`. "
+        f"{describe_machines(results)}{total}\n\n{table}",
+    )
     print(table, end="")
 
 

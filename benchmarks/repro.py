@@ -59,8 +59,10 @@ def measure(root: Path, params: dict, extra_trials: int) -> dict:
     params["tune"]["max_trials"] = trials + extra_trials
     write_params(root, params)
     head_change_s, head_change_stages = timed_repro(root)
-    print(f"tune.max_trials {trials} → {trials + extra_trials}: {head_change_s} s ({', '.join(head_change_stages)})",
-          flush=True)
+    print(
+        f"tune.max_trials {trials} → {trials + extra_trials}: {head_change_s} s ({', '.join(head_change_stages)})",
+        flush=True,
+    )
     return {
         "full_s": full_s,
         "full_stages": full_stages,

@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.core import progress
+from pipeline.data.split import SplitFiles
 from pipeline.features import inputs
 from pipeline.training import fitting
-from pipeline.data.split import SplitFiles
 
 FILTERS = (32, 64, 128, 128)
 LEARNING_RATE = 1e-3
@@ -96,8 +96,16 @@ def batches(images: Images, batch_size: int, shuffle_seed: int | None = None) ->
     return data.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
 
 
-def train_and_score(train: SplitFiles, val: SplitFiles, test: SplitFiles, size: int, epochs: int,
-                    patience: int, batch_size: int, seed: int) -> dict[str, Any]:
+def train_and_score(
+    train: SplitFiles,
+    val: SplitFiles,
+    test: SplitFiles,
+    size: int,
+    epochs: int,
+    patience: int,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
     """Train the CNN on train, keep its best epoch on val, and score it on test.
 
     Args:

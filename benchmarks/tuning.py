@@ -55,15 +55,25 @@ def timed(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def memory_by_trial(cached: dict[str, np.ndarray], train_labels: np.ndarray, val_labels: np.ndarray,
-                    num_classes: int, width: int, params: config.Params, trials: int = 12) -> list[float]:
+def memory_by_trial(
+    cached: dict[str, np.ndarray],
+    train_labels: np.ndarray,
+    val_labels: np.ndarray,
+    num_classes: int,
+    width: int,
+    params: config.Params,
+    trials: int = 12,
+) -> list[float]:
     """Resident memory after each trial of a real random search on the cached features: flat if
     every trial's graph and weights are released (Keras Tuner clears the session between trials)."""
-    train = extraction.FeatureSet(cached["train"], train_labels, np.array([]), np.array([]), tuple(map(str, range(num_classes))))
+    train = extraction.FeatureSet(
+        cached["train"], train_labels, np.array([]), np.array([]), tuple(map(str, range(num_classes)))
+    )
     val = extraction.FeatureSet(cached["val"], val_labels, np.array([]), np.array([]), train.classes)
     log = tuning.TrialLog(None, "random")
-    hypermodel = tuning.HeadHyperModel(params.tune.space, width, num_classes, params.train_head,
-                                       params.tune.objective, params.seed, log)
+    hypermodel = tuning.HeadHyperModel(
+        params.tune.space, width, num_classes, params.train_head, params.tune.objective, params.seed, log
+    )
     tune = dataclasses.replace(params.tune, algorithm="random", max_trials=trials)
     with tempfile.TemporaryDirectory() as folder:
         tuner = tuning.make_tuner(hypermodel, tune, params.train_head.epochs, Path(folder) / "tuner", params.seed, log)
@@ -98,8 +108,14 @@ def main() -> None:
         keras.backend.clear_session()
         fitting.seed_everything(params.seed)
         model = head.build_head(entry.feature_width, num_classes, settings)
-        model.fit(cached["train"], train_labels, validation_data=(cached["val"], val_labels),
-                  batch_size=settings.batch_size, epochs=args.epochs, verbose=0)
+        model.fit(
+            cached["train"],
+            train_labels,
+            validation_data=(cached["val"], val_labels),
+            batch_size=settings.batch_size,
+            epochs=args.epochs,
+            verbose=0,
+        )
 
     def end_to_end_trial() -> None:
         keras.backend.clear_session()
@@ -108,10 +124,15 @@ def main() -> None:
         images = keras.Input((args.size, args.size, 3))
         model = keras.Model(images, head_model(extractor(images, training=False)))
         fitting.compile_classifier(model, settings.optimizer, settings.learning_rate)
-        model.fit(inputs.image_dataset(train, args.size, "center", settings.batch_size, labels=train_labels,
-                                       shuffle_seed=params.seed),
-                  validation_data=inputs.image_dataset(val, args.size, "center", settings.batch_size, labels=val_labels),
-                  epochs=args.epochs, shuffle=False, verbose=0)  # the dataset shuffles its files
+        model.fit(
+            inputs.image_dataset(
+                train, args.size, "center", settings.batch_size, labels=train_labels, shuffle_seed=params.seed
+            ),
+            validation_data=inputs.image_dataset(val, args.size, "center", settings.batch_size, labels=val_labels),
+            epochs=args.epochs,
+            shuffle=False,
+            verbose=0,
+        )  # the dataset shuffles its files
 
     seconds: dict[str, list[float]] = {"cached": [], "end_to_end": []}
     for _ in range(ROUNDS):

@@ -48,10 +48,15 @@ def create_workspace(root: Path, params: dict[str, Any]) -> None:
     weights = REPO / params["paths"]["weights"]
     for path in weights.iterdir() if weights.is_dir() else ():
         files.link_or_copy(path, root / params["paths"]["weights"] / path.name)
-    for command in (("git", "init", "-q"), ("git", "config", "user.email", "bench@example.com"),
-                    ("git", "config", "user.name", "bench"), ("dvc", "init", "-q"),
-                    ("dvc", "config", "core.analytics", "false"), ("git", "add", "-A"),
-                    ("git", "commit", "-qm", "benchmark workspace")):
+    for command in (
+        ("git", "init", "-q"),
+        ("git", "config", "user.email", "bench@example.com"),
+        ("git", "config", "user.name", "bench"),
+        ("dvc", "init", "-q"),
+        ("dvc", "config", "core.analytics", "false"),
+        ("git", "add", "-A"),
+        ("git", "commit", "-qm", "benchmark workspace"),
+    ):
         run_in(root, command)
 
 
@@ -71,6 +76,8 @@ def run_in(root: Path, command: tuple[str, ...]) -> str:
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed in {root} ({result.returncode}):\n"
-                         f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise SystemExit(
+            f"{' '.join(command)} failed in {root} ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result.stdout

@@ -8,9 +8,9 @@ Writes: paths.report (images embedded; opens with no network); paths.plots/analy
 """
 
 from pipeline.core import config, files, runtime
+from pipeline.core.errors import run_cli
 from pipeline.evaluation import analysis, analysis_report, report, scoring
 from pipeline.tracking import runs
-from pipeline.core.errors import run_cli
 
 THUMBNAIL_PX = 200
 
@@ -33,26 +33,39 @@ def main() -> None:
         examples = analysis_report.load_examples(worst, classes, params, THUMBNAIL_PX)
         rendered = analysis_report.Rendered()
         sections = [
-            analysis_report.overview_section(predictions, scores, rendered, params.evaluate.calibration_bins,
-                                             fine_tuning),
+            analysis_report.overview_section(
+                predictions, scores, rendered, params.evaluate.calibration_bins, fine_tuning
+            ),
             analysis_report.class_section(per_class, tables["confused_pairs"], rendered),
             analysis_report.confidence_section(predictions, rendered),
             *analysis_report.error_sections(worst, examples, rendered),
         ]
         notes = analysis_report.glyph_notes(rendered.missing_glyphs, classes)
         html = report.build_report(
-            "Error analysis", f"{len(predictions)} test images · {len(classes)} classes · {params.backbone.name}",
-            {"test accuracy": scores["finetuned"]["accuracy"], "head alone": scores["head_only"]["accuracy"],
-             "errors": errors, "classes": len(classes)},
-            sections, notes)
+            "Error analysis",
+            f"{len(predictions)} test images · {len(classes)} classes · {params.backbone.name}",
+            {
+                "test accuracy": scores["finetuned"]["accuracy"],
+                "head alone": scores["head_only"]["accuracy"],
+                "errors": errors,
+                "classes": len(classes),
+            },
+            sections,
+            notes,
+        )
         outside = report.find_external_references(html)
         if outside:
             raise RuntimeError(f"the report refers outside itself: {outside}")
         files.write_text(params.path("report"), html)
         write_tables_and_figures(tables, rendered, params, run)
         run.log_artifact(params.path("report"))
-        run.log_metrics({"errors": errors, "worst_class_accuracy":
-                         float(per_class["accuracy"].iloc[0]), "missing_glyphs": len(rendered.missing_glyphs)})
+        run.log_metrics(
+            {
+                "errors": errors,
+                "worst_class_accuracy": float(per_class["accuracy"].iloc[0]),
+                "missing_glyphs": len(rendered.missing_glyphs),
+            }
+        )
         run.record("worst_class", str(per_class["class"].iloc[0]))
         print(f"analyze: report with {len(sections)} sections → {params.paths.report}")
 

@@ -5,9 +5,9 @@ Writes: paths.raw/[<split>/]<class>/<image>, paths.metrics/download.json
 """
 
 from pipeline.core import config, files
+from pipeline.core.errors import run_cli
 from pipeline.data import sources
 from pipeline.tracking import runs
-from pipeline.core.errors import run_cli
 
 
 def main() -> None:
@@ -16,7 +16,9 @@ def main() -> None:
         # Built beside paths.raw and swapped in only when complete: a failure leaves nothing half-written.
         with files.staged_dir(params.path("raw")) as staging:
             acquired = sources.acquire(params.data, staging, params.path("downloads"))
-        run.log_metrics({"images": acquired.images, "classes": acquired.classes, "ignored_files": len(acquired.ignored)})
+        run.log_metrics(
+            {"images": acquired.images, "classes": acquired.classes, "ignored_files": len(acquired.ignored)}
+        )
         run.record("ignored_by_reason", sources.count_reasons(acquired.ignored))
         run.set_tags({"data.layout": "train/val/test folders" if acquired.presplit else "class folders"})
         if acquired.ignored:

@@ -7,9 +7,9 @@ Writes: paths.features/{train,val,test}.npz, meta.json (the same bytes on every 
 """
 
 from pipeline.core import config, files, runtime
+from pipeline.core.errors import run_cli
 from pipeline.features import backbones, extraction
 from pipeline.tracking import runs
-from pipeline.core.errors import run_cli
 
 
 def main() -> None:
@@ -21,8 +21,14 @@ def main() -> None:
         model, weights = backbones.build_extractor(
             backbone, size, params.backbone.weights, params.root, params.path("weights")
         )
-        run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256, "image_size": str(size),
-                      "image_size_rule": size_rule})
+        run.set_tags(
+            {
+                "backbone": backbone.name,
+                "weights.sha256": weights.sha256,
+                "image_size": str(size),
+                "image_size_rule": size_rule,
+            }
+        )
         with files.staged_dir(params.path("features")) as staging:
             meta, seconds = extraction.extract_splits(model, backbone, weights, size, params, staging, size_rule)
         images = sum(meta["counts"].values())

@@ -6,9 +6,9 @@ Writes: paths.splits/{train,val,test}.csv (path, label, sha256), classes.json, r
 """
 
 from pipeline.core import config, figures, files
+from pipeline.core.errors import run_cli
 from pipeline.data import dataset, images, split
 from pipeline.tracking import runs
-from pipeline.core.errors import run_cli
 
 
 def main() -> None:
@@ -30,8 +30,14 @@ def main() -> None:
         run.log_table(split.counts_frame(result), "class_counts")
         run.log_dict(report, "split_report.json")
         run.log_metrics({f"images_{name}": n for name, n in report["images"].items()})
-        run.log_metrics({"classes": report["classes"], "excluded_files": len(report["excluded"]),
-                         "duplicate_groups": result.duplicate_groups, "duplicate_copies": result.duplicate_copies})
+        run.log_metrics(
+            {
+                "classes": report["classes"],
+                "excluded_files": len(report["excluded"]),
+                "duplicate_groups": result.duplicate_groups,
+                "duplicate_copies": result.duplicate_copies,
+            }
+        )
         for entry in report["excluded"]:
             print(f"split: excluded {entry['path']}: {entry['reason']}")
         print(f"split: {report['images']} images in {report['classes']} classes → {params.paths.splits}")

@@ -12,12 +12,12 @@ files in paths.tuner: no stage run, no model, no metrics JSON.
 """
 
 from pipeline.core import config, files, runtime
-from pipeline.features import extraction
-from pipeline.tracking import runs
-from pipeline.training import distributed, tuning
 from pipeline.core.config import Params
 from pipeline.core.errors import run_cli
+from pipeline.features import extraction
 from pipeline.features.extraction import FeatureSet
+from pipeline.tracking import runs
+from pipeline.training import distributed, tuning
 
 
 def main() -> None:
@@ -31,7 +31,9 @@ def main() -> None:
     with runs.stage_run("train_head", params) as run:
         train, val = read_features(params)
         if role.kind == "chief":
-            result = tuning.train_chosen(*distributed.serve_search(train, val, params, run, role), train, val, params, run)
+            result = tuning.train_chosen(
+                *distributed.serve_search(train, val, params, run, role), train, val, params, run
+            )
         else:
             result = tuning.select_head(train, val, params, run)
         best = result.best_epoch()
@@ -45,8 +47,10 @@ def main() -> None:
         run.log_artifact(params.path("best_hparams"))
         run.log_artifact(params.path("head_model"))
         run.log_metrics(result.summary())
-        print(f"train_head: {tuning.describe_settings(result.settings.as_dict())}: {params.tune.objective} "
-              f"{best[params.tune.objective]:.4f} at epoch {int(best['epoch'])} → {params.paths.head_model}")
+        print(
+            f"train_head: {tuning.describe_settings(result.settings.as_dict())}: {params.tune.objective} "
+            f"{best[params.tune.objective]:.4f} at epoch {int(best['epoch'])} → {params.paths.head_model}"
+        )
 
 
 def read_features(params: Params) -> tuple[FeatureSet, FeatureSet]:

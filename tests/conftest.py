@@ -73,7 +73,9 @@ class Project:
         """Write params.yaml (the given dict, or the current one)."""
         if params is not None:
             self.params = params
-        (self.root / "params.yaml").write_text(yaml.safe_dump(self.params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        (self.root / "params.yaml").write_text(
+            yaml.safe_dump(self.params, allow_unicode=True, sort_keys=False), encoding="utf-8"
+        )
 
     def shrink(self, trials: int = 1, head_epochs: int = 2, **sections: dict[str, Any]) -> None:
         """Make every training stage tiny: an untrained backbone at 32 px, a few trials and epochs.

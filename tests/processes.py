@@ -109,8 +109,15 @@ def log_tail(log: Path) -> str:
 
 
 @contextlib.contextmanager
-def serving(command: list[str], log: Path, ready: str | Callable[[], bool], *, env: Mapping[str, str] | None = None,
-            cwd: Path | None = None, timeout_s: float = START_TIMEOUT_S) -> Iterator[subprocess.Popen]:
+def serving(
+    command: list[str],
+    log: Path,
+    ready: str | Callable[[], bool],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+) -> Iterator[subprocess.Popen]:
     """Run ``command`` in its own session until the block ends, once it is ready.
 
     Args:
@@ -132,8 +139,15 @@ def serving(command: list[str], log: Path, ready: str | Callable[[], bool], *, e
     full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", os.defpath)])
     probe = ready if callable(ready) else functools.partial(url_answers, ready)
     with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_until_ready(process, probe, log, timeout_s)
         yield process
@@ -158,9 +172,18 @@ def mlflow_server(folder: Path) -> Iterator[MlflowServer]:
     port = free_port()
     server = MlflowServer(f"http://{HOST}:{port}", folder / "mlflow.db", folder / "artifacts")
     command = [
-        str(Path(sys.executable).parent / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{server.store}", "--artifacts-destination", str(server.artifacts),
-        "--host", HOST, "--port", str(port), "--workers", "1",
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{server.store}",
+        "--artifacts-destination",
+        str(server.artifacts),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     env = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
     with serving(command, folder / "server.log", f"{server.url}/health", env=env, cwd=folder):

@@ -27,8 +27,16 @@ from processes import HOST, free_ports, serving
 # The components `weed mini` starts and the port flags each listens on (gRPC ports default to
 # HTTP + 10000, which could be taken: every port is chosen explicitly).
 _PORT_FLAGS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-    "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
 )
 
 
@@ -66,10 +74,18 @@ def weed_command(workdir: Path, ports: dict[str, int], s3_config: Path) -> list[
         The argument list.
     """
     flags = {
-        "dir": workdir / "data", "ip": HOST, "ip.bind": HOST, "s3.config": s3_config,
-        "s3.port.iceberg": 0, "s3.port.lance": 0, "webdav": "false", "admin.ui": "false",
+        "dir": workdir / "data",
+        "ip": HOST,
+        "ip.bind": HOST,
+        "s3.config": s3_config,
+        "s3.port.iceberg": 0,
+        "s3.port.lance": 0,
+        "webdav": "false",
+        "admin.ui": "false",
         "master.telemetry": "false",
-        "filer.localSocket": workdir / "filer.sock", "s3.localSocket": workdir / "s3.sock", **ports,
+        "filer.localSocket": workdir / "filer.sock",
+        "s3.localSocket": workdir / "s3.sock",
+        **ports,
     }
     return [find_weed(), f"-logdir={workdir / 'logs'}", "mini", *(f"-{name}={value}" for name, value in flags.items())]
 
@@ -77,8 +93,11 @@ def weed_command(workdir: Path, ports: dict[str, int], s3_config: Path) -> list[
 def create_client(server: S3Server) -> Any:
     """Return a botocore S3 client for ``server`` that fails fast instead of retrying."""
     return botocore.session.get_session().create_client(
-        "s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
-        aws_access_key_id=server.access_key_id, aws_secret_access_key=server.secret_access_key,
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=server.access_key_id,
+        aws_secret_access_key=server.secret_access_key,
         config=botocore.config.Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 0}),
     )
 
@@ -87,8 +106,12 @@ def accepts_credentials(client: Any) -> bool:
     """Return whether the S3 endpoint answers ``client`` with its credentials now."""
     try:
         client.list_buckets()
-    except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ClientError,
-            botocore.exceptions.ConnectionClosedError, botocore.exceptions.ReadTimeoutError):
+    except (
+        botocore.exceptions.EndpointConnectionError,
+        botocore.exceptions.ClientError,
+        botocore.exceptions.ConnectionClosedError,
+        botocore.exceptions.ReadTimeoutError,
+    ):
         return False
     return True
 
@@ -109,15 +132,25 @@ def run_seaweedfs(workdir: Path, bucket: str = "headstart") -> Iterator[S3Server
     (workdir / "data").mkdir(exist_ok=True)
     access_key, secret_key = f"headstart{secrets.token_hex(4)}", secrets.token_hex(20)
     s3_config = workdir / "s3.json"
-    s3_config.write_text(json.dumps({"identities": [{
-        "name": "team",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}), encoding="utf-8")
+    s3_config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "team",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        ),
+        encoding="utf-8",
+    )
     ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
     server = S3Server(f"http://{HOST}:{ports['s3.port']}", access_key, secret_key, bucket)
     client = create_client(server)
-    with serving(weed_command(workdir, ports, s3_config), workdir / "weed.log",
-                 functools.partial(accepts_credentials, client)):
+    with serving(
+        weed_command(workdir, ports, s3_config), workdir / "weed.log", functools.partial(accepts_credentials, client)
+    ):
         client.create_bucket(Bucket=server.bucket)
         yield server

@@ -35,8 +35,9 @@ def test_predictions_frame_columns_and_losses():
     assert list(frame.columns[:6]) == ["path", "label", "predicted", "confidence", "loss", "correct"]
     assert analysis.class_names(frame) == CLASSES
     assert list(frame["predicted"]) == ["cat", "dog", "dog", "dog", "猫", "猫"]
-    assert frame["loss"].tolist() == pytest.approx([-np.log(0.9), -np.log(0.2), -np.log(0.1), -np.log(0.6),
-                                                    -np.log(0.3), 0.0])
+    assert frame["loss"].tolist() == pytest.approx(
+        [-np.log(0.9), -np.log(0.2), -np.log(0.1), -np.log(0.6), -np.log(0.3), 0.0]
+    )
     assert frame["correct"].tolist() == [True, False, False, True, False, True]
 
 
@@ -103,16 +104,21 @@ def test_evaluate_and_analyze_through_dvc(project, image_tree):
     root = project.root
 
     scores = json.loads((root / "metrics/evaluate.json").read_text())
-    assert set(scores["finetuned"]) == set(scores["head_only"]) >= {"accuracy", "f1_macro", "log_loss", "ece",
-                                                                     "roc_auc", "per_class"}
+    assert (
+        set(scores["finetuned"])
+        == set(scores["head_only"])
+        >= {"accuracy", "f1_macro", "log_loss", "ece", "roc_auc", "per_class"}
+    )
     assert set(scores["finetuned"]["per_class"]) == {"cat", "sea lion", "猫"}
     paired = scores["finetuned_vs_head"]
     assert set(paired) == {"accuracy_difference", "p_value", "only_finetuned", "only_head"}
-    assert paired["accuracy_difference"] == pytest.approx(scores["finetuned"]["accuracy"]
-                                                          - scores["head_only"]["accuracy"])
+    assert paired["accuracy_difference"] == pytest.approx(
+        scores["finetuned"]["accuracy"] - scores["head_only"]["accuracy"]
+    )
     # Every image only one got right moves the difference by 1/n; the rest cancel out.
-    assert paired["only_finetuned"] - paired["only_head"] == round(paired["accuracy_difference"]
-                                                                   * scores["finetuned"]["n"])
+    assert paired["only_finetuned"] - paired["only_head"] == round(
+        paired["accuracy_difference"] * scores["finetuned"]["n"]
+    )
     assert paired["p_value"] == scoring.mcnemar_exact_p(paired["only_finetuned"], paired["only_head"])
     logged = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}").get_run(scores["mlflow"]["run_id"]).data.metrics
     assert {key: logged[f"finetuned_vs_head.{key}"] for key in paired} == pytest.approx(paired)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.core import config
-from pipeline.features import backbones, efficientnet_lite
 from pipeline.core.errors import UserError
+from pipeline.features import backbones, efficientnet_lite
 from processes import free_port
 
 # keras.applications' own input conventions, the reference our in-graph preprocessing must match.
@@ -63,13 +63,14 @@ def test_cut_points_name_increasing_positions(name, tmp_path):
     core, _ = backbones.build_backbone(backbone, max(backbone.min_size, 32), "none", tmp_path, tmp_path)
     positions = [backbones.cut_index(core.layers, backbone, cut) for cut in backbone.cut_points]
     assert positions == sorted(set(positions))
-    assert 0 < positions[0] and positions[-1] < len(core.layers)
+    assert positions[0] > 0 and positions[-1] < len(core.layers)
     with pytest.raises(UserError, match="not a cut point"):
         backbones.cut_index(core.layers, backbone, "no_such_block")
 
 
-@pytest.mark.parametrize(("name", "native_size"),
-                         [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+@pytest.mark.parametrize(
+    ("name", "native_size"), [("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("efficientnet_lite2", 260)]
+)
 def test_lite_imagenet_weights_come_from_their_own_package(name, native_size, tmp_path):
     variant = efficientnet_lite.VARIANTS[name]
     backbone = backbones.get(name)

@@ -113,10 +113,19 @@ def test_stage_with_bad_params_exits_2_without_traceback(project, stage: str) ->
     assert not (project.root / "data" / "raw").exists()
 
 
-@pytest.mark.parametrize(("written", "number"), [
-    ("1e-4", 1e-4), ("3E-5", 3e-5), ("1e-05", 1e-5), ("5e3", 5000.0), ("1.0e-4", 1e-4), ("2.5e+1", 25.0),
-    (".5e-3", 5e-4), ("-1e-3", -1e-3),
-])
+@pytest.mark.parametrize(
+    ("written", "number"),
+    [
+        ("1e-4", 1e-4),
+        ("3E-5", 3e-5),
+        ("1e-05", 1e-5),
+        ("5e3", 5000.0),
+        ("1.0e-4", 1e-4),
+        ("2.5e+1", 25.0),
+        (".5e-3", 5e-4),
+        ("-1e-3", -1e-3),
+    ],
+)
 def test_numbers_with_an_exponent_are_numbers(written: str, number: float) -> None:
     value = config.read_params_yaml(f"rate: {written}\n")["rate"]
     assert isinstance(value, float) and value == pytest.approx(number, rel=1e-12)
@@ -134,15 +143,23 @@ def test_exponent_rates_and_whole_numbers_pass_validation(tmp_path, base_params:
     assert params.data.max_per_class == 5000 and isinstance(params.data.max_per_class, int)
 
 
-@pytest.mark.parametrize(("section", "key", "value", "expected"), [
-    ("finetune", "learning_rate", "fast",
-     "finetune.learning_rate: found 'fast'; allowed: 'auto', or a number in (0, 1]"),
-    ("finetune", "learning_rate", "1e-4x", "finetune.learning_rate: found '1e-4x'; allowed: 'auto'"),
-    ("finetune", "epochs", "many", "finetune.epochs: found 'many'; allowed: 'auto', or an integer in [1, 10000]"),
-    ("data", "max_per_class", "5e-1", "data.max_per_class: found 0.5 (float); allowed: an integer >= 1, or null"),
-])
-def test_what_is_still_not_a_number_keeps_the_clear_message(base_params: dict[str, Any], section: str, key: str,
-                                                              value: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        (
+            "finetune",
+            "learning_rate",
+            "fast",
+            "finetune.learning_rate: found 'fast'; allowed: 'auto', or a number in (0, 1]",
+        ),
+        ("finetune", "learning_rate", "1e-4x", "finetune.learning_rate: found '1e-4x'; allowed: 'auto'"),
+        ("finetune", "epochs", "many", "finetune.epochs: found 'many'; allowed: 'auto', or an integer in [1, 10000]"),
+        ("data", "max_per_class", "5e-1", "data.max_per_class: found 0.5 (float); allowed: an integer >= 1, or null"),
+    ],
+)
+def test_what_is_still_not_a_number_keeps_the_clear_message(
+    base_params: dict[str, Any], section: str, key: str, value: str, expected: str
+) -> None:
     base_params[section][key] = config.read_params_yaml(f"v: {value}\n")["v"]
     assert expected in problems_for(base_params)
 
@@ -151,8 +168,9 @@ def test_what_is_still_not_a_number_keeps_the_clear_message(base_params: dict[st
 def test_dvc_exp_run_set_with_an_exponent_is_accepted(project, image_tree) -> None:
     # dvc exp run -S writes 3e-5 back as "3e-05" and 5e3 as "5000.0"; PyYAML alone reads the first as a string.
     image_tree(project.params["data"]["folder"], {"cat": 2, "dog": 2})
-    result = project.run("dvc", "exp", "run", "-S", "finetune.learning_rate=3e-5", "-S", "data.max_per_class=5e3",
-                         "download")
+    result = project.run(
+        "dvc", "exp", "run", "-S", "finetune.learning_rate=3e-5", "-S", "data.max_per_class=5e3", "download"
+    )
     assert "3e-05" in (project.root / "params.yaml").read_text(encoding="utf-8")
     assert "Traceback" not in result.stderr
     assert json.loads((project.root / "metrics" / "download.json").read_text(encoding="utf-8"))["images"] == 4
@@ -175,16 +193,19 @@ def test_unknown_hyperparameter_in_the_space_is_rejected(base_params: dict[str, 
     assert "tune.space.units: missing key" in message
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    (lambda s: s.update(units=[]), "tune.space.units: found []; allowed: a non-empty list"),
-    (lambda s: s.update(units=128), "tune.space.units: found 128; allowed: a non-empty list"),
-    (lambda s: s.update(units=[128, "wide"]), "tune.space.units[1]: found 'wide' (str); allowed: an integer"),
-    (lambda s: s.update(optimizer=["adam", "adamm"]), "tune.space.optimizer[1]: found 'adamm'; allowed: one of"),
-    (lambda s: s["learning_rate"].update(min=0.0), "tune.space.learning_rate: log sampling needs min > 0"),
-    (lambda s: s["dropout"].update(min=0.6), "tune.space.dropout: min (0.6) must be below max (0.5)"),
-    (lambda s: s["dropout"].update(max=1.5), "tune.space.dropout: found [0, 1.5]; allowed: within [0, 1)"),
-    (lambda s: s["learning_rate"].update(step=0.001), "tune.space.learning_rate.step: log sampling takes no step"),
-])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda s: s.update(units=[]), "tune.space.units: found []; allowed: a non-empty list"),
+        (lambda s: s.update(units=128), "tune.space.units: found 128; allowed: a non-empty list"),
+        (lambda s: s.update(units=[128, "wide"]), "tune.space.units[1]: found 'wide' (str); allowed: an integer"),
+        (lambda s: s.update(optimizer=["adam", "adamm"]), "tune.space.optimizer[1]: found 'adamm'; allowed: one of"),
+        (lambda s: s["learning_rate"].update(min=0.0), "tune.space.learning_rate: log sampling needs min > 0"),
+        (lambda s: s["dropout"].update(min=0.6), "tune.space.dropout: min (0.6) must be below max (0.5)"),
+        (lambda s: s["dropout"].update(max=1.5), "tune.space.dropout: found [0, 1.5]; allowed: within [0, 1)"),
+        (lambda s: s["learning_rate"].update(step=0.001), "tune.space.learning_rate.step: log sampling takes no step"),
+    ],
+)
 def test_search_space_mistakes_name_the_key(base_params: dict[str, Any], change, expected: str) -> None:
     change(base_params["tune"]["space"])
     assert expected in problems_for(base_params)
@@ -206,4 +227,7 @@ def test_training_choices_are_checked(base_params: dict[str, Any]) -> None:
     assert "train_head.class_weight: found 'inverse'; allowed: one of 'balanced', 'none'" in message
     assert "train_head.optimizer: found 'nadam'" in message
     assert "tune.algorithm: found 'grid'" in message
-    assert "tune.objective: found 'accuracy'; allowed: one of 'val_accuracy', 'val_loss' (did you mean 'val_accuracy'?)" in message
+    assert (
+        "tune.objective: found 'accuracy'; allowed: one of 'val_accuracy', 'val_loss' (did you mean 'val_accuracy'?)"
+        in message
+    )

@@ -17,8 +17,9 @@ LOAD = "import pipeline, tensorflow as tf; import mlflow; print('loaded', tf.__v
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ("HEADSTART_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**full, **env}, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env={**full, **env}, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_loading_tensorflow_prints_nothing_but_verbose_shows_its_lines() -> None:
@@ -38,10 +39,12 @@ def test_a_refused_file_prints_nothing_where_onednn_is_off(tmp_path) -> None:
 
     Image.new("RGB", (32, 32), "red").save(tmp_path / "good.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
-    code = ("import sys; from pathlib import Path; from pipeline.data import images\n"
-            f"folder = Path({str(tmp_path)!r})\n"
-            "found = images.inspect_images([folder / 'good.png', folder / 'cut.png'], 10**6)\n"
-            "print([problem is None for _, problem in found])")
+    code = (
+        "import sys; from pathlib import Path; from pipeline.data import images\n"
+        f"folder = Path({str(tmp_path)!r})\n"
+        "found = images.inspect_images([folder / 'good.png', folder / 'cut.png'], 10**6)\n"
+        "print([problem is None for _, problem in found])"
+    )
     result = _python(code, TF_ENABLE_ONEDNN_OPTS="0")
     assert result.stdout.strip() == "[True, False]", result.stderr
     assert not [line for line in result.stderr.splitlines() if "absl" in line or line.startswith("W0")], result.stderr
@@ -49,16 +52,21 @@ def test_a_refused_file_prints_nothing_where_onednn_is_off(tmp_path) -> None:
 
 def test_a_tensorflow_warning_after_loading_stays_visible() -> None:
     # A refused decode: TensorFlow's native warning and the Python error both reach the console.
-    result = _python("import pipeline, tensorflow as tf\ntry:\n    tf.io.decode_image(b'no image')\n"
-                     "except tf.errors.InvalidArgumentError as e:\n    print('refused', flush=True)")
+    result = _python(
+        "import pipeline, tensorflow as tf\ntry:\n    tf.io.decode_image(b'no image')\n"
+        "except tf.errors.InvalidArgumentError as e:\n    print('refused', flush=True)"
+    )
     assert "refused" in result.stdout
     assert re.search(r"^W\d{4} .*Unknown image file format", result.stderr, re.MULTILINE), result.stderr
 
 
 def test_native_lines_are_filtered_and_the_rest_passes(capfd) -> None:
     with console.filtered_stderr(re.compile(r"^I\d{4} ")) as live:
-        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-                    b"I0000 00:00:1.0 port.cc:1] chatter\nW0000 00:00:1.0 real.cc:2] a warning\n")
+        os.write(
+            2,
+            b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+            b"I0000 00:00:1.0 port.cc:1] chatter\nW0000 00:00:1.0 real.cc:2] a warning\n",
+        )
         live.write("progress 50%\n")
         print("python stderr", file=sys.stderr)
     err = capfd.readouterr().err

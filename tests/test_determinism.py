@@ -37,8 +37,14 @@ VOLATILE_METRICS = {
     "finetune": ("mlflow", "seconds"),
     "evaluate": ("mlflow",),
     "analyze": ("mlflow",),
-    "export": ("mlflow", "keras.images_per_s", "float32.images_per_s", "float32.speedup",
-               "float16.images_per_s", "float16.speedup"),
+    "export": (
+        "mlflow",
+        "keras.images_per_s",
+        "float32.images_per_s",
+        "float32.speedup",
+        "float16.images_per_s",
+        "float16.speedup",
+    ),
 }
 
 

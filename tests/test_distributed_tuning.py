@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from pipeline.core import config
+from pipeline.core.errors import UserError
 from pipeline.features import extraction
 from pipeline.tracking import store
 from pipeline.training import distributed, tuning
-from pipeline.core.errors import UserError
 from processes import free_port
 from test_tuning import tiny_features
 
@@ -32,6 +32,7 @@ TIMEOUT_S = 600
 
 
 # --- roles from params and environment --------------------------------------------------------------
+
 
 @pytest.fixture
 def params() -> config.Params:
@@ -75,14 +76,20 @@ def test_an_address_without_a_tuner_id_explains_how_to_start_chief_and_workers(p
     assert "=chief" in str(raised.value) and "=tuner0" in str(raised.value)
 
 
-@pytest.mark.parametrize("env, enabled, message", [
-    ({"KERASTUNER_TUNER_ID": "tuner0"}, True, "chief's address"),
-    ({"KERASTUNER_TUNER_ID": "tuner0", "KERASTUNER_ORACLE_IP": "127.0.0.1"}, False, "tune.enabled is false"),
-    ({"KERASTUNER_TUNER_ID": "tuner0", "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": "http"},
-     True, "port number"),
-    ({"KERASTUNER_TUNER_ID": "oracle", "KERASTUNER_ORACLE_IP": "127.0.0.1"}, True, "letters, digits"),
-    ({"KERASTUNER_TUNER_ID": "tuner 0", "KERASTUNER_ORACLE_IP": "127.0.0.1"}, True, "letters, digits"),
-])
+@pytest.mark.parametrize(
+    "env, enabled, message",
+    [
+        ({"KERASTUNER_TUNER_ID": "tuner0"}, True, "chief's address"),
+        ({"KERASTUNER_TUNER_ID": "tuner0", "KERASTUNER_ORACLE_IP": "127.0.0.1"}, False, "tune.enabled is false"),
+        (
+            {"KERASTUNER_TUNER_ID": "tuner0", "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": "http"},
+            True,
+            "port number",
+        ),
+        ({"KERASTUNER_TUNER_ID": "oracle", "KERASTUNER_ORACLE_IP": "127.0.0.1"}, True, "letters, digits"),
+        ({"KERASTUNER_TUNER_ID": "tuner 0", "KERASTUNER_ORACLE_IP": "127.0.0.1"}, True, "letters, digits"),
+    ],
+)
 def test_a_wrong_setup_is_a_user_error(params, clean_env, env, enabled, message):
     for name, value in env.items():
         clean_env.setenv(name, value)
@@ -102,15 +109,28 @@ def test_a_chief_whose_port_is_taken_fails_before_the_search(params, clean_env):
 
 # --- one chief and two workers -----------------------------------------------------------------------
 
+
 def start(project, tuner_id: str, port: int, logs: Path) -> tuple[subprocess.Popen, Path]:
     """``python -m stages.train_head`` in the project with its own KERASTUNER_TUNER_ID."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KERASTUNER_", "MLFLOW_TRACKING_URI"))}
-    env.update({"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "PYTHONUNBUFFERED": "1",
-                distributed.TUNER_ID_ENV: tuner_id, distributed.ORACLE_IP_ENV: "127.0.0.1", distributed.ORACLE_PORT_ENV: str(port)})
+    env.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
+            "PYTHONUNBUFFERED": "1",
+            distributed.TUNER_ID_ENV: tuner_id,
+            distributed.ORACLE_IP_ENV: "127.0.0.1",
+            distributed.ORACLE_PORT_ENV: str(port),
+        }
+    )
     log = logs / f"{tuner_id}.log"
     with log.open("w") as stream:
-        process = subprocess.Popen([sys.executable, "-m", "stages.train_head"], cwd=project.root, env=env,
-                                   stdout=stream, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stages.train_head"],
+            cwd=project.root,
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
     return process, log
 
 
@@ -151,8 +171,12 @@ def test_a_chief_and_two_workers_complete_and_log_every_trial_once(distributed_p
         # Workers first, so both are waiting when the chief opens the search and both get trials.
         for worker in WORKERS:
             processes[worker] = start(project, worker, port, tmp_path)
-        wait_for(lambda: all("waiting for the chief" in processes[w][1].read_text() for w in WORKERS),
-                 "workers waiting", processes, TIMEOUT_S)
+        wait_for(
+            lambda: all("waiting for the chief" in processes[w][1].read_text() for w in WORKERS),
+            "workers waiting",
+            processes,
+            TIMEOUT_S,
+        )
         processes["chief"] = start(project, "chief", port, tmp_path)
         wait_for(lambda: all(p.poll() is not None for p, _ in processes.values()), "search", processes, TIMEOUT_S)
     finally:
@@ -171,8 +195,10 @@ def test_a_chief_and_two_workers_complete_and_log_every_trial_once(distributed_p
     assert {t["status"] for t in trials.values()} == {"COMPLETED"}
     end_order = json.loads((tuner_dir / "oracle.json").read_text())["end_order"]
     assert sorted(end_order) == sorted(t["trial_id"] for t in trials.values())
-    workers = {t["trial_id"]: json.loads((tuner_dir / f"trial_{t['trial_id']}" / tuning.WORKER_FILE).read_text())
-               for t in trials.values()}
+    workers = {
+        t["trial_id"]: json.loads((tuner_dir / f"trial_{t['trial_id']}" / tuning.WORKER_FILE).read_text())
+        for t in trials.values()
+    }
     assert {w["tuner_id"] for w in workers.values()} == set(WORKERS)
     assert not (tuner_dir / distributed.CHIEF_FILE).exists()
 
@@ -198,13 +224,14 @@ def test_a_chief_and_two_workers_complete_and_log_every_trial_once(distributed_p
     # The chief's outputs: the best trial's hyperparameters, trained again in the chief.
     best = min(trials.values(), key=lambda t: t["score"])
     chosen = yaml.safe_load(params.path("best_hparams").read_text())
-    assert {k: v for k, v in chosen.items() if k != "epochs"} == \
-        {k: best["hyperparameters"]["values"][k] for k in chosen if k != "epochs"}
+    assert {k: v for k, v in chosen.items() if k != "epochs"} == {
+        k: best["hyperparameters"]["values"][k] for k in chosen if k != "epochs"
+    }
     assert params.path("head_model").is_file()
     assert metrics["best_val_loss"] == pytest.approx(best["score"])
     assert (metrics["trials"], metrics["trials_completed"], metrics["tuners"]) == (TRIALS, TRIALS, len(WORKERS))
     table = pd.read_csv(params.path("plots") / "train_head" / "trials.csv", dtype={"trial": str})
-    assert dict(zip(table["trial"], table["tuner_id"])) == {k: w["tuner_id"] for k, w in workers.items()}
+    assert dict(zip(table["trial"], table["tuner_id"], strict=True)) == {k: w["tuner_id"] for k, w in workers.items()}
     for worker in WORKERS:
         ran = sorted(k for k, w in workers.items() if w["tuner_id"] == worker)
         assert f"train_head worker {worker}: ran trials {', '.join(ran)}" in processes[worker][1].read_text()

@@ -13,6 +13,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from pipeline.core.errors import UserError
 from pipeline.features import torch_legacy
 from pipeline.features.efficientnet_lite import (
     CUT_POINTS,
@@ -27,7 +28,6 @@ from pipeline.features.efficientnet_lite import (
     load_weights,
     packaged_weights,
 )
-from pipeline.core.errors import UserError
 
 ESPRESSO, CUP = 967, 968
 DOMESTIC_CATS = range(281, 286)
@@ -131,10 +131,13 @@ def test_conversion_uses_every_tensor_in_keras_layout(variant: Variant, state: d
     depthwise = state["_blocks.1._depthwise_conv.weight"]
     np.testing.assert_array_equal(weights["block2a_dwconv"][0][:, :, 5, 0], depthwise[5, 0])
     # Depth scaling shifts the PyTorch index of every later block: stage 6 and the last block.
-    np.testing.assert_array_equal(weights["block6a_expand_bn"][2],
-                                  state[f"_blocks.{expected.block6a}._bn0.running_mean"])
-    np.testing.assert_array_equal(weights["block7a_project_conv"][0],
-                                  state[f"_blocks.{expected.blocks - 1}._project_conv.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        weights["block6a_expand_bn"][2], state[f"_blocks.{expected.block6a}._bn0.running_mean"]
+    )
+    np.testing.assert_array_equal(
+        weights["block7a_project_conv"][0],
+        state[f"_blocks.{expected.blocks - 1}._project_conv.weight"].transpose(2, 3, 1, 0),
+    )
     np.testing.assert_array_equal(weights["predictions"][0], state["_fc.weight"].T)
     np.testing.assert_array_equal(weights["top_bn"][3], state["_bn1.running_var"])
 
@@ -148,20 +151,26 @@ def test_conversion_rejects_a_state_dict_that_does_not_fit(variant: Variant, sta
         convert_state_dict({**state, "_fc.bias": np.zeros(10, np.float32)}, variant)
 
 
-@pytest.mark.parametrize(("model_variant", "weights_variant"), [(LITE0, LITE1), (LITE1, LITE2), (LITE2, LITE0)],
-                         ids=["lite1_into_lite0", "lite2_into_lite1", "lite0_into_lite2"])
-def test_another_variants_weights_are_refused(tmp_path: Path, model_variant: Variant,
-                                              weights_variant: Variant) -> None:
-    with pytest.raises(UserError, match=f"cannot load {model_variant.title} weights from "
-                                        f".*{weights_variant.weights_file}: not {model_variant.title} weights"):
+@pytest.mark.parametrize(
+    ("model_variant", "weights_variant"),
+    [(LITE0, LITE1), (LITE1, LITE2), (LITE2, LITE0)],
+    ids=["lite1_into_lite0", "lite2_into_lite1", "lite0_into_lite2"],
+)
+def test_another_variants_weights_are_refused(tmp_path: Path, model_variant: Variant, weights_variant: Variant) -> None:
+    with pytest.raises(
+        UserError,
+        match=f"cannot load {model_variant.title} weights from "
+        f".*{weights_variant.weights_file}: not {model_variant.title} weights",
+    ):
         load_weights(build(model_variant, (32, 32, 3)), model_variant, packaged_weights(weights_variant), tmp_path)
 
 
 def test_photos_are_classified(tmp_path: Path, variant: Variant) -> None:
     model = build(variant, (variant.size, variant.size, 3), include_top=True)  # the size it was trained at
     assert load_weights(model, variant, packaged_weights(variant), tmp_path) == variant.weights_sha256
-    photos = np.stack([center_crop(skimage.data.chelsea(), variant.size),
-                       center_crop(skimage.data.coffee(), variant.size)])
+    photos = np.stack(
+        [center_crop(skimage.data.chelsea(), variant.size), center_crop(skimage.data.coffee(), variant.size)]
+    )
     cat, coffee = np.argsort(-np.asarray(model(photos)), axis=1)[:, :5]
     assert set(cat) & set(DOMESTIC_CATS), cat
     assert {ESPRESSO, CUP} & set(coffee), coffee
@@ -258,7 +267,8 @@ def test_blocks_are_named_and_scaled_as_in_keras_applications(variant: Variant) 
     """Keras' EfficientNet-B of the same coefficients, less what Lite leaves out or fixes."""
     lite = build(variant, (32, 32, 3))
     twin = getattr(keras.applications, EXPECTED[variant.name].keras_twin)(
-        include_top=False, weights=None, input_shape=(32, 32, 3))
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    )
     twin_layers = {layer.name: layer for layer in twin.layers}
     # Keras numbers the input and rescaling layers of later models ("rescaling_1"); the rest must match.
     assert {layer.name for layer in lite.layers} - {"image", "rescaling"} <= set(twin_layers)

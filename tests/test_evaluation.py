@@ -23,16 +23,18 @@ from pipeline.evaluation import scoring
 #  8   2     0.25   0.25   0.5              2        yes    0.5         1/2      none
 CLASSES = ["cat", "dog", "fox"]
 LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2])
-PROBABILITIES = np.array([
-    [0.5, 0.25, 0.25],
-    [0.75, 0.125, 0.125],
-    [0.25, 0.625, 0.125],
-    [0.125, 0.75, 0.125],
-    [0.625, 0.25, 0.125],
-    [0.5, 0.125, 0.375],
-    [0.125, 0.125, 0.75],
-    [0.25, 0.25, 0.5],
-])
+PROBABILITIES = np.array(
+    [
+        [0.5, 0.25, 0.25],
+        [0.75, 0.125, 0.125],
+        [0.25, 0.625, 0.125],
+        [0.125, 0.75, 0.125],
+        [0.625, 0.25, 0.125],
+        [0.5, 0.125, 0.375],
+        [0.125, 0.125, 0.75],
+        [0.25, 0.25, 0.5],
+    ]
+)
 PREDICTED = np.array([0, 0, 1, 1, 0, 0, 2, 2])
 
 # Confusion (rows true, columns predicted):  cat [2, 1, 0], dog [2, 1, 0], fox [0, 0, 2].
@@ -47,10 +49,19 @@ PREDICTED = np.array([0, 0, 1, 1, 0, 0, 2, 2])
 # Accuracy 5/8; top-2 accuracy 7/8 (only sample 6 misses).
 # Log loss = -(log 1/2 + log 3/4 + log 1/4 + log 3/4 + log 1/4 + log 1/8 + log 3/4 + log 1/2) / 8
 #          = (15 log 2 - 3 log 3) / 8.
-EXPECTED_LOG_LOSS = -(
-    math.log(1 / 2) + math.log(3 / 4) + math.log(1 / 4) + math.log(3 / 4)
-    + math.log(1 / 4) + math.log(1 / 8) + math.log(3 / 4) + math.log(1 / 2)
-) / 8
+EXPECTED_LOG_LOSS = (
+    -(
+        math.log(1 / 2)
+        + math.log(3 / 4)
+        + math.log(1 / 4)
+        + math.log(3 / 4)
+        + math.log(1 / 4)
+        + math.log(1 / 8)
+        + math.log(3 / 4)
+        + math.log(1 / 2)
+    )
+    / 8
+)
 # ECE with 4 bins (edges 0, 1/4, 1/2, 3/4, 1; an edge goes to the bin above it):
 #   [0.5, 0.75): samples 1, 3, 5, 6, 8: confidence (0.5 + 0.625 + 0.625 + 0.5 + 0.5) / 5 = 0.55,
 #                accuracy 2/5 (1 and 8 right), gap 0.15
@@ -234,8 +245,20 @@ def test_summarize_a_multiclass_set() -> None:
     summary = scoring.summarize(LABELS, PROBABILITIES, CLASSES, top_k=2, bins=4)
     assert json.loads(json.dumps(summary, allow_nan=False)) == summary
     assert set(summary) == {
-        "n", "accuracy", "top_2_accuracy", "precision_macro", "precision_weighted", "recall_macro",
-        "recall_weighted", "f1_macro", "f1_weighted", "log_loss", "ece", "roc_auc", "roc_auc_weighted", "per_class",
+        "n",
+        "accuracy",
+        "top_2_accuracy",
+        "precision_macro",
+        "precision_weighted",
+        "recall_macro",
+        "recall_weighted",
+        "f1_macro",
+        "f1_weighted",
+        "log_loss",
+        "ece",
+        "roc_auc",
+        "roc_auc_weighted",
+        "per_class",
     }
     assert summary["n"] == 8
     assert summary["accuracy"] == pytest.approx(5 / 8)
@@ -348,16 +371,20 @@ def test_compare_paired_counts_the_images_only_one_model_gets_right() -> None:
     assert result["p_value"] == 1.0
 
 
-@pytest.mark.parametrize(("only_first", "only_second", "expected"), [
-    (1, 6, 2 * (1 + 7) / 2**7),  # 0.125
-    (6, 1, 2 * (1 + 7) / 2**7),  # symmetric
-    (0, 10, 2 / 2**10),
-    (5, 15, 2 * (1 + 20 + 190 + 1140 + 4845 + 15504) / 2**20),  # 0.0414, the textbook value
-    (0, 0, 1.0),  # never disagree: no evidence either way
-    (0, 1, 1.0),  # 2 * 1/2
-])
-def test_mcnemar_exact_p_matches_the_hand_worked_binomial_tails(only_first: int, only_second: int,
-                                                               expected: float) -> None:
+@pytest.mark.parametrize(
+    ("only_first", "only_second", "expected"),
+    [
+        (1, 6, 2 * (1 + 7) / 2**7),  # 0.125
+        (6, 1, 2 * (1 + 7) / 2**7),  # symmetric
+        (0, 10, 2 / 2**10),
+        (5, 15, 2 * (1 + 20 + 190 + 1140 + 4845 + 15504) / 2**20),  # 0.0414, the textbook value
+        (0, 0, 1.0),  # never disagree: no evidence either way
+        (0, 1, 1.0),  # 2 * 1/2
+    ],
+)
+def test_mcnemar_exact_p_matches_the_hand_worked_binomial_tails(
+    only_first: int, only_second: int, expected: float
+) -> None:
     assert scoring.mcnemar_exact_p(only_first, only_second) == pytest.approx(expected, rel=1e-12)
 
 
@@ -399,14 +426,16 @@ def test_describe_paired_says_fine_tuning_paid_on_a_clear_win() -> None:
     comparison = scoring.compare_finetuned_with_head(*_paired_predictions(10, 2, both=8, neither=0))
     assert scoring.describe_paired(0.9, 0.5, comparison) == (
         "test accuracy 0.9000 (head alone 0.5000): fine-tuning +0.4000, 10 vs 2 images only one got right, "
-        "McNemar p 0.039 — it paid")  # 158/4096 = 0.0386
+        "McNemar p 0.039 — it paid"
+    )  # 158/4096 = 0.0386
 
 
 def test_describe_paired_says_the_head_was_better_on_a_clear_loss() -> None:
     comparison = scoring.compare_finetuned_with_head(*_paired_predictions(2, 10, both=8, neither=0))
     assert scoring.describe_paired(0.5, 0.9, comparison) == (
         "test accuracy 0.5000 (head alone 0.9000): fine-tuning -0.4000, 2 vs 10 images only one got right, "
-        "McNemar p 0.039 — the head alone was better")
+        "McNemar p 0.039 — the head alone was better"
+    )
 
 
 def test_describe_paired_finds_no_clear_difference_on_a_close_split() -> None:
@@ -414,33 +443,50 @@ def test_describe_paired_finds_no_clear_difference_on_a_close_split() -> None:
     comparison = scoring.compare_finetuned_with_head(*_paired_predictions(5, 3, both=5, neither=1))
     assert comparison["p_value"] == pytest.approx(186 / 256)
     assert scoring.describe_paired(10 / 14, 8 / 14, comparison).endswith(
-        "fine-tuning +0.1429, 5 vs 3 images only one got right, McNemar p 0.73 — no clear difference")
+        "fine-tuning +0.1429, 5 vs 3 images only one got right, McNemar p 0.73 — no clear difference"
+    )
     # The threshold is alpha: the 10:2 split (p 0.0386) is no clear difference at 1%.
     clear = scoring.compare_finetuned_with_head(*_paired_predictions(10, 2, both=8, neither=0))
     assert scoring.describe_paired(0.9, 0.5, clear, alpha=0.01).endswith("— no clear difference")
 
 
 def test_describe_paired_never_prints_p_0_when_the_tail_underflows() -> None:
-    comparison = {"accuracy_difference": 0.11, "only_finetuned": 1100, "only_head": 0,
-                  "p_value": scoring.mcnemar_exact_p(1100, 0)}
+    comparison = {
+        "accuracy_difference": 0.11,
+        "only_finetuned": 1100,
+        "only_head": 0,
+        "p_value": scoring.mcnemar_exact_p(1100, 0),
+    }
     assert comparison["p_value"] == 0.0  # 2 / 2**1100 is below the smallest float
     assert "McNemar p < 1e-300 — it paid" in scoring.describe_paired(0.99, 0.88, comparison)
 
 
-@pytest.mark.parametrize(("outcome", "reason"), [
-    ("off", "fine-tuning was off (finetune.enabled: false)"),
-    ("kept_start", "fine-tuning kept its starting weights (no epoch beat them on val)"),
-])
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        ("off", "fine-tuning was off (finetune.enabled: false)"),
+        ("kept_start", "fine-tuning kept its starting weights (no epoch beat them on val)"),
+    ],
+)
 def test_describe_paired_claims_no_comparison_when_the_model_is_the_head(outcome: str, reason: str) -> None:
     nothing = scoring.compare_finetuned_with_head(*_paired_predictions(0, 0, both=9, neither=1))
     assert scoring.describe_paired(0.9, 0.9, nothing, outcome) == (  # type: ignore[arg-type]
         f"test accuracy 0.9000 (head alone 0.9000): {reason}, so the model is the head on the frozen backbone "
-        "and there is nothing to compare")
+        "and there is nothing to compare"
+    )
 
 
 def test_fine_tuning_outcome_reads_what_the_finetune_stage_recorded() -> None:
     assert scoring.fine_tuning_outcome({"head_epochs": 12, "mlflow": {"run_id": "x"}}) == "off"
-    ran = {"head_epochs": 12, "val_accuracy_before": 0.90, "best_val_accuracy": 0.91, "epochs_trained": 3,
-           "kept_epoch": 15, "trainable_layers": 16, "trainable_params": 3568042, "seconds": 210.8}
+    ran = {
+        "head_epochs": 12,
+        "val_accuracy_before": 0.90,
+        "best_val_accuracy": 0.91,
+        "epochs_trained": 3,
+        "kept_epoch": 15,
+        "trainable_layers": 16,
+        "trainable_params": 3568042,
+        "seconds": 210.8,
+    }
     assert scoring.fine_tuning_outcome(ran) == "trained"
     assert scoring.fine_tuning_outcome({**ran, "best_val_accuracy": 0.90, "kept_epoch": 0}) == "kept_start"

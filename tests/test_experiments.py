@@ -81,8 +81,9 @@ def test_queued_sweep_runs_each_experiment_into_the_repository_mlflow_store(proj
 
     experiments = shown_experiments(project)
     assert len(experiments) == len(SIZES), experiments.keys()
-    by_size = {data["params"]["params.yaml"]["data"]["backbone"]["image_size"]: name
-               for name, data in experiments.items()}
+    by_size = {
+        data["params"]["params.yaml"]["data"]["backbone"]["image_size"]: name for name, data in experiments.items()
+    }
     assert set(by_size) == set(SIZES)
 
     stages = pipeline_stages(project.root)
@@ -122,4 +123,3 @@ def test_queued_sweep_runs_each_experiment_into_the_repository_mlflow_store(proj
 
     diff = project.run("dvc", "exp", "diff", *by_size.values()).stdout
     assert "backbone.image_size" in diff
-

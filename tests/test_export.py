@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from pipeline.core import config, files
+from pipeline.core.errors import UserError
 from pipeline.features import backbones, inputs
 from pipeline.serving import export
 from pipeline.training import finetune, head
-from pipeline.core.errors import UserError
 
 SIZE = 32
 CLASSES = 3
@@ -117,7 +117,7 @@ def test_the_interpreter_follows_batch_size_changes(converted):
     interpreter = export.load_interpreter(converted["float32"], threads=1)
     pixels = np.random.default_rng(3).uniform(0, 255, (7, SIZE, SIZE, 3)).astype(np.float32)
     whole = export.run_interpreter(interpreter, pixels)
-    pieces = np.concatenate([export.run_interpreter(interpreter, pixels[i:i + 3]) for i in range(0, 7, 3)])
+    pieces = np.concatenate([export.run_interpreter(interpreter, pixels[i : i + 3]) for i in range(0, 7, 3)])
     np.testing.assert_allclose(pieces, whole, atol=1e-6)
     assert whole.shape == (7, CLASSES)
 
@@ -198,7 +198,12 @@ def test_export_stage_writes_checked_models_and_logs_them(project, tiny_model):
     folder = root / "models/tflite"
     classes = json.loads((root / "data/splits/classes.json").read_text())
     assert sorted(p.name for p in folder.iterdir()) == [
-        "labels.txt", "model_float16.json", "model_float16.tflite", "model_float32.json", "model_float32.tflite"]
+        "labels.txt",
+        "model_float16.json",
+        "model_float16.tflite",
+        "model_float32.json",
+        "model_float32.tflite",
+    ]
     assert (folder / "labels.txt").read_text().splitlines() == classes
     test = [root / p for p in files.read_csv(root / "data/splits/test.csv", text_columns=("path",))["path"]]
     pixels = np.concatenate(list(inputs.image_dataset(test, SIZE, "center", 64)))

@@ -110,8 +110,9 @@ def _peak_rss_mb(project, stage: str) -> float:
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(project.root / "stage.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=project.root, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"stages.{stage}"], cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         _, status, usage = os.wait4(process.pid, 0)
     assert status == 0, (project.root / "stage.log").read_text()
     return usage.ru_maxrss / 1024

@@ -49,9 +49,9 @@ def assert_no_overlapping_tick_labels(figure: Figure, expected: int | None = Non
     for axes, axis in itertools.product(chart_axes(figure), ("x", "y")):
         labels = [t for t in getattr(axes, f"get_{axis}ticklabels")() if t.get_visible() and t.get_text()]
         boxes = [label.get_window_extent(renderer) for label in labels]
-        for (a, box_a), (b, box_b) in itertools.combinations(zip(labels, boxes), 2):
+        for (a, box_a), (b, box_b) in itertools.combinations(zip(labels, boxes, strict=True), 2):
             assert not box_a.overlaps(box_b), f"{a.get_text()!r} overlaps {b.get_text()!r}"
-        for label, box in zip(labels, boxes):
+        for label, box in zip(labels, boxes, strict=True):
             assert figure.bbox.contains(box.x0, box.y0) and figure.bbox.contains(box.x1, box.y1), label.get_text()
         if expected is not None and axes.get_title().startswith("Row-normalised"):
             assert len(labels) == expected
@@ -158,7 +158,7 @@ def test_reliability_chart_handles_an_empty_bin_and_shows_ece() -> None:
     stats = [(0, np.nan, np.nan), (3, 0.4, 0.33), (10, 0.62, 0.5), (25, 0.9, 0.96)]
     bins = [
         {"lower": lo, "upper": hi, "count": n, "confidence": conf, "accuracy": acc}
-        for lo, hi, (n, conf, acc) in zip(edges[:-1], edges[1:], stats)
+        for lo, hi, (n, conf, acc) in zip(edges[:-1], edges[1:], stats, strict=True)
     ]
     figure = figures.reliability_chart(bins, ece=0.0421)
     draw(figure)

@@ -60,8 +60,9 @@ def test_heatmaps_point_at_the_evidence_for_each_class_and_survive_saving(tmp_pa
     path = tmp_path / "model.keras"
     finetune.with_probabilities(model).save(path)
     loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(gradcam.grad_cam(loaded, np.stack([image, image]), [0, 1], batch_size=1), maps,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        gradcam.grad_cam(loaded, np.stack([image, image]), [0, 1], batch_size=1), maps, atol=1e-6
+    )
 
 
 def test_an_image_without_evidence_gets_an_all_zero_map_not_nan():

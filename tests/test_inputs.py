@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from pipeline.core.errors import UserError
 from pipeline.data import images
 from pipeline.features import inputs
-from pipeline.core.errors import UserError
 
 
 def _pattern(height: int, width: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def test_formats_and_grayscale_become_three_channel_pixels(tmp_path):
     frames = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
     frames[0].save(tmp_path / "d.gif", save_all=True, append_images=frames[1:])
     Image.fromarray(pixels[:, :, 0]).save(tmp_path / "e.png")  # grayscale
-    Image.fromarray((pixels[:, :, 0].astype(np.uint16) * 257)).save(tmp_path / "f.png")  # 16-bit grayscale
+    Image.fromarray(pixels[:, :, 0].astype(np.uint16) * 257).save(tmp_path / "f.png")  # 16-bit grayscale
     names = ["a.png", "b.bmp", "c.jpg", "d.gif", "e.png", "f.png"]
 
     (batch,) = inputs.image_dataset([tmp_path / n for n in names], 12, "stretch", 8)
@@ -91,14 +91,23 @@ def test_webp_tiff_and_avif_give_the_pixels_of_the_same_picture_as_png(tmp_path)
     Image.fromarray(pixels[..., 0]).save(tmp_path / "gray8.tif")
     _tiff(tmp_path / "gray16.tif", pixels[..., 0].astype(np.uint16) * 257)
     Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(tmp_path / "gray16 png.png")  # TensorFlow's decoder
-    exact = ["lossless.webp", "rgba.webp", "animated.webp", "rgb8.tif", "rgba8.tif", "pages.tif", "rgb16.tif",
-             "rgba16.tif", "rgb16be.tif"]
+    exact = [
+        "lossless.webp",
+        "rgba.webp",
+        "animated.webp",
+        "rgb8.tif",
+        "rgba8.tif",
+        "pages.tif",
+        "rgb16.tif",
+        "rgba16.tif",
+        "rgb16be.tif",
+    ]
     gray = ["gray8.tif", "gray16.tif", "gray16 png.png"]
     names = ["plain.png", *exact, *gray]
     assert [images.read_header(tmp_path / n).format for n in names[1:4]] == ["WEBP"] * 3
 
     (batch,) = inputs.image_dataset([tmp_path / n for n in names], 12, "center", 16)
-    decoded = dict(zip(names, batch.numpy()))
+    decoded = dict(zip(names, batch.numpy(), strict=True))
     for name in exact:
         np.testing.assert_array_equal(decoded[name], decoded["plain.png"], err_msg=name)
     for name in gray:
@@ -111,7 +120,7 @@ def test_lossy_webp_and_avif_decode_close_to_the_picture(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "photo.avif", quality=95)
     (batch,) = inputs.image_dataset([tmp_path / "photo.webp", tmp_path / "photo.avif"], 32, "center", 2)
     centre = pixels[:, 8:40].astype(np.float32)
-    for name, image in zip(("webp", "avif"), batch.numpy()):
+    for name, image in zip(("webp", "avif"), batch.numpy(), strict=True):
         assert np.abs(image - centre).mean() < 4, name
 
 
@@ -129,7 +138,7 @@ def test_webp_exif_orientation_is_applied_and_tiff_comes_upright_from_pillow(tmp
     names = ["turned.jpg", "turned.webp", "turned.tif"]
     (batch,) = inputs.image_dataset([tmp_path / n for n in names], 40, "pad", 3)
     upright = batch.numpy()
-    for name, image in zip(names, upright):
+    for name, image in zip(names, upright, strict=True):
         assert image[10, 20].mean() > 200 and image[30, 20].mean() < 50, name  # the white half on top
         np.testing.assert_allclose(image, upright[1], atol=12, err_msg=name)  # JPEG is lossy
     thumbnails = [images.load_thumbnail(tmp_path / n, 40) for n in names]
@@ -137,7 +146,7 @@ def test_webp_exif_orientation_is_applied_and_tiff_comes_upright_from_pillow(tmp
 
 
 def test_a_16_bit_tiff_thumbnail_is_the_picture_not_white(tmp_path):
-    gray = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    gray = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     Image.fromarray(gray).save(tmp_path / "scan.tif")
     thumbnail = images.load_thumbnail(tmp_path / "scan.tif", 8)
     np.testing.assert_array_equal(thumbnail[..., 0], (gray >> 8).astype(np.uint8))
@@ -146,8 +155,13 @@ def test_a_16_bit_tiff_thumbnail_is_the_picture_not_white(tmp_path):
 def test_tiff_samples_no_decoder_reads_are_refused_with_a_reason(tmp_path):
     _tiff(tmp_path / "float.tif", np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))
     _tiff(tmp_path / "int32.tif", np.arange(64, dtype=np.int32).reshape(8, 8))
-    reasons = dict(zip(("float", "int32"), (r for _, r in images.inspect_images(
-        [tmp_path / "float.tif", tmp_path / "int32.tif"], 10**6))))
+    reasons = dict(
+        zip(
+            ("float", "int32"),
+            (r for _, r in images.inspect_images([tmp_path / "float.tif", tmp_path / "int32.tif"], 10**6)),
+            strict=True,
+        )
+    )
     assert reasons == {
         "float": "unsupported pixel type: floating-point samples (supported: 8- and 16-bit images)",
         "int32": "unsupported pixel type: 32-bit integer samples (supported: 8- and 16-bit images)",
@@ -161,8 +175,9 @@ def test_tiff_samples_no_decoder_reads_are_refused_with_a_reason(tmp_path):
 
 def test_a_phone_jpeg_with_a_second_picture_is_a_jpeg(tmp_path):
     pixels = _pattern(16, 16)
-    Image.fromarray(pixels).save(tmp_path / "phone.jpg", "MPO", save_all=True,
-                                 append_images=[Image.fromarray(255 - pixels)], quality=95)
+    Image.fromarray(pixels).save(
+        tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[Image.fromarray(255 - pixels)], quality=95
+    )
     with Image.open(tmp_path / "phone.jpg") as image:
         assert image.format == "MPO"  # what Pillow calls it, and the split refused before
     assert images.inspect_image(tmp_path / "phone.jpg", 10**6)[1] is None
@@ -218,8 +233,8 @@ def test_center_box_of_the_stored_image_equals_cropping_the_upright_one(orientat
 
     header = images.Header("JPEG", width=stored[1], height=stored[0], orientation=orientation)
     plan = inputs.plan_image(header, side, "center")
-    t, l, h, w = plan.box
-    turned = inputs.orient(tf.constant(pixels[t : t + h, l : l + w]), orientation).numpy()
+    row, col, h, w = plan.box
+    turned = inputs.orient(tf.constant(pixels[row : row + h, col : col + w]), orientation).numpy()
     np.testing.assert_array_equal(turned, expected)
 
 
@@ -261,12 +276,15 @@ def test_not_an_image_is_a_clear_error(tmp_path):
         inputs.image_dataset([tmp_path / "notes.jpg"], 8, "center", 1)
 
 
-@pytest.mark.parametrize(("crop", "stored", "ratio", "antialias"), [
-    ("center", (600, 800), 4, False),  # 600 / 4 = 150 >= 96 (/ 8 would be 75); 150 -> 96 is a mild shrink
-    ("center", (100, 800), 1, False),  # the short side decides
-    ("pad", (600, 800), 8, False),  # the longer side decides: 800 / 8 = 100
-    ("stretch", (200, 1600), 2, True),  # 100 x 800 -> 96 x 96 still squeezes the width 8 times
-])
+@pytest.mark.parametrize(
+    ("crop", "stored", "ratio", "antialias"),
+    [
+        ("center", (600, 800), 4, False),  # 600 / 4 = 150 >= 96 (/ 8 would be 75); 150 -> 96 is a mild shrink
+        ("center", (100, 800), 1, False),  # the short side decides
+        ("pad", (600, 800), 8, False),  # the longer side decides: 800 / 8 = 100
+        ("stretch", (200, 1600), 2, True),  # 100 x 800 -> 96 x 96 still squeezes the width 8 times
+    ],
+)
 def test_large_jpegs_are_shrunk_while_decoding(crop, stored, ratio, antialias):
     plan = inputs.plan_image(images.Header("JPEG", width=stored[1], height=stored[0]), 96, crop)
     assert (plan.shape.ratio, plan.shape.antialias) == (ratio, antialias)
@@ -292,7 +310,7 @@ def test_mixed_files_keep_their_order_and_pixels(tmp_path):
     Image.fromarray(_pattern(400, 300)).save(tmp_path / "d.jpg", quality=95)
     paths = [tmp_path / n for n in ("a.png", "b.jpg", "c.bmp", "d.jpg", "a.png")]
     (together,) = inputs.image_dataset(paths, 16, "center", 8)
-    for row, path in zip(together.numpy(), paths):
+    for row, path in zip(together.numpy(), paths, strict=True):
         (alone,) = inputs.image_dataset([path], 16, "center", 1)
         np.testing.assert_array_equal(row, alone.numpy()[0])
 
@@ -303,8 +321,14 @@ def test_shuffled_files_keep_labels_with_their_images(tmp_path):
         Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(tmp_path / f"{i}.png")
         paths.append(tmp_path / f"{i}.png")
     dataset = inputs.image_dataset(paths, 8, "center", 4, labels=list(range(12)), shuffle_seed=3)
-    epochs = [[(int(x[0, 0, 0]), int(y)) for images, labels in dataset for x, y in zip(images.numpy(), labels.numpy())]
-              for _ in range(2)]
+    epochs = [
+        [
+            (int(x[0, 0, 0]), int(y))
+            for images, labels in dataset
+            for x, y in zip(images.numpy(), labels.numpy(), strict=True)
+        ]
+        for _ in range(2)
+    ]
     for epoch in epochs:
         assert sorted(epoch) == [(i * 20, i) for i in range(12)]
     assert [y for _, y in epochs[0]] != list(range(12)) and epochs[0] != epochs[1]

@@ -57,8 +57,10 @@ def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # `from pipeline.data import split` imports the module pipeline.data.split; `from x import name` imports x
-            names = [f"{node.module}.{alias.name}" if module_path(f"{node.module}.{alias.name}", root) else node.module
-                     for alias in node.names]
+            names = [
+                f"{node.module}.{alias.name}" if module_path(f"{node.module}.{alias.name}", root) else node.module
+                for alias in node.names
+            ]
         for name in names:
             parts = name.split(".")
             if parts[0] == PACKAGE:
@@ -94,8 +96,11 @@ def import_closure(entry: Path, root: Path = ROOT, exempt: tuple[str, ...] = EXE
 def uncovered_imports(stage: str, dvc: dict, root: Path = ROOT, exempt: tuple[str, ...] = EXEMPT) -> list[str]:
     """The modules ``stages/<stage>.py`` reaches that are neither in the stage's deps nor exempt."""
     deps = dvc["stages"][stage]["deps"]
-    return sorted(file for file in import_closure(root / "stages" / f"{stage}.py", root, exempt)
-                  if not is_covered(file, exempt) and not is_covered(file, deps))
+    return sorted(
+        file
+        for file in import_closure(root / "stages" / f"{stage}.py", root, exempt)
+        if not is_covered(file, exempt) and not is_covered(file, deps)
+    )
 
 
 def code_deps(stage: str, dvc: dict) -> list[str]:
@@ -182,8 +187,11 @@ def test_sub_packages_import_only_lower_layers() -> None:
         if module.count(".") < 1:
             continue
         layer = module.split(".")[1]
-        wrong += [f"{module} imports {name}" for name in imported
-                  if name.count(".") >= 1 and name.split(".")[1] not in LAYERS[layer] | {layer}]
+        wrong += [
+            f"{module} imports {name}"
+            for name in imported
+            if name.count(".") >= 1 and name.split(".")[1] not in LAYERS[layer] | {layer}
+        ]
     assert not wrong, "\n".join(sorted(wrong))
 
 

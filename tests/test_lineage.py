@@ -21,8 +21,10 @@ def locked(project) -> dict[str, Any]:
 
 
 def run_ids(project, stages) -> dict[str, str]:
-    return {stage: json.loads((project.root / "metrics" / f"{stage}.json").read_text())["mlflow"]["run_id"]
-            for stage in stages}
+    return {
+        stage: json.loads((project.root / "metrics" / f"{stage}.json").read_text())["mlflow"]["run_id"]
+        for stage in stages
+    }
 
 
 def client_for(project) -> mlflow.MlflowClient:
@@ -41,9 +43,12 @@ def expected_upstream(lock: dict[str, Any]) -> dict[str, set[str]]:
     def made_by(other: str, dep: str) -> bool:
         return any(dep == out or dep.startswith(out.rstrip("/") + "/") for out in outs[other])
 
-    return {stage: {other for other in lock if other != stage and any(made_by(other, dep) for dep in
-                                                                       entry_hashes(spec["deps"]))}
-            for stage, spec in lock.items()}
+    return {
+        stage: {
+            other for other in lock if other != stage and any(made_by(other, dep) for dep in entry_hashes(spec["deps"]))
+        }
+        for stage, spec in lock.items()
+    }
 
 
 def follow(client: mlflow.MlflowClient, run_id: str) -> dict[str, set[str]]:
@@ -82,14 +87,16 @@ def test_every_run_links_to_the_runs_that_made_its_inputs_also_when_dvc_skips_th
     for stage, spec in lock.items():
         check_run_matches_lock(client, first[stage], spec)
         tags = client.get_run(first[stage]).data.tags
-        assert {k.removeprefix("upstream."): v for k, v in tags.items() if k.startswith("upstream.")} == \
-            {name: first[name] for name in upstream[stage]}
+        assert {k.removeprefix("upstream."): v for k, v in tags.items() if k.startswith("upstream.")} == {
+            name: first[name] for name in upstream[stage]
+        }
 
     # The evaluate run's data deps are dataset inputs whose digests are dvc.lock's dep hashes.
     evaluate = client.get_run(first["evaluate"])
     inputs = {i.dataset.name: i for i in evaluate.inputs.dataset_inputs}
-    data_deps = {path: md5 for path, md5 in entry_hashes(lock["evaluate"]["deps"]).items()
-                 if not path.endswith(CODE_SUFFIX)}
+    data_deps = {
+        path: md5 for path, md5 in entry_hashes(lock["evaluate"]["deps"]).items() if not path.endswith(CODE_SUFFIX)
+    }
     assert {name: i.dataset.digest for name, i in inputs.items()} == data_deps
     features = {tag.key: tag.value for tag in inputs["data/features"].tags}
     assert features["mlflow.data.context"] == "evaluate"
@@ -107,8 +114,13 @@ def test_every_run_links_to_the_runs_that_made_its_inputs_also_when_dvc_skips_th
     now = run_ids(project, ("download", "split", "extract", "train_head", "finetune", "evaluate"))
     assert now["evaluate"] != first["evaluate"] and now["train_head"] != first["train_head"]
     assert follow(client, now["evaluate"]) == {
-        "evaluate": {now["evaluate"]}, "finetune": {now["finetune"]}, "train_head": {now["train_head"]},
-        "extract": {first["extract"]}, "split": {first["split"]}, "download": {first["download"]}}
+        "evaluate": {now["evaluate"]},
+        "finetune": {now["finetune"]},
+        "train_head": {now["train_head"]},
+        "extract": {first["extract"]},
+        "split": {first["split"]},
+        "download": {first["download"]},
+    }
     relocked = locked(project)
     for stage in now:
         check_run_matches_lock(client, now[stage], relocked[stage])
@@ -117,7 +129,9 @@ def test_every_run_links_to_the_runs_that_made_its_inputs_also_when_dvc_skips_th
     assert shown.stdout.startswith(f"lineage of evaluate run {now['evaluate']}")
     blocks = {line.split()[0]: line.split()[1] for line in shown.stdout.splitlines()[1:] if not line.startswith(" ")}
     assert blocks == now
-    assert "data/features" in shown.stdout and entry_hashes(relocked["extract"]["outs"])["data/features"] in shown.stdout
+    assert (
+        "data/features" in shown.stdout and entry_hashes(relocked["extract"]["outs"])["data/features"] in shown.stdout
+    )
     assert "!" not in shown.stdout  # nothing stale, no mismatch
 
     old = project.run(sys.executable, "-m", "pipeline.tracking.lineage", "--run", first["evaluate"])

@@ -22,8 +22,10 @@ def test_repro_download_and_split_then_nothing_to_do(project, image_tree) -> Non
     assert "Stage 'split' didn't change" in second.stdout
     assert project.run("dvc", "status", "split").stdout.strip() == "Data and pipelines are up to date."
 
-    run_ids = {stage: json.loads((project.root / "metrics" / f"{stage}.json").read_text())["mlflow"]["run_id"]
-               for stage in ("download", "split")}
+    run_ids = {
+        stage: json.loads((project.root / "metrics" / f"{stage}.json").read_text())["mlflow"]["run_id"]
+        for stage in ("download", "split")
+    }
     mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["headstart"], output_format="list")
     assert {r.data.tags["stage"]: r.info.run_id for r in runs} == run_ids
@@ -46,16 +48,27 @@ def test_the_whole_pipeline_runs_then_nothing_is_left_to_do(project, image_tree)
     assert all(f"Running stage '{stage}'" in first.stdout for stage in stages)
     # The console: each stage's own lines, none of the libraries' chatter (pipeline/core/console.py).
     console = first.stdout + first.stderr
-    chatter = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "Search: Running Trial",
-               "Successfully registered model", "already exists. Creating a new version", "Ignored output_format", "XNNPACK delegate",
-               "Creating initial MLflow database tables")
+    chatter = (
+        "absl::InitializeLog",
+        "oneDNN custom operations",
+        "cpu_feature_guard",
+        "Search: Running Trial",
+        "Successfully registered model",
+        "already exists. Creating a new version",
+        "Ignored output_format",
+        "XNNPACK delegate",
+        "Creating initial MLflow database tables",
+    )
     assert [line for line in console.splitlines() if any(noise in line for noise in chatter)] == []
     assert "train_head: trial 1/1: val_accuracy" in console and "finetune: val_accuracy" in console
     # evaluate says whether fine-tuning paid, in evaluation.describe_paired's words.
     verdict = re.search(r"^evaluate: test accuracy \d\.\d{4} \(head alone \d\.\d{4}\): (.+)$", console, re.MULTILINE)
     assert verdict, console
-    assert re.fullmatch(r"fine-tuning [+-]\d\.\d{4}, \d+ vs \d+ images only one got right, McNemar p \S+ — "
-                        r"(it paid|no clear difference|the head alone was better)", verdict.group(1))
+    assert re.fullmatch(
+        r"fine-tuning [+-]\d\.\d{4}, \d+ vs \d+ images only one got right, McNemar p \S+ — "
+        r"(it paid|no clear difference|the head alone was better)",
+        verdict.group(1),
+    )
     for output in ("models/model.keras", "reports/predictions.csv", "reports/report.html"):
         assert (project.root / output).is_file()
     assert project.run("dvc", "status").stdout.strip() == "Data and pipelines are up to date."

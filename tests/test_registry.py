@@ -39,6 +39,7 @@ CLASSES = ["cat", "dog", "ノウサギ"]
 # decide: the promotion rule on its own
 # ------------------------------------------------------------------------------------------------
 
+
 def _champion(accuracy: float | None, split_md5: str = "aaa", number: int = 3) -> registry.Version:
     tags = {registry.TEST_SPLIT_TAG: split_md5}
     if accuracy is not None:
@@ -85,6 +86,7 @@ def test_a_champion_without_the_metric_is_not_compared() -> None:
 # register_classifier against real stores, with crafted scores
 # ------------------------------------------------------------------------------------------------
 
+
 def build_model(path: Path, classes: int) -> Path:
     """A small classifier of raw 0-255 images whose probabilities clearly differ from image to image."""
     keras.utils.set_random_seed(7)
@@ -92,8 +94,9 @@ def build_model(path: Path, classes: int) -> Path:
     x = keras.layers.Rescaling(1 / 255)(images)
     x = keras.layers.Conv2D(8, 3, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(classes, activation="softmax",
-                                 kernel_initializer=keras.initializers.RandomNormal(stddev=20.0, seed=3))(x)
+    outputs = keras.layers.Dense(
+        classes, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(stddev=20.0, seed=3)
+    )(x)
     files.save_model(keras.Model(images, outputs), path)
     return path
 
@@ -119,8 +122,18 @@ def write_split(path: Path, content: str) -> None:
 
 def scores(accuracy: float, f1_macro: float = 0.5) -> dict[str, Any]:
     """An evaluation summary with crafted numbers (only the headline keys matter here)."""
-    return {"n": 10, "accuracy": accuracy, "f1_macro": f1_macro, "precision_macro": 0.5, "recall_macro": 0.5,
-            "f1_weighted": 0.5, "log_loss": 0.7, "ece": 0.1, "roc_auc": 0.6, "per_class": {}}
+    return {
+        "n": 10,
+        "accuracy": accuracy,
+        "f1_macro": f1_macro,
+        "precision_macro": 0.5,
+        "recall_macro": 0.5,
+        "f1_weighted": 0.5,
+        "log_loss": 0.7,
+        "ece": 0.1,
+        "roc_auc": 0.6,
+        "per_class": {},
+    }
 
 
 def register(params: config.Params, summary: dict[str, Any]) -> dict[str, Any]:
@@ -167,8 +180,9 @@ def store(kind: str, folder: Path) -> Iterator[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "http"])
-def test_versions_aliases_and_promotion(tmp_path: Path, base_params: dict[str, Any], tracking_uri: Any,
-                                        kind: str) -> None:
+def test_versions_aliases_and_promotion(
+    tmp_path: Path, base_params: dict[str, Any], tracking_uri: Any, kind: str
+) -> None:
     params = make_repository(tmp_path / "repo", base_params)
     with store(kind, tmp_path / "store") as uri:
         tracking_uri(uri)
@@ -207,8 +221,11 @@ def test_versions_aliases_and_promotion(tmp_path: Path, base_params: dict[str, A
         assert promotion == f"promoted by hand (at registration: {elsewhere['reason']})"
         listing = registry.list_versions(client, NAME, "accuracy")
         assert [line.split("\t")[:3] for line in listing] == [
-            ["v4", "candidate,champion", "accuracy 0.9900"], ["v3", "-", "accuracy 0.7000"],
-            ["v2", "-", "accuracy 0.4000"], ["v1", "-", "accuracy 0.5000"]]
+            ["v4", "candidate,champion", "accuracy 0.9900"],
+            ["v3", "-", "accuracy 0.7000"],
+            ["v2", "-", "accuracy 0.4000"],
+            ["v1", "-", "accuracy 0.5000"],
+        ]
 
 
 @pytest.mark.slow
@@ -224,29 +241,53 @@ def test_the_primary_metric_decides(tmp_path: Path, base_params: dict[str, Any],
 
 @pytest.mark.slow
 def test_the_served_champion_answers_with_labels_and_probabilities(
-        tmp_path: Path, base_params: dict[str, Any], tracking_uri: Any) -> None:
+    tmp_path: Path, base_params: dict[str, Any], tracking_uri: Any
+) -> None:
     params = make_repository(tmp_path / "repo", base_params)
-    images = [write_image(tmp_path / "cat.png", "serve-a", size=(48, 40)),
-              write_image(tmp_path / "dog.jpg", "serve-b", size=(32, 32), fmt="JPEG"),
-              write_image(tmp_path / "bird.webp", "serve-c", size=(40, 32), fmt="WEBP"),
-              write_image(tmp_path / "scan.tif", "serve-d", size=(32, 32), fmt="TIFF")]
+    images = [
+        write_image(tmp_path / "cat.png", "serve-a", size=(48, 40)),
+        write_image(tmp_path / "dog.jpg", "serve-b", size=(32, 32), fmt="JPEG"),
+        write_image(tmp_path / "bird.webp", "serve-c", size=(40, 32), fmt="WEBP"),
+        write_image(tmp_path / "scan.tif", "serve-d", size=(32, 32), fmt="TIFF"),
+    ]
     with store("sqlite", tmp_path / "store") as uri:
         tracking_uri(uri)
         register(params, scores(0.5))
         port = processes.free_port()
-        command = ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
-                   "-h", HOST, "-p", str(port)]
-        with processes.serving(command, tmp_path / "serve.log", f"http://{HOST}:{port}/ping",
-                               env={**os.environ, "MLFLOW_TRACKING_URI": uri}):
-            body = {"dataframe_split": {"columns": ["image"],
-                                        "data": [[base64.b64encode(p.read_bytes()).decode("ascii")] for p in images]}}
+        command = [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{NAME}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            HOST,
+            "-p",
+            str(port),
+        ]
+        with processes.serving(
+            command,
+            tmp_path / "serve.log",
+            f"http://{HOST}:{port}/ping",
+            env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        ):
+            body = {
+                "dataframe_split": {
+                    "columns": ["image"],
+                    "data": [[base64.b64encode(p.read_bytes()).decode("ascii")] for p in images],
+                }
+            }
             answer = post_json(f"http://{HOST}:{port}/invocations", body)
-            refused = post_json(f"http://{HOST}:{port}/invocations",
-                                {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
+            refused = post_json(
+                f"http://{HOST}:{port}/invocations",
+                {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]},
+            )
     rows = answer["predictions"]
     expected = classifier.predict_probabilities(classifier.load_model(params.path("model")), images, "center", 8)
     assert len(rows) == len(images)
-    for row, probabilities in zip(rows, expected):
+    for row, probabilities in zip(rows, expected, strict=True):
         served = np.array([row[f"p:{name}"] for name in CLASSES])
         assert row["predicted"] in CLASSES
         assert served.sum() == pytest.approx(1.0, abs=1e-5)
@@ -271,6 +312,7 @@ def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
 # The evaluate stage registers the pipeline's model
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_evaluate_registers_the_model_with_its_lineage(project, image_tree) -> None:
     image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6})
@@ -278,8 +320,12 @@ def test_evaluate_registers_the_model_with_its_lineage(project, image_tree) -> N
     project.run("dvc", "repro", "evaluate")
     evaluated = json.loads((project.root / "metrics/evaluate.json").read_text())
     name = project.params["registry"]["model_name"]
-    assert evaluated["registry"] == {"name": name, "version": 1, "promoted": True,
-                                     "reason": evaluated["registry"]["reason"]}
+    assert evaluated["registry"] == {
+        "name": name,
+        "version": 1,
+        "promoted": True,
+        "reason": evaluated["registry"]["reason"],
+    }
 
     mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
     client = mlflow.MlflowClient()

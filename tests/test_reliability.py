@@ -39,10 +39,9 @@ import pytest
 import tifffile  # comes with scikit-image, a test dependency
 from PIL import Image
 
+from conftest import write_image
 from pipeline.data import images
 from pipeline.features import extraction, inputs
-
-from conftest import write_image
 
 SPLITS = ("train", "val", "test")
 ODD = "ノウサギ hare"  # a class name with non-ASCII letters and a space
@@ -64,7 +63,9 @@ def _write_png16(path: Path, pixels: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
 
 
 def _write_odd_files(folder: Path) -> dict[str, str]:
@@ -102,8 +103,7 @@ def _write_odd_files(folder: Path) -> dict[str, str]:
     plain("exif as stored.png", np.ascontiguousarray(stored_turned))  # the decoy: what ignoring EXIF would give
     Image.fromarray(_picture(7)).save(folder / "web.webp", lossless=True)
     twins["web.webp"] = plain("web twin.png", _picture(7))
-    tifffile.imwrite(folder / "scan16.tif", _picture(8).astype(np.uint16) * 257, photometric="rgb",
-                     compression="zlib")
+    tifffile.imwrite(folder / "scan16.tif", _picture(8).astype(np.uint16) * 257, photometric="rgb", compression="zlib")
     twins["scan16.tif"] = plain("scan16 twin.png", _picture(8))
     return twins
 
@@ -138,7 +138,7 @@ def _feature_rows(root: Path) -> dict[str, np.ndarray]:
         subset = extraction.read_feature_set(root / f"data/features/{name}.npz")
         assert list(subset.paths) == list(frame["path"])  # every split row has its features, in order
         assert np.isfinite(subset.features).all()
-        rows.update(zip(subset.paths, subset.features))
+        rows.update(zip(subset.paths, subset.features, strict=True))
     return rows
 
 
@@ -177,18 +177,30 @@ def test_odd_and_bad_files_through_split_and_extract(project, image_tree) -> Non
     for odd, twin in twins.items():
         odd_row = rows[f"data/raw/{ODD}/{odd}"]
         distances = {path: float(np.linalg.norm(row - odd_row)) for path, row in rows.items() if not path.endswith(odd)}
-        assert min(distances, key=distances.get) == f"data/raw/{ODD}/{twin}", (odd, sorted(distances.items(), key=lambda i: i[1])[:3])
+        assert min(distances, key=distances.get) == f"data/raw/{ODD}/{twin}", (
+            odd,
+            sorted(distances.items(), key=lambda i: i[1])[:3],
+        )
     for lossless in ("rgb16.png", "palette ü.png", "animated.gif", "web.webp", "scan16.tif"):
-        np.testing.assert_allclose(rows[f"data/raw/{ODD}/{lossless}"], rows[f"data/raw/{ODD}/{twins[lossless]}"],
-                                   rtol=1e-4, atol=1e-4, err_msg=lossless)
+        np.testing.assert_allclose(
+            rows[f"data/raw/{ODD}/{lossless}"],
+            rows[f"data/raw/{ODD}/{twins[lossless]}"],
+            rtol=1e-4,
+            atol=1e-4,
+            err_msg=lossless,
+        )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("counts", "stage", "message"), [
-    ({"cat": 4, "dog": 4, "owl": 1}, "split", "too few images to split class(es) 'owl' (1 image(s), 1 distinct)"),
-    ({"cat": 6}, "split", "a classifier needs at least two classes with usable images; found only 'cat'"),
-    ({}, "download", "no images found in "),
-], ids=["a class with one image", "one class", "an empty source folder"])
+@pytest.mark.parametrize(
+    ("counts", "stage", "message"),
+    [
+        ({"cat": 4, "dog": 4, "owl": 1}, "split", "too few images to split class(es) 'owl' (1 image(s), 1 distinct)"),
+        ({"cat": 6}, "split", "a classifier needs at least two classes with usable images; found only 'cat'"),
+        ({}, "download", "no images found in "),
+    ],
+    ids=["a class with one image", "one class", "an empty source folder"],
+)
 def test_stage_refuses_what_it_cannot_split(project, image_tree, counts, stage, message) -> None:
     source = Path(project.params["data"]["folder"])
     source.mkdir()
@@ -243,8 +255,11 @@ def _jpeg_with_a_marker_inside_the_scan(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [_png_with_a_bad_idat_checksum, _jpeg_with_a_marker_inside_the_scan],
-                         ids=["png-bad-idat-crc", "jpeg-marker-in-scan"])
+@pytest.mark.parametrize(
+    "damage",
+    [_png_with_a_bad_idat_checksum, _jpeg_with_a_marker_inside_the_scan],
+    ids=["png-bad-idat-crc", "jpeg-marker-in-scan"],
+)
 def test_every_file_the_split_accepts_can_be_decoded_by_extract(tmp_path, damage) -> None:
     path = tmp_path / "damaged"
     damage(path)
@@ -265,7 +280,7 @@ def test_the_split_excludes_what_extract_cannot_decode_and_keeps_the_rest(tmp_pa
     _jpeg_with_a_marker_inside_the_scan(damaged[1])
     paths = good[:4] + damaged[:1] + good[4:] + damaged[1:]  # bad files among good ones, decoded in one batch
 
-    checks = dict(zip(paths, images.inspect_images(paths, max_pixels=10**6)))
+    checks = dict(zip(paths, images.inspect_images(paths, max_pixels=10**6), strict=True))
 
     assert len(good) == 2 * len(twins) + 1 + 3
     assert {path.name: checks[path][1] for path in good} == {path.name: None for path in good}
@@ -308,8 +323,9 @@ def _kill_extract_midway(project, command: list[str]) -> int:
     data = project.root / "data"
     earlier = set(data.glob(".features.partial-*"))  # left by a run killed before
     with open(project.root / "killed.log", "w") as log:
-        process = subprocess.Popen(command, cwd=project.root, env=_stage_env(), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=project.root, env=_stage_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     while not [p for p in data.glob(".features.partial-*/train.npz") if p.parent not in earlier]:
         if process.poll() is not None:
             pytest.fail(f"extract ended before it could be killed:\n{(project.root / 'killed.log').read_text()}")

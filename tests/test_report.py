@@ -13,8 +13,8 @@ import pytest
 from PIL import Image as PILImage
 
 from pipeline.evaluation import analysis_report, scoring
-from pipeline.serving import classifier
 from pipeline.evaluation.report import NOTES_ID, Image, Section, Table, build_report, find_external_references
+from pipeline.serving import classifier
 
 VOID_ELEMENTS = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -240,11 +240,14 @@ def test_named_index_is_shown_as_row_headers() -> None:
     assert checker.text["td"] == ["0.500", "1.000"]
 
 
-@pytest.mark.parametrize(("rows", "max_rows", "shown", "message"), [
-    (120, 50, 50, "70 more rows not shown (120 in all)."),
-    (120, 10, 10, "110 more rows not shown (120 in all)."),
-    (50, 50, 50, None),
-])
+@pytest.mark.parametrize(
+    ("rows", "max_rows", "shown", "message"),
+    [
+        (120, 50, 50, "70 more rows not shown (120 in all)."),
+        (120, 10, 10, "110 more rows not shown (120 in all)."),
+        (50, 50, 50, None),
+    ],
+)
 def test_long_tables_are_cut_and_say_how_many_rows_were_left_out(
     rows: int, max_rows: int, shown: int, message: str | None
 ) -> None:
@@ -278,26 +281,38 @@ def test_output_is_deterministic() -> None:
 def overview_paragraphs(fine_tuning: scoring.FineTuning) -> list[str]:
     """The paragraphs of the analyze report's overview, on four test images (the fine-tuned model gets 3 right)
     and evaluate.json numbers for twelve images only the fine-tuned model got right and one only the head did."""
-    predictions = classifier.predictions_frame(["a.png", "b.png", "c.png", "d.png"], np.array([0, 0, 1, 1]),
-                                            np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]]), ["cat", "dog"])
+    predictions = classifier.predictions_frame(
+        ["a.png", "b.png", "c.png", "d.png"],
+        np.array([0, 0, 1, 1]),
+        np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]]),
+        ["cat", "dog"],
+    )
     scores = {
         "finetuned": {"accuracy": 0.75, "ece": 0.1},
         "head_only": {"accuracy": 0.5, "ece": 0.2},
         # 12:1 of 13 discordant: p = 2 * (1 + 13) / 2**13 = 0.0034.
-        "finetuned_vs_head": {"accuracy_difference": 0.25, "p_value": scoring.mcnemar_exact_p(12, 1),
-                              "only_finetuned": 12, "only_head": 1},
+        "finetuned_vs_head": {
+            "accuracy_difference": 0.25,
+            "p_value": scoring.mcnemar_exact_p(12, 1),
+            "only_finetuned": 12,
+            "only_head": 1,
+        },
     }
     section = analysis_report.overview_section(predictions, scores, analysis_report.Rendered(), 5, fine_tuning)
     return parse(build_report("Error analysis", "", {}, [section])).text["p"]
 
 
 def test_the_overview_says_in_one_sentence_whether_fine_tuning_paid() -> None:
-    assert ("Test accuracy 0.7500 (head alone 0.5000): fine-tuning +0.2500, 12 vs 1 images only one got right, "
-            "McNemar p 0.0034 — it paid.") in overview_paragraphs("trained")
+    assert (
+        "Test accuracy 0.7500 (head alone 0.5000): fine-tuning +0.2500, 12 vs 1 images only one got right, "
+        "McNemar p 0.0034 — it paid."
+    ) in overview_paragraphs("trained")
 
 
 def test_the_overview_says_fine_tuning_was_off_rather_than_compare() -> None:
     paragraphs = overview_paragraphs("off")
-    assert ("Test accuracy 0.7500 (head alone 0.5000): fine-tuning was off (finetune.enabled: false), so the model "
-            "is the head on the frozen backbone and there is nothing to compare.") in paragraphs
+    assert (
+        "Test accuracy 0.7500 (head alone 0.5000): fine-tuning was off (finetune.enabled: false), so the model "
+        "is the head on the frozen backbone and there is nothing to compare."
+    ) in paragraphs
     assert not any("McNemar" in paragraph or "paid" in paragraph for paragraph in paragraphs)

@@ -14,15 +14,18 @@ def test_a_number_is_that_number_and_null_the_native_size():
     assert sizing.choose_image_size(None, 240, 32, []) == 240
 
 
-@pytest.mark.parametrize(("short_side", "native", "expected"), [
-    (28, 224, 64),    # Fashion-MNIST: the floor
-    (32, 224, 64),
-    (60, 224, 80),    # 75 → the next multiple of 16
-    (128, 224, 160),  # small photos: a little upscaled
-    (179, 224, 224),
-    (500, 224, 224),  # photos: the backbone's own size
-    (500, 260, 260),
-])
+@pytest.mark.parametrize(
+    ("short_side", "native", "expected"),
+    [
+        (28, 224, 64),  # Fashion-MNIST: the floor
+        (32, 224, 64),
+        (60, 224, 80),  # 75 → the next multiple of 16
+        (128, 224, 160),  # small photos: a little upscaled
+        (179, 224, 224),
+        (500, 224, 224),  # photos: the backbone's own size
+        (500, 260, 260),
+    ],
+)
 def test_auto_upscales_a_little_and_stays_between_the_floor_and_the_native_size(short_side, native, expected):
     assert sizing.auto_size(short_side, native, 32) == expected
 
@@ -48,6 +51,9 @@ def test_params_take_auto_a_number_or_null_and_name_all_three_otherwise(base_par
         base_params["backbone"]["image_size"] = value
         assert config.parse(base_params).backbone.image_size == value
     base_params["backbone"]["image_size"] = "big"
-    with pytest.raises(config.ConfigError, match=r"backbone.image_size: found 'big'; allowed: 'auto', or an integer "
-                                                 r"in \[16, 1024\], or null"):
+    with pytest.raises(
+        config.ConfigError,
+        match=r"backbone.image_size: found 'big'; allowed: 'auto', or an integer "
+        r"in \[16, 1024\], or null",
+    ):
         config.parse(base_params)

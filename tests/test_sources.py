@@ -26,12 +26,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_image
 from pipeline.core import config, files
-from pipeline.data import archive, dataset, fashion_mnist, fetch, sources
 from pipeline.core.config import DataParams
 from pipeline.core.errors import UserError
-
-from conftest import write_image
+from pipeline.data import archive, dataset, fashion_mnist, fetch, sources
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 UNREACHABLE = "http://127.0.0.1:9/"  # discard port: nothing listens, a request would fail at once
@@ -253,8 +252,9 @@ def test_folder_source_names_empty_class_folders_without_creating_them(
     results = {}
     for name, source in (("flat", flat), ("presplit", presplit.parent)):
         target = make_empty(tmp_path / f"target-{name}")
-        results[name] = sources.acquire(data_params(base_params, source="folder", folder=str(source)), target,
-                                        tmp_path / "dl")
+        results[name] = sources.acquire(
+            data_params(base_params, source="folder", folder=str(source)), target, tmp_path / "dl"
+        )
         assert not any(p.is_dir() and not any(p.iterdir()) for p in target.rglob("*")), name  # no empty folder made
 
     assert results["flat"].empty_classes == ("hare", "owl")
@@ -292,22 +292,31 @@ def test_links_out_of_a_source_folder_and_non_images_are_left_out_and_listed(
 
     result = sources.acquire(data_params(base_params, source="folder", folder=str(source)), target, tmp_path / "dl")
 
-    assert tree_files(target) == {"cat/img000.png", "cat/img001.png", "dog/img000.png", "dog/img001.png", "dog/best.png"}
+    assert tree_files(target) == {
+        "cat/img000.png",
+        "cat/img001.png",
+        "dog/img000.png",
+        "dog/img001.png",
+        "dog/best.png",
+    }
     assert (target / "dog" / "best.png").read_bytes() == (source / "cat" / "img000.png").read_bytes()
     assert not any(SECRET in p.read_bytes() for p in target.rglob("*") if p.is_file())
     ignored = dict(result.ignored)
     assert ignored == {
         "cat/passwd_link.jpg": f"link to a file outside the source folder ({outside / 'passwd'}); "
-                               "set data.follow_links: true to follow it",
+        "set data.follow_links: true to follow it",
         "dog/far": f"link to a folder outside the source folder ({outside / 'photos'}); "
-                   "set data.follow_links: true to follow it",
+        "set data.follow_links: true to follow it",
         "cat/notes.jpg": "not an image (content not recognised)",
         "cat/Thumbs.db": "hidden or system file",
         "dog/gone.png": "broken link (its target does not exist)",
     }
     assert sources.count_reasons(result.ignored) == {
-        "broken link": 1, "hidden or system file": 1, "link to a file outside the source folder": 1,
-        "link to a folder outside the source folder": 1, "not an image": 1,
+        "broken link": 1,
+        "hidden or system file": 1,
+        "link to a file outside the source folder": 1,
+        "link to a folder outside the source folder": 1,
+        "not an image": 1,
     }
     assert result.images == 5
 
@@ -361,9 +370,12 @@ def test_a_source_of_non_images_only_is_refused_with_the_reasons(tmp_path: Path,
     for name in ("a/1.jpg", "b/2.jpg"):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_text("text", encoding="utf-8")
-    with pytest.raises(UserError, match=r"no images in .*: all 2 file\(s\) in its class folders are left out \(2 not an image\)"):
-        sources.acquire(data_params(base_params, source="folder", folder=str(source)), make_empty(tmp_path / "t"),
-                        tmp_path / "dl")
+    with pytest.raises(
+        UserError, match=r"no images in .*: all 2 file\(s\) in its class folders are left out \(2 not an image\)"
+    ):
+        sources.acquire(
+            data_params(base_params, source="folder", folder=str(source)), make_empty(tmp_path / "t"), tmp_path / "dl"
+        )
 
 
 @pytest.mark.slow
@@ -373,11 +385,18 @@ def test_dvc_repro_download_leaves_no_trace_of_a_linked_outside_file(project, im
 
     result = project.run("dvc", "repro", "download")
 
-    leaked = [p for folder in ("data/raw", ".dvc/cache") for p in (project.root / folder).rglob("*")
-              if p.is_file() and SECRET in p.read_bytes()]
+    leaked = [
+        p
+        for folder in ("data/raw", ".dvc/cache")
+        for p in (project.root / folder).rglob("*")
+        if p.is_file() and SECRET in p.read_bytes()
+    ]
     assert leaked == []
     assert "download: left out 5 file(s): " in result.stdout
-    assert f"left out cat/passwd_link.jpg: link to a file outside the source folder ({outside / 'passwd'})" in result.stdout
+    assert (
+        f"left out cat/passwd_link.jpg: link to a file outside the source folder ({outside / 'passwd'})"
+        in result.stdout
+    )
     metrics = json.loads((project.root / "metrics" / "download.json").read_text(encoding="utf-8"))
     assert metrics["ignored_files"] == 5
     assert metrics["ignored_by_reason"]["link to a file outside the source folder"] == 1
@@ -444,7 +463,10 @@ def test_max_per_class_counts_a_class_across_train_and_test_folders(
     assert Counter(rel.split("/")[1] for rel in kept) == {"cat": 4, "dog": 4}
     assert {rel.split("/")[0] for rel in kept} <= {"train", "test"}
     assert {rel for rel in kept if rel.split("/")[1] == "dog"} == {
-        "train/dog/trimg000.png", "train/dog/trimg001.png", "train/dog/trimg002.png", "test/dog/teimg000.png"
+        "train/dog/trimg000.png",
+        "train/dog/trimg001.png",
+        "train/dog/trimg002.png",
+        "test/dog/teimg000.png",
     }
     assert result.images == 8
 
@@ -532,7 +554,8 @@ def test_url_source_unwraps_flower_photos_layout_with_license_file(
 
     result = sources.acquire(
         data_params(base_params, source="url", url=server.url("flower_photos.tgz"), sha256=sha256(data)),
-        target, tmp_path / "dl",
+        target,
+        tmp_path / "dl",
     )
 
     assert result.classes == 2
@@ -665,7 +688,7 @@ def test_tar_hard_link_pointing_outside_is_refused(tmp_path: Path, sandbox: Path
 
 
 def test_tar_link_chain_escaping_through_another_link_is_refused(tmp_path: Path, sandbox: Path) -> None:
-    """"s/b" -> ".." stays inside on its own, but "a" -> "s/b/.." escapes through it and is refused."""
+    """ "s/b" -> ".." stays inside on its own, but "a" -> "s/b/.." escapes through it and is refused."""
     alone = make_tar(tmp_path / "alone.tar", [("s/f.png", b"x"), ("s/b", "->..")], mode="w")
     archive.extract_archive(alone, sandbox)
     assert (sandbox / "s" / "b").is_symlink()

@@ -12,8 +12,8 @@ from PIL import Image
 
 from conftest import write_image
 from pipeline.core import config
-from pipeline.data import images
 from pipeline.core.errors import UserError
+from pipeline.data import images
 from pipeline.data.split import Item, split_images
 
 
@@ -23,7 +23,11 @@ def split_params(**overrides: object) -> config.SplitParams:
 
 
 def make_items(counts: dict[str, int], existing: str | None = None) -> list[Item]:
-    return [Item(f"raw/{label}/{i}.png", label, f"{label}-{existing}-{i}", existing) for label, n in counts.items() for i in range(n)]
+    return [
+        Item(f"raw/{label}/{i}.png", label, f"{label}-{existing}-{i}", existing)
+        for label, n in counts.items()
+        for i in range(n)
+    ]
 
 
 def test_same_seed_gives_identical_splits_and_another_seed_differs() -> None:
@@ -153,4 +157,3 @@ def test_split_stage_on_unicode_names_with_bad_files(project, image_tree) -> Non
     hashes = Counter(h for f in frames.values() for h in set(f["sha256"]))
     assert max(hashes.values()) == 1
     assert (project.root / "plots" / "split" / "class_counts.png").stat().st_size > 1000
-

@@ -11,8 +11,8 @@ import mlflow
 import pytest
 
 from pipeline.core import config
-from pipeline.tracking import runs, store
 from pipeline.core.errors import UserError
+from pipeline.tracking import runs, store
 from processes import free_port
 
 
@@ -50,10 +50,9 @@ def test_stage_run_logs_params_tags_metrics_and_writes_metrics_json(params, monk
 def test_failed_stage_marks_the_run_failed_and_writes_no_metrics(params, monkeypatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    with pytest.raises(RuntimeError):
-        with runs.stage_run("download", params) as run:
-            run_id = run.run_id
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), runs.stage_run("download", params) as run:
+        run_id = run.run_id
+        raise RuntimeError("boom")
     assert finished_run(params, run_id).info.status == "FAILED"
     assert not (params.path("metrics") / "download.json").exists()
 
@@ -61,9 +60,11 @@ def test_failed_stage_marks_the_run_failed_and_writes_no_metrics(params, monkeyp
 def test_unreachable_tracking_server_is_a_user_error_naming_the_uri(params, monkeypatch) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    with pytest.raises(UserError, match=f"MLflow tracking server {uri} is unreachable"):
-        with runs.stage_run("split", params):
-            pytest.fail("the stage body must not run")
+    with (
+        pytest.raises(UserError, match=f"MLflow tracking server {uri} is unreachable"),
+        runs.stage_run("split", params),
+    ):
+        pytest.fail("the stage body must not run")
 
 
 def test_stage_stops_before_work_when_tracking_server_is_down(project, image_tree) -> None:
@@ -86,15 +87,17 @@ def test_the_experiment_opens_on_its_training_runs_new_or_existing(params, monke
 
     old = client.create_experiment("made before the tag", (params.root / "old-artifacts").as_uri())
     client.set_experiment_tag(old, "mlflow.experimentKind", "genai_development_inferred")
-    kept = client.create_experiment("a user's own choice", (params.root / "kept-artifacts").as_uri(),
-                                    tags={"mlflow.experimentKind": "finetuning"})
+    kept = client.create_experiment(
+        "a user's own choice", (params.root / "kept-artifacts").as_uri(), tags={"mlflow.experimentKind": "finetuning"}
+    )
     for name, expected in (("made before the tag", "custom_model_development"), ("a user's own choice", "finetuning")):
         renamed = config.parse({**_raw(params), "tracking": {"experiment": name}})
         with runs.stage_run("split", dataclasses.replace(renamed, root=params.root)):
             pass
         assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == expected, name
-    assert {old, kept} == {client.get_experiment_by_name(n).experiment_id
-                           for n in ("made before the tag", "a user's own choice")}
+    assert {old, kept} == {
+        client.get_experiment_by_name(n).experiment_id for n in ("made before the tag", "a user's own choice")
+    }
 
 
 def _raw(params: config.Params) -> dict:
@@ -107,9 +110,13 @@ def test_make_ui_prints_the_address_of_the_training_runs(params, monkeypatch) ->
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = store.tracking_uri(params)
     assert ui.find_experiment(uri, params.tracking.experiment) is None  # nothing has run yet
-    assert ui.experiment_url("http://127.0.0.1:5000/", None) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    assert (
+        ui.experiment_url("http://127.0.0.1:5000/", None)
+        == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    )
     with runs.stage_run("split", params) as run:
         experiment_id = run.experiment_id
     assert ui.find_experiment(uri, params.tracking.experiment) == experiment_id
     assert ui.experiment_url("http://127.0.0.1:5000", experiment_id) == (
-        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    )

@@ -44,8 +44,9 @@ class Server:
             return reply.read()
 
     def _call(self, endpoint: str, body: bytes | None) -> dict[str, Any]:
-        request = urllib.request.Request(f"{self.url}/api/2.0/mlflow/{endpoint}", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/api/2.0/mlflow/{endpoint}", data=body, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as reply:
                 return json.load(reply)
@@ -87,11 +88,13 @@ def test_pipeline_logs_runs_trials_artifacts_and_model_to_a_tracking_server(proj
 
     for local in ("mlflow.db", "mlartifacts", "mlruns"):
         assert not (project.root / local).exists(), f"{local}: the embedded store was used, not the server"
-    experiment = mlflow_server.get("experiments/get-by-name",
-                                   experiment_name=project.params["tracking"]["experiment"])["experiment"]
+    experiment = mlflow_server.get("experiments/get-by-name", experiment_name=project.params["tracking"]["experiment"])[
+        "experiment"
+    ]
     assert experiment["artifact_location"].startswith("mlflow-artifacts:")  # uploads go through the proxy
-    runs = mlflow_server.post("runs/search", {"experiment_ids": [experiment["experiment_id"]],
-                                              "max_results": 1000})["runs"]
+    runs = mlflow_server.post("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000})[
+        "runs"
+    ]
 
     # One run per stage, each the run its metrics JSON points at.
     stages = list(yaml.safe_load((project.root / "dvc.yaml").read_text(encoding="utf-8"))["stages"])

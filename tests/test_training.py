@@ -35,8 +35,11 @@ def _kept(keep: fitting.KeepBest, model: keras.Model, logs: list[dict[str, float
 
 def test_an_accuracy_tie_goes_to_the_lower_loss():
     model = _tiny_model()
-    logs = [{"val_accuracy": 0.9, "val_loss": 0.30}, {"val_accuracy": 0.9, "val_loss": 0.20},
-            {"val_accuracy": 0.9, "val_loss": 0.25}]
+    logs = [
+        {"val_accuracy": 0.9, "val_loss": 0.30},
+        {"val_accuracy": 0.9, "val_loss": 0.20},
+        {"val_accuracy": 0.9, "val_loss": 0.25},
+    ]
     keep = fitting.KeepBest("val_accuracy", patience=5, start_score=0.9, tie_break="val_loss", start_tie=0.4)
     assert _kept(keep, model, logs) == 2.0 and keep.best_epoch == 1
     # Without the tie-break, equal accuracy never beats the start: the starting weights stay.
@@ -46,8 +49,12 @@ def test_an_accuracy_tie_goes_to_the_lower_loss():
 
 def test_higher_accuracy_beats_a_lower_loss_and_a_tie_with_a_higher_loss_is_no_gain():
     model = _tiny_model()
-    logs = [{"val_accuracy": 0.95, "val_loss": 0.5}, {"val_accuracy": 0.9, "val_loss": 0.1},
-            {"val_accuracy": 0.95, "val_loss": 0.6}, {"val_accuracy": 0.95, "val_loss": 0.7}]
+    logs = [
+        {"val_accuracy": 0.95, "val_loss": 0.5},
+        {"val_accuracy": 0.9, "val_loss": 0.1},
+        {"val_accuracy": 0.95, "val_loss": 0.6},
+        {"val_accuracy": 0.95, "val_loss": 0.7},
+    ]
     keep = fitting.KeepBest("val_accuracy", patience=2, start_score=0.9, tie_break="val_loss", start_tie=0.2)
     assert _kept(keep, model, logs) == 1.0 and keep.best_epoch == 0
     assert model.stop_training  # two epochs without a gain after epoch 0 (the tie at a higher loss is none)
@@ -79,4 +86,5 @@ def test_the_smoothed_loss_is_cross_entropy_against_smoothed_targets():
     assert float(loss(labels, logits)) == pytest.approx(np.mean(expected), rel=1e-5)
     plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     assert float(fitting.SmoothedSparseCrossentropy(1e-9)(labels, logits)) == pytest.approx(
-        float(plain(labels, logits)), rel=1e-5)
+        float(plain(labels, logits)), rel=1e-5
+    )

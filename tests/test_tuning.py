@@ -16,9 +16,9 @@ import yaml
 
 from pipeline.core import config
 from pipeline.features import extraction
+from pipeline.features.extraction import FeatureSet
 from pipeline.tracking import runs, store
 from pipeline.training import fitting, head, tuning
-from pipeline.features.extraction import FeatureSet
 
 CLASSES = ("ant", "bee", "wasp")
 
@@ -45,9 +45,19 @@ def small_params(project) -> config.Params:
 
 def test_search_space_comes_from_params(small_params):
     hp = kt.HyperParameters()
-    settings = tuning.sample_settings(hp, small_params.tune.space, head.HeadSettings.from_params(small_params.train_head))
-    assert set(hp.values) == {"hidden_layers", "units", "activation", "dropout", "optimizer", "learning_rate",
-                              "batch_size", "l2"}
+    settings = tuning.sample_settings(
+        hp, small_params.tune.space, head.HeadSettings.from_params(small_params.train_head)
+    )
+    assert set(hp.values) == {
+        "hidden_layers",
+        "units",
+        "activation",
+        "dropout",
+        "optimizer",
+        "learning_rate",
+        "batch_size",
+        "l2",
+    }
     by_name = {h.name: h for h in hp.space}
     assert list(by_name["units"].values) == [8, 16]
     assert by_name["learning_rate"].sampling == "log"
@@ -56,12 +66,23 @@ def test_search_space_comes_from_params(small_params):
 
 
 def test_defaults_are_train_heads_values_where_the_space_holds_them(small_params):
-    first = dataclasses.replace(head.HeadSettings.from_params(small_params.train_head), units=16, hidden_layers=0,
-                                l2=1e-3, learning_rate=0.05, dropout=0.3)
+    first = dataclasses.replace(
+        head.HeadSettings.from_params(small_params.train_head),
+        units=16,
+        hidden_layers=0,
+        l2=1e-3,
+        learning_rate=0.05,
+        dropout=0.3,
+    )
     hp = kt.HyperParameters()
     tuning.sample_settings(hp, small_params.tune.space, first)
     assert {name: hp.values[name] for name in ("units", "hidden_layers", "l2", "learning_rate", "dropout")} == {
-        "units": 16, "hidden_layers": 0, "l2": 1e-3, "learning_rate": 0.05, "dropout": 0.3}
+        "units": 16,
+        "hidden_layers": 0,
+        "l2": 1e-3,
+        "learning_rate": 0.05,
+        "dropout": 0.3,
+    }
     outside = dataclasses.replace(first, units=256, learning_rate=0.5)  # not in [8, 16], above max 0.1
     hp = kt.HyperParameters()
     tuning.sample_settings(hp, small_params.tune.space, outside)
@@ -71,9 +92,13 @@ def test_defaults_are_train_heads_values_where_the_space_holds_them(small_params
 def test_the_search_sample_keeps_class_shares_order_and_the_seed():
     labels = np.array([0] * 600 + [1] * 300 + [2] * 3)
     rng = np.random.default_rng(1)
-    train = FeatureSet(rng.normal(size=(len(labels), 4)).astype(np.float32), labels,
-                       np.array([f"p{i}" for i in range(len(labels))]), np.array([f"s{i}" for i in range(len(labels))]),
-                       ("a", "b", "c"))
+    train = FeatureSet(
+        rng.normal(size=(len(labels), 4)).astype(np.float32),
+        labels,
+        np.array([f"p{i}" for i in range(len(labels))]),
+        np.array([f"s{i}" for i in range(len(labels))]),
+        ("a", "b", "c"),
+    )
     sample = tuning.search_sample(train, 90, seed=7)
     assert np.bincount(sample.labels).tolist() == [59, 29, 1]  # in proportion, and the rare class kept
     rows = [int(p[1:]) for p in sample.paths]
@@ -92,8 +117,16 @@ def test_the_first_trials_are_the_defaults_then_their_linear_twin():
 
 
 def test_head_penalises_and_standardises():
-    settings = head.HeadSettings(hidden_layers=1, units=4, activation="relu", dropout=0.0, optimizer="adam",
-                                 learning_rate=0.01, batch_size=8, l2=0.01)
+    settings = head.HeadSettings(
+        hidden_layers=1,
+        units=4,
+        activation="relu",
+        dropout=0.0,
+        optimizer="adam",
+        learning_rate=0.01,
+        batch_size=8,
+        l2=0.01,
+    )
     features = np.random.default_rng(0).normal(5.0, 3.0, (64, 6)).astype(np.float32)
     model = head.build_head(6, 2, settings, head.feature_scale(features))
     standardized = keras.Model(model.input, model.get_layer("standardize").output)(features).numpy()
@@ -106,8 +139,9 @@ def test_head_penalises_and_standardises():
 
 
 def test_head_layers_follow_the_settings():
-    settings = head.HeadSettings(hidden_layers=2, units=7, activation="gelu", dropout=0.3, optimizer="sgd",
-                                 learning_rate=0.01, batch_size=8)
+    settings = head.HeadSettings(
+        hidden_layers=2, units=7, activation="gelu", dropout=0.3, optimizer="sgd", learning_rate=0.01, batch_size=8
+    )
     model = head.build_head(12, 3, settings)
     dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"]
     assert [layer.units for layer in dense] == [7, 7, 3]
@@ -148,7 +182,8 @@ def test_a_three_trial_search_logs_three_child_runs_under_the_stage_run(small_pa
         assert first[name] == getattr(fixed, name), name
     assert second["hidden_layers"] == 0 and fixed.hidden_layers == 1
     assert second.drop(["trial", "hidden_layers", "objective", "best_epoch"]).equals(
-        first.drop(["trial", "hidden_layers", "objective", "best_epoch"]))
+        first.drop(["trial", "hidden_layers", "objective", "best_epoch"])
+    )
     assert len({tuple(row) for row in result.trials.drop(columns=["trial", "objective", "best_epoch"]).values}) == 3
 
     client = mlflow.MlflowClient(store.tracking_uri(small_params))
@@ -167,7 +202,8 @@ def test_a_three_trial_search_logs_three_child_runs_under_the_stage_run(small_pa
     # The final head is the best trial trained again from the same seed: the same best score.
     assert result.best_epoch()["val_accuracy"] == pytest.approx(result.trials["objective"].max())
     assert result.settings == head.HeadSettings.from_values(
-        result.trials.sort_values("objective", ascending=False, kind="stable").iloc[0].to_dict())
+        result.trials.sort_values("objective", ascending=False, kind="stable").iloc[0].to_dict()
+    )
     parent_run = client.get_run(parent)
     assert parent_run.data.metrics["trials"] == 3
     assert len(client.get_metric_history(parent, "val_loss")) == len(result.history)
@@ -175,8 +211,9 @@ def test_a_three_trial_search_logs_three_child_runs_under_the_stage_run(small_pa
     assert not {"seconds", "rss_mb", "mlflow_run_id"} & set(result.trials.columns)
     runs = client.load_table(experiment.experiment_id, "trial_runs.json", run_ids=[parent])
     assert list(runs.columns) == ["trial", "mlflow_run_id", "seconds", "rss_mb"]
-    assert dict(zip(runs["trial"].astype(str), runs["mlflow_run_id"])) == {r.data.tags["tuner.trial_id"]: r.info.run_id
-                                                               for r in children}
+    assert dict(zip(runs["trial"].astype(str), runs["mlflow_run_id"], strict=True)) == {
+        r.data.tags["tuner.trial_id"]: r.info.run_id for r in children
+    }
     assert (runs["seconds"] > 0).all() and (runs["rss_mb"] > 0).all()
     assert parent_run.data.metrics["search_seconds"] == pytest.approx(runs["seconds"].sum())
 
@@ -201,8 +238,9 @@ def test_a_finished_trial_is_one_line_naming_what_differs_from_the_best():
     values = {"units": 256, "dropout": 0.2, "learning_rate": 0.00123456}
     first = tuning.describe_trial("00", 6, values, 0.9015, 31.4, "val_accuracy", None)
     assert first == "train_head: trial 1/6: val_accuracy 0.9015, 31 s; units 256, dropout 0.2, learning_rate 0.00123"
-    later = tuning.describe_trial("03", None, {**values, "units": 512}, 0.8712, 29.6, "val_accuracy",
-                                  ("00", 0.9015, values))
+    later = tuning.describe_trial(
+        "03", None, {**values, "units": 512}, 0.8712, 29.6, "val_accuracy", ("00", 0.9015, values)
+    )
     assert later == "train_head: trial 4: val_accuracy 0.8712 (best 0.9015, trial 1), 30 s; units 512 (best 256)"
     failed = tuning.describe_trial("04", 6, values, None, 1.0, "val_loss", ("00", 0.3, values))
     assert failed == "train_head: trial 5/6: no score (failed) (best 0.3000, trial 1), 1 s; same settings"
@@ -214,7 +252,10 @@ def test_the_search_prints_a_line_per_trial_and_verbose_brings_the_tables_back(s
     quiet, _ = _search(small_params)
     printed = capfd.readouterr().out
     assert [line.split(":")[1] for line in printed.splitlines() if line.startswith("train_head: trial")] == [
-        " trial 1/3", " trial 2/3", " trial 3/3"]
+        " trial 1/3",
+        " trial 2/3",
+        " trial 3/3",
+    ]
     assert "Search: Running Trial" not in printed and "Best Value So Far" not in printed
     oracle = (small_params.path("tuner") / "oracle.json").read_bytes()
 
@@ -242,8 +283,7 @@ def test_every_algorithm_runs_and_logs_its_trials(small_params, monkeypatch, alg
     params = _with_tune(small_params, algorithm=algorithm, max_trials=2)
     result, parent = _search(params)
     client = mlflow.MlflowClient(store.tracking_uri(params))
-    children = client.search_runs([client.get_run(parent).info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent}'")
+    children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     assert len(children) == len(result.trials) >= 2
     assert {c.data.tags["tuner.algorithm"] for c in children} == {algorithm}
 
@@ -263,8 +303,17 @@ def test_train_head_stage_through_dvc(project, image_tree):
     project.run("dvc", "repro", "train_head")
     root = project.root
     best = yaml.safe_load((root / "models/best_hparams.yaml").read_text())
-    assert set(best) == {"hidden_layers", "units", "activation", "dropout", "optimizer", "learning_rate",
-                         "batch_size", "l2", "epochs"}
+    assert set(best) == {
+        "hidden_layers",
+        "units",
+        "activation",
+        "dropout",
+        "optimizer",
+        "learning_rate",
+        "batch_size",
+        "l2",
+        "epochs",
+    }
     assert (root / "models/head.keras").is_file()
     trials = pd.read_csv(root / "plots/train_head/trials.csv")
     history = pd.read_csv(root / "plots/train_head/history.csv")

@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -55,9 +55,7 @@ class Range:
         """Whether ``value`` lies in the interval."""
         if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
             return False
-        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
-            return False
-        return True
+        return not (self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)))
 
     def describe(self) -> str:
         """Human-readable interval, e.g. ``in [0, 1)``."""
@@ -112,11 +110,11 @@ class DataParams:
     """Where the images come from (download stage)."""
 
     source: Literal["fashion_mnist", "url", "folder"]
-    url: Optional[Annotated[str, Pattern(r"https?://\S+", "an http(s) URL")]]
-    sha256: Optional[Annotated[str, Pattern(r"[0-9a-fA-F]{64}", "64 hexadecimal digits")]]
-    folder: Optional[RelPath]
-    subdir: Optional[RelPath]
-    max_per_class: Optional[Annotated[int, Range(lo=1)]]
+    url: Annotated[str, Pattern(r"https?://\S+", "an http(s) URL")] | None
+    sha256: Annotated[str, Pattern(r"[0-9a-fA-F]{64}", "64 hexadecimal digits")] | None
+    folder: RelPath | None
+    subdir: RelPath | None
+    max_per_class: Annotated[int, Range(lo=1)] | None
     follow_links: bool
     fashion_mnist_dir: RelPath
     retries: Annotated[int, Range(lo=0, hi=20)]
@@ -149,10 +147,24 @@ class SplitParams:
 
 
 BACKBONE_NAMES = (
-    "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
-    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_b0",
-    "resnet50", "resnet50_v2", "vgg16", "xception", "inception_v3", "densenet121", "convnext_tiny",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_v2_b0",
+    "resnet50",
+    "resnet50_v2",
+    "vgg16",
+    "xception",
+    "inception_v3",
+    "densenet121",
+    "convnext_tiny",
 )  # pipeline/features/backbones.py has one entry per name (a test keeps the two in step)
 
 
@@ -162,7 +174,7 @@ class BackboneParams:
 
     name: Literal[BACKBONE_NAMES]  # type: ignore[valid-type]
     weights: Annotated[str, Pattern(r"[^\0]+", "'imagenet', 'none' or a path to a weights file")]
-    image_size: Optional[Union[Literal["auto"], Annotated[int, Range(16, 1024)]]]  # pipeline/features/sizing.py
+    image_size: Literal["auto"] | Annotated[int, Range(16, 1024)] | None  # pipeline/features/sizing.py
     crop: Literal["center", "pad", "stretch"]
 
 
@@ -212,7 +224,7 @@ class FloatRange:
 
     min: float
     max: float
-    step: Optional[Annotated[float, Range(0.0, lo_open=True)]]
+    step: Annotated[float, Range(0.0, lo_open=True)] | None
     sampling: Literal["linear", "log"]
 
     def check(self, key: str) -> list[str]:
@@ -244,7 +256,9 @@ class SearchSpace:
         """Rates must stay in their valid intervals."""
         problems = []
         if self.dropout.min < 0 or self.dropout.max >= 1:
-            problems.append(f"{key}.dropout: found [{self.dropout.min:g}, {self.dropout.max:g}]; allowed: within [0, 1)")
+            problems.append(
+                f"{key}.dropout: found [{self.dropout.min:g}, {self.dropout.max:g}]; allowed: within [0, 1)"
+            )
         if self.learning_rate.min <= 0 or self.learning_rate.max > 1:
             problems.append(
                 f"{key}.learning_rate: found [{self.learning_rate.min:g}, {self.learning_rate.max:g}]; "
@@ -257,7 +271,7 @@ class SearchSpace:
 class DistributedParams:
     """Keras Tuner's chief/worker mode; the KERASTUNER_* environment variables override these."""
 
-    oracle_ip: Optional[Annotated[str, Pattern(r"\S+", "a host name or IP address")]]
+    oracle_ip: Annotated[str, Pattern(r"\S+", "a host name or IP address")] | None
     oracle_port: Annotated[int, Range(1, 65535)]
 
 
@@ -271,7 +285,7 @@ class TuneParams:
     objective: Literal["val_accuracy", "val_loss"]
     executions_per_trial: Annotated[int, Range(1, 100)]
     hyperband_factor: Annotated[int, Range(2, 100)]
-    search_samples: Optional[Annotated[int, Range(lo=1)]]
+    search_samples: Annotated[int, Range(lo=1)] | None
     space: SearchSpace
     distributed: DistributedParams
 
@@ -281,14 +295,14 @@ class FinetuneParams:
     """Unfreezing the top of the backbone and training it with the head at a low learning rate."""
 
     enabled: bool
-    unfreeze_from: Optional[Annotated[str, Pattern(r"\S+", "a cut point name of the backbone")]]
-    unfreeze_top: Optional[Annotated[int, Range(1, 100000)]]
-    learning_rate: Union[Literal["auto"], PositiveRate]  # auto: pipeline/training/finetune.py's choose_schedule
+    unfreeze_from: Annotated[str, Pattern(r"\S+", "a cut point name of the backbone")] | None
+    unfreeze_top: Annotated[int, Range(1, 100000)] | None
+    learning_rate: Literal["auto"] | PositiveRate  # auto: pipeline/training/finetune.py's choose_schedule
     optimizer: Optimizer
     batch_size: BatchSize
-    epochs: Union[Literal["auto"], Annotated[int, Range(1, 10000)]]  # auto: as learning_rate
+    epochs: Literal["auto"] | Annotated[int, Range(1, 10000)]  # auto: as learning_rate
     patience: Annotated[int, Range(1, 10000)]
-    images_per_epoch: Optional[Annotated[int, Range(lo=1)]]
+    images_per_epoch: Annotated[int, Range(lo=1)] | None
     schedule: Literal["constant", "cosine"]
     warmup: Annotated[float, Range(0.0, 1.0, hi_open=True)]
     label_smoothing: Annotated[float, Range(0.0, 1.0, hi_open=True)]
@@ -492,7 +506,9 @@ def _convert_section(value: Any, cls: type, key: str, problems: list[str]) -> An
     hints = typing.get_type_hints(cls, include_extras=True)
     before = len(problems)
     for unknown in sorted(set(map(str, value)) - set(names)):
-        problems.append(f"{_join(key, unknown)}: unknown key{_suggest(unknown, names)}; allowed keys: {', '.join(names)}")
+        problems.append(
+            f"{_join(key, unknown)}: unknown key{_suggest(unknown, names)}; allowed keys: {', '.join(names)}"
+        )
     kwargs = {}
     for name in names:
         if name not in value:

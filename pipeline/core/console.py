@@ -92,8 +92,9 @@ def filtered_stderr(drop: re.Pattern[str]) -> Iterator[IO[str]]:
             live.close()
             captured.seek(0)
             text = captured.read().decode("utf-8", "replace")
-            kept = [line for line in text.splitlines(keepends=True)
-                    if not (drop.match(line) or _ABSL_NOTICE.match(line))]
+            kept = [
+                line for line in text.splitlines(keepends=True) if not (drop.match(line) or _ABSL_NOTICE.match(line))
+            ]
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
 

@@ -10,9 +10,9 @@ say so instead of silently showing empty boxes.
 from __future__ import annotations
 
 import contextlib
-import logging
 import functools
 import io
+import logging
 import math
 import re
 import unicodedata
@@ -134,7 +134,7 @@ def class_counts_chart(counts: dict[str, dict[str, int]]) -> Figure:
         for split, per_class in counts.items():
             values = [per_class.get(c, 0) for c in classes]
             axes.barh(classes, values, left=left, label=split, color=_SPLIT_COLOURS.get(split))
-            left = [a + b for a, b in zip(left, values)]
+            left = [a + b for a, b in zip(left, values, strict=True)]
         for y, total in enumerate(left):
             axes.text(total, y, f" {total}", va="center", fontsize=8)
         axes.set_xlabel("images")
@@ -177,7 +177,7 @@ def _confusion_panels(confusion: np.ndarray, labels: list[str]) -> Figure:
         (confusion, Normalize(0, max(1, confusion.max())), "{:.0f}", "counts"),
         (_row_rates(confusion), Normalize(0, 1), "{:.0%}", "row-normalised: recall per true class"),
     )
-    for axes, (values, norm, template, title) in zip(figure.subplots(1, 2), panels):
+    for axes, (values, norm, template, title) in zip(figure.subplots(1, 2), panels, strict=True):
         image = axes.imshow(values, cmap=_heat_colours(), norm=norm, interpolation="nearest")
         _annotate_cells(axes, image, values, template, cell_fontsize)
         _label_classes(axes, labels, fontsize, step=1, pitch=side / count)
@@ -286,8 +286,9 @@ def curves_chart(
         roc_axes.plot([0, 1], [0, 1], "--", color="0.55", label="chance (AUC = 0.500)")
         roc_title = f"ROC curve, AUC = {auc:.3f}"
         _unit_axes(roc_axes, "false positive rate", "true positive rate (recall)", roc_title, "lower right")
-        pr_axes.plot(recall, precision, color="#C44E52", lw=2, drawstyle="steps-post", clip_on=False,
-                     label=f"AP = {ap:.3f}")
+        pr_axes.plot(
+            recall, precision, color="#C44E52", lw=2, drawstyle="steps-post", clip_on=False, label=f"AP = {ap:.3f}"
+        )
         _unit_axes(pr_axes, "recall", "precision", f"Precision-recall curve, AP = {ap:.3f}", "lower left")
         figure.suptitle(f"Binary classification, positive class: {plain_text(positive)}")
     return figure
@@ -320,19 +321,38 @@ def reliability_chart(bins: list[dict], ece: float) -> Figure:
     with unicode_fonts():
         figure = Figure(figsize=(6, 6.8), layout="constrained")
         main, counts = figure.subplots(2, 1, height_ratios=(3, 1))
-        main.bar(centre[filled], accuracy[filled], width=width[filled], color="#4C72B0", edgecolor="white",
-                 label="accuracy")
+        main.bar(
+            centre[filled], accuracy[filled], width=width[filled], color="#4C72B0", edgecolor="white", label="accuracy"
+        )
         gap = np.abs(confidence - accuracy)[filled]
         bottom = np.fmin(confidence, accuracy)[filled]
-        main.bar(centre[filled], gap, bottom=bottom, width=width[filled], color="#C44E52", alpha=0.35, hatch="//",
-                 edgecolor="#C44E52", label="gap to mean confidence")
+        main.bar(
+            centre[filled],
+            gap,
+            bottom=bottom,
+            width=width[filled],
+            color="#C44E52",
+            alpha=0.35,
+            hatch="//",
+            edgecolor="#C44E52",
+            label="gap to mean confidence",
+        )
         main.plot([0, 1], [0, 1], "--", color="0.4", label="perfect calibration")
-        main.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)", ylabel="accuracy",
-                 title=f"Reliability diagram, ECE = {ece:.3f}")
+        main.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="confidence (top-class probability)",
+            ylabel="accuracy",
+            title=f"Reliability diagram, ECE = {ece:.3f}",
+        )
         main.legend(loc="upper left")
         counts.bar(centre, count, width=width, color="0.55", edgecolor="white")
-        counts.set(xlim=(0, 1), xlabel="confidence (top-class probability)", ylabel="images",
-                   title="test images per confidence bin")
+        counts.set(
+            xlim=(0, 1),
+            xlabel="confidence (top-class probability)",
+            ylabel="images",
+            title="test images per confidence bin",
+        )
     return figure
 
 
@@ -373,8 +393,15 @@ def _bar_note(axes: Axes, position: int, value: float, support: int, fontsize: f
         axes.text(0.01, position, "no test images", va="center", fontsize=fontsize, color="0.35")
         return
     inside = value > 0.7
-    axes.text(value - 0.01 if inside else value + 0.01, position, f"{value:.0%} (n={support})",
-              ha="right" if inside else "left", va="center", fontsize=fontsize, color="white" if inside else "black")
+    axes.text(
+        value - 0.01 if inside else value + 0.01,
+        position,
+        f"{value:.0%} (n={support})",
+        ha="right" if inside else "left",
+        va="center",
+        fontsize=fontsize,
+        color="white" if inside else "black",
+    )
 
 
 def confidence_histogram(confidence: np.ndarray, correct: np.ndarray) -> Figure:
@@ -394,8 +421,16 @@ def confidence_histogram(confidence: np.ndarray, correct: np.ndarray) -> Figure:
         figure = Figure(figsize=(7, 4.2), layout="constrained")
         axes = figure.add_subplot()
         for mask, name, colour in ((correct, "correct", "#55A868"), (~correct, "wrong", "#C44E52")):
-            axes.hist(confidence[mask], bins=edges, histtype="stepfilled", alpha=0.4, color=colour,
-                      edgecolor=colour, linewidth=1.5, label=f"{name} ({int(mask.sum())})")
+            axes.hist(
+                confidence[mask],
+                bins=edges,
+                histtype="stepfilled",
+                alpha=0.4,
+                color=colour,
+                edgecolor=colour,
+                linewidth=1.5,
+                label=f"{name} ({int(mask.sum())})",
+            )
         axes.set_xlim(0, 1)
         axes.set_xlabel("top-class confidence")
         axes.set_ylabel("test images")

@@ -63,13 +63,19 @@ def check_members(members: list[tuple[str, str, str | None]]) -> None:
     links = {_normalise(name): target for name, kind, target in members if kind == "symlink"}
     for name, kind, link_target in members:
         if _is_absolute(name) or ".." in re.split(r"[/\\]", name):
-            raise UnsafeArchive(f"archive member '{name}' would be written outside the target folder; nothing extracted")
+            raise UnsafeArchive(
+                f"archive member '{name}' would be written outside the target folder; nothing extracted"
+            )
         if kind == "special":
             raise UnsafeArchive(f"archive member '{name}' is a device or pipe; nothing extracted")
         if kind == "symlink" and _escapes(posixpath.join(posixpath.dirname(_normalise(name)), link_target), links):
-            raise UnsafeArchive(f"archive member '{name}' is a link pointing outside the target ({link_target}); nothing extracted")
+            raise UnsafeArchive(
+                f"archive member '{name}' is a link pointing outside the target ({link_target}); nothing extracted"
+            )
         if kind == "hardlink" and (_is_absolute(link_target) or _escapes(link_target, links)):
-            raise UnsafeArchive(f"archive member '{name}' is a hard link to '{link_target}' outside the target; nothing extracted")
+            raise UnsafeArchive(
+                f"archive member '{name}' is a hard link to '{link_target}' outside the target; nothing extracted"
+            )
 
 
 def _zip_members(bundle: zipfile.ZipFile) -> list[tuple[str, str, str | None]]:

@@ -190,8 +190,11 @@ class _Walk:
                 dirs[:] = []
                 continue
             visited.add(real)
-            dirs[:] = [name for name in sorted(dirs)
-                       if self.admit(here / name, "hidden or system folder", _loop_problem(here / name, real))]
+            dirs[:] = [
+                name
+                for name in sorted(dirs)
+                if self.admit(here / name, "hidden or system folder", _loop_problem(here / name, real))
+            ]
             found.extend(here / name for name in sorted(names) if self.admit(here / name, "hidden or system file"))
         return found
 

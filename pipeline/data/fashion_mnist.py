@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core import progress
-from pipeline.data import dataset, fetch
 from pipeline.core.errors import UserError
+from pipeline.data import dataset, fetch
 
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 CLASSES = ("T-shirt or top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -29,7 +29,10 @@ IDX_SHA256 = {
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
-PARTS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+PARTS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def read_idx_files(
@@ -123,7 +126,9 @@ def write_images(contents: dict[str, bytes], target: Path, max_per_class: int | 
         if len(images) != len(labels):
             raise UserError(f"Fashion-MNIST {split}: {len(images)} images but {len(labels)} labels")
         arrays[split] = images
-        entries += [dataset.Entry(f"{split}/{CLASSES[y]}/{split}-{i:05d}.png", CLASSES[y], split) for i, y in enumerate(labels)]
+        entries += [
+            dataset.Entry(f"{split}/{CLASSES[y]}/{split}-{i:05d}.png", CLASSES[y], split) for i, y in enumerate(labels)
+        ]
     chosen = dataset.cap_per_class(entries, max_per_class)
     for folder in {str(Path(e.rel).parent) for e in chosen}:
         (target / folder).mkdir(parents=True, exist_ok=True)
@@ -131,4 +136,3 @@ def write_images(contents: dict[str, bytes], target: Path, max_per_class: int | 
         index = int(Path(entry.rel).stem.rsplit("-", 1)[1])
         Image.fromarray(arrays[entry.split][index]).save(target / entry.rel, format="PNG")
     return len(chosen)
-

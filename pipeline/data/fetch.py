@@ -93,4 +93,3 @@ def _download_once(url: str, target: Path, sha256: str | None, timeout_s: float)
         return target
     finally:
         Path(temporary).unlink(missing_ok=True)
-

@@ -48,8 +48,12 @@ _SNIFF_BYTES = 4096
 _ABORTED = re.compile(r"^W\d{4} .*Local rendezvous is aborting")  # TensorFlow's line for a refused file
 # The turn that makes an image with an EXIF orientation upright (Pillow's ImageOps.exif_transpose).
 _UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
 _EXIF_ORIENTATION = 0x0112
@@ -284,8 +288,11 @@ def _undecoded(paths: list[Path], jpeg: list[bool], batch_size: int, desc: str) 
     def decode(file: tuple[Any, Any]) -> Any:
         path, is_jpeg = file
         data = tf.io.read_file(path)
-        image = tf.cond(is_jpeg, lambda: tf.io.decode_jpeg(data, channels=3),
-                        lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
+        image = tf.cond(
+            is_jpeg,
+            lambda: tf.io.decode_jpeg(data, channels=3),
+            lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+        )
         return tf.shape(image)[0]  # an output that depends on the decoding, so it is not pruned
 
     def decode_batch(indices: Any, batch_paths: Any, batch_jpeg: Any) -> tuple[Any, Any]:
@@ -295,8 +302,10 @@ def _undecoded(paths: list[Path], jpeg: list[bool], batch_size: int, desc: str) 
     dataset = dataset.batch(batch_size).map(decode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     decoded: set[int] = set()
     # Each refused file makes TensorFlow warn that its pipeline aborted; the refusal is the point here.
-    with console.quiet_lines(_ABORTED) as stream, progress.bar(total=len(paths), desc=desc, unit="img",
-                                                                        file=stream) as bar:
+    with (
+        console.quiet_lines(_ABORTED) as stream,
+        progress.bar(total=len(paths), desc=desc, unit="img", file=stream) as bar,
+    ):
         for indices, _ in dataset.ignore_errors().as_numpy_iterator():
             decoded.update(indices.tolist())
             bar.update(len(indices))

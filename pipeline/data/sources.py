@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core import files, progress
-from pipeline.data import archive, dataset, fashion_mnist, fetch, images
 from pipeline.core.config import DataParams
 from pipeline.core.errors import UserError
+from pipeline.data import archive, dataset, fashion_mnist, fetch, images
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,11 @@ def acquire(data: DataParams, target: Path, downloads: Path) -> Acquired:
     elif data.source == "url":
         assert data.url is not None and data.sha256 is not None  # guaranteed by DataParams.check
         bundle = fetch.download(
-            data.url, downloads / f"{data.sha256.lower()}.archive", sha256=data.sha256,
-            retries=data.retries, timeout_s=data.timeout_s,
+            data.url,
+            downloads / f"{data.sha256.lower()}.archive",
+            sha256=data.sha256,
+            retries=data.retries,
+            timeout_s=data.timeout_s,
         )
         with tempfile.TemporaryDirectory(prefix="extract-", dir=downloads) as unpacked:
             archive.extract_archive(bundle, Path(unpacked))
@@ -114,14 +117,17 @@ def copy_classes(source: Path, target: Path, max_per_class: int | None, follow_l
     left_out = [(entry.rel, problem) for entry, problem in problems if problem is not None]
     if not kept:
         reasons = "; ".join(f"{n} {kind}" for kind, n in count_reasons(left_out).items())
-        raise UserError(f"no images in {source}: all {len(left_out)} file(s) in its class folders are left out "
-                        f"({reasons})")
+        raise UserError(
+            f"no images in {source}: all {len(left_out)} file(s) in its class folders are left out ({reasons})"
+        )
     for entry in progress.bar(dataset.cap_per_class(kept, max_per_class), desc="copy images", unit="file"):
         files.link_or_copy(source / entry.rel, target / entry.rel)
     classes = {(e.split, e.label) for e in kept}
     emptied = {_class_folder(e) for e in found.entries if (e.split, e.label) not in classes}
     return dataclasses.replace(
-        found, entries=tuple(kept), ignored=found.ignored + tuple(left_out),
+        found,
+        entries=tuple(kept),
+        ignored=found.ignored + tuple(left_out),
         empty_classes=tuple(sorted(set(found.empty_classes) | emptied)),
     )
 

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import SplitParams
-from pipeline.data.dataset import SPLITS, Scan, reason_kind
 from pipeline.core.errors import UserError
+from pipeline.data.dataset import SPLITS, Scan, reason_kind
 
 _PRIORITY = {"test": 0, "val": 1, "train": 2}  # a duplicate across existing splits stays in the first
 CLASSES_FILE = "classes.json"
@@ -171,7 +171,9 @@ def _check_every_class_everywhere(result: Splits, classes: list[str]) -> None:
         raise UserError("every class must appear in every split: " + "; ".join(missing))
 
 
-def collect_items(scan: Scan, checks: list[tuple[str, str | None]], prefix: str) -> tuple[list[Item], list[dict[str, str]]]:
+def collect_items(
+    scan: Scan, checks: list[tuple[str, str | None]], prefix: str
+) -> tuple[list[Item], list[dict[str, str]]]:
     """Pair scanned files with their verification results.
 
     Args:

@@ -47,8 +47,9 @@ def per_class_accuracy(predictions: pd.DataFrame, classes: Sequence[str]) -> pd.
     frame["correct"] = frame["class"].map(grouped.sum()).fillna(0).astype(int)
     frame["errors"] = frame["support"] - frame["correct"]
     frame["accuracy"] = np.where(frame["support"] > 0, frame["correct"] / frame["support"].clip(lower=1), np.nan)
-    ordered = frame.sort_values(["accuracy", "support", "class"], ascending=[True, False, True], kind="stable",
-                                na_position="last")
+    ordered = frame.sort_values(
+        ["accuracy", "support", "class"], ascending=[True, False, True], kind="stable", na_position="last"
+    )
     return ordered[["class", "accuracy", "support", "errors"]].reset_index(drop=True)
 
 
@@ -67,7 +68,12 @@ def confidence_summary(predictions: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for name, correct in (("correct", True), ("wrong", False)):
         subset = predictions.loc[predictions["correct"].astype(bool) == correct, "confidence"]
-        rows.append({"predictions": name, "count": len(subset),
-                     "mean_confidence": subset.mean() if len(subset) else np.nan,
-                     "median_confidence": subset.median() if len(subset) else np.nan})
+        rows.append(
+            {
+                "predictions": name,
+                "count": len(subset),
+                "mean_confidence": subset.mean() if len(subset) else np.nan,
+                "median_confidence": subset.median() if len(subset) else np.nan,
+            }
+        )
     return pd.DataFrame(rows)

@@ -13,17 +13,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.data import images
 from pipeline.core import figures
+from pipeline.core.config import Params
+from pipeline.core.errors import UserError
+from pipeline.data import images
 from pipeline.evaluation import analysis, gallery, gradcam, report, scoring
 from pipeline.features import inputs
 from pipeline.serving import classifier
-from pipeline.core.config import Params
-from pipeline.core.errors import UserError
 
 # The headline numbers compared between the fine-tuned model and the head alone, in this order.
-_COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "log_loss", "ece",
-             "roc_auc")
+_COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "log_loss", "ece", "roc_auc")
 
 
 @dataclass
@@ -53,15 +52,23 @@ class Examples:
 def comparison_table(scores: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """The fine-tuned model next to the head alone, one row per headline metric."""
     keys = [k for k in scores["finetuned"] if k.startswith("top_")] + list(_COMPARED)
-    rows = [{"metric": key, "fine-tuned model": scores["finetuned"].get(key),
-             "head on cached features": scores["head_only"].get(key)} for key in keys if key in scores["finetuned"]]
+    rows = [
+        {
+            "metric": key,
+            "fine-tuned model": scores["finetuned"].get(key),
+            "head on cached features": scores["head_only"].get(key),
+        }
+        for key in keys
+        if key in scores["finetuned"]
+    ]
     return pd.DataFrame(rows)
 
 
 def paired_sentence(scores: dict[str, dict[str, Any]], fine_tuning: scoring.FineTuning) -> str:
     """The report's one sentence on whether fine-tuning paid, from metrics/evaluate.json."""
-    words = scoring.describe_paired(scores["finetuned"]["accuracy"], scores["head_only"]["accuracy"],
-                                       scores["finetuned_vs_head"], fine_tuning)
+    words = scoring.describe_paired(
+        scores["finetuned"]["accuracy"], scores["head_only"]["accuracy"], scores["finetuned_vs_head"], fine_tuning
+    )
     return f"{words[0].upper()}{words[1:]}."
 
 
@@ -70,8 +77,13 @@ def example_captions(worst: pd.DataFrame) -> list[str]:
     return [f"true: {row.label}\npredicted: {row.predicted} ({row.confidence:.2f})" for row in worst.itertuples()]
 
 
-def overview_section(predictions: pd.DataFrame, scores: dict[str, dict[str, Any]], rendered: Rendered,
-                     bins: int, fine_tuning: scoring.FineTuning) -> report.Section:
+def overview_section(
+    predictions: pd.DataFrame,
+    scores: dict[str, dict[str, Any]],
+    rendered: Rendered,
+    bins: int,
+    fine_tuning: scoring.FineTuning,
+) -> report.Section:
     """Whether fine-tuning paid (in ``scoring.describe_paired``'s words), headline numbers of both models,
     the confusion matrix and the reliability diagram.
 
@@ -86,13 +98,19 @@ def overview_section(predictions: pd.DataFrame, scores: dict[str, dict[str, Any]
     labels = predictions["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     probabilities = analysis.probabilities(predictions)
     confusion = scoring.confusion_matrix(labels, probabilities.argmax(axis=1), len(classes))
-    matrix = rendered.add("confusion_matrix", figures.confusion_matrix_chart(confusion, classes),
-                          "Confusion matrix of the fine-tuned model on the test split (rows: true class).")
-    reliability = rendered.add("reliability", figures.reliability_chart(
-        scoring.reliability_bins(labels, probabilities, bins), scores["finetuned"]["ece"]),
-        "Reliability: accuracy against confidence; the diagonal is perfect calibration.")
+    matrix = rendered.add(
+        "confusion_matrix",
+        figures.confusion_matrix_chart(confusion, classes),
+        "Confusion matrix of the fine-tuned model on the test split (rows: true class).",
+    )
+    reliability = rendered.add(
+        "reliability",
+        figures.reliability_chart(scoring.reliability_bins(labels, probabilities, bins), scores["finetuned"]["ece"]),
+        "Reliability: accuracy against confidence; the diagonal is perfect calibration.",
+    )
     return report.Section(
-        "overview", "Overview",
+        "overview",
+        "Overview",
         "The fine-tuned model scores the test split's images; the head alone scores the cached features of the "
         f"same images, which shows what fine-tuning added.\n\n{paired_sentence(scores, fine_tuning)}",
         images=(matrix, reliability),
@@ -103,24 +121,35 @@ def overview_section(predictions: pd.DataFrame, scores: dict[str, dict[str, Any]
 def class_section(per_class: pd.DataFrame, pairs: pd.DataFrame, rendered: Rendered) -> report.Section:
     """Per-class accuracy, worst first (``analysis.per_class_accuracy``), and the most frequent
     confusions (``analysis.confused_pairs``)."""
-    chart = rendered.add("per_class_accuracy", figures.per_class_accuracy_chart(
-        per_class["class"], per_class["accuracy"].fillna(0), per_class["support"]), "Accuracy of each class, worst first.")
+    chart = rendered.add(
+        "per_class_accuracy",
+        figures.per_class_accuracy_chart(per_class["class"], per_class["accuracy"].fillna(0), per_class["support"]),
+        "Accuracy of each class, worst first.",
+    )
     return report.Section(
-        "classes", "Classes",
+        "classes",
+        "Classes",
         "Which classes fail most, and what they are mistaken for.",
         images=(chart,),
-        tables=(report.Table(per_class, "Per-class accuracy, worst first"),
-                report.Table(pairs, "Most-confused pairs (true → predicted)")),
+        tables=(
+            report.Table(per_class, "Per-class accuracy, worst first"),
+            report.Table(pairs, "Most-confused pairs (true → predicted)"),
+        ),
     )
 
 
 def confidence_section(predictions: pd.DataFrame, rendered: Rendered) -> report.Section:
     """How confident right and wrong answers are."""
-    histogram = rendered.add("confidence", figures.confidence_histogram(
-        predictions["confidence"].to_numpy(), predictions["correct"].astype(bool).to_numpy()),
-        "Top-class confidence of correct and wrong predictions.")
+    histogram = rendered.add(
+        "confidence",
+        figures.confidence_histogram(
+            predictions["confidence"].to_numpy(), predictions["correct"].astype(bool).to_numpy()
+        ),
+        "Top-class confidence of correct and wrong predictions.",
+    )
     return report.Section(
-        "confidence", "Confidence",
+        "confidence",
+        "Confidence",
         "A well-behaved model is less sure when it is wrong: the two histograms should separate.",
         images=(histogram,),
         tables=(report.Table(analysis.confidence_summary(predictions), "Confidence of right and wrong answers"),),
@@ -132,25 +161,36 @@ def error_sections(worst: pd.DataFrame, examples: Examples, rendered: Rendered) 
     if worst.empty:
         return [report.Section("errors", "Worst errors", "There are no wrong predictions on the test split.")]
     captions = example_captions(worst)
-    grid = rendered.add("worst_errors", gallery.image_grid(examples.originals, captions,
-                                                           f"The {len(worst)} worst errors, by loss"),
-                        "Wrong predictions with the highest loss: the most confident mistakes first.")
-    sections = [report.Section(
-        "errors", "Worst errors",
-        "Each image with its true label, the prediction and the model's confidence in it.",
-        images=(grid,), tables=(report.Table(worst, "The worst errors"),),
-    )]
+    grid = rendered.add(
+        "worst_errors",
+        gallery.image_grid(examples.originals, captions, f"The {len(worst)} worst errors, by loss"),
+        "Wrong predictions with the highest loss: the most confident mistakes first.",
+    )
+    sections = [
+        report.Section(
+            "errors",
+            "Worst errors",
+            "Each image with its true label, the prediction and the model's confidence in it.",
+            images=(grid,),
+            tables=(report.Table(worst, "The worst errors"),),
+        )
+    ]
     if examples.overlays is not None:
-        heat = rendered.add("gradcam", gallery.heatmap_grid(examples.model_views, examples.overlays, captions,
-                                                            "Grad-CAM for the predicted class"),
-                            "Where the backbone's last convolutional block looked to predict the wrong class.")
-        sections.append(report.Section(
-            "gradcam", "Grad-CAM",
-            "Grad-CAM weighs the last convolutional block's feature maps by the gradient of the predicted class's "
-            "logit: warm regions pushed the model towards its (wrong) answer. Each image is shown as the model "
-            "saw it (cropped and resized) next to the heatmap.",
-            images=(heat,),
-        ))
+        heat = rendered.add(
+            "gradcam",
+            gallery.heatmap_grid(examples.model_views, examples.overlays, captions, "Grad-CAM for the predicted class"),
+            "Where the backbone's last convolutional block looked to predict the wrong class.",
+        )
+        sections.append(
+            report.Section(
+                "gradcam",
+                "Grad-CAM",
+                "Grad-CAM weighs the last convolutional block's feature maps by the gradient of the predicted class's "
+                "logit: warm regions pushed the model towards its (wrong) answer. Each image is shown as the model "
+                "saw it (cropped and resized) next to the heatmap.",
+                images=(heat,),
+            )
+        )
     return sections
 
 
@@ -159,9 +199,11 @@ def glyph_notes(missing: set[str], texts: Sequence[str]) -> list[str]:
     if not missing:
         return []
     affected = sorted({t for t in texts if set(t) & missing})
-    return [f"No installed font could draw {len(missing)} character(s) ({''.join(sorted(missing))}); they show as "
-            f"empty boxes in the figures for: {', '.join(affected)}. The tables give the names in full. Installing "
-            "a font with CJK glyphs (Debian: fonts-wqy-zenhei or fonts-noto-cjk) fixes the figures."]
+    return [
+        f"No installed font could draw {len(missing)} character(s) ({''.join(sorted(missing))}); they show as "
+        f"empty boxes in the figures for: {', '.join(affected)}. The tables give the names in full. Installing "
+        "a font with CJK glyphs (Debian: fonts-wqy-zenhei or fonts-noto-cjk) fixes the figures."
+    ]
 
 
 def load_examples(worst: pd.DataFrame, classes: Sequence[str], params: Params, thumbnail_px: int) -> Examples:
@@ -176,12 +218,13 @@ def load_examples(worst: pd.DataFrame, classes: Sequence[str], params: Params, t
     if not paths or not params.analyze.gradcam:
         return Examples(originals, None, [])
     model = classifier.load_model(params.path("model"))
-    views = np.concatenate([b.numpy() for b in inputs.image_dataset(
-        paths, classifier.input_size(model), params.backbone.crop, 64)])
+    views = np.concatenate(
+        [b.numpy() for b in inputs.image_dataset(paths, classifier.input_size(model), params.backbone.crop, 64)]
+    )
     predicted = np.array([list(classes).index(name) for name in worst["predicted"]])
     try:
         heatmaps = gradcam.grad_cam(model, views, predicted)
     except ValueError as error:
         raise UserError(f"Grad-CAM: {error}; set analyze.gradcam: false to skip it") from None
     views = np.clip(np.round(views), 0, 255).astype(np.uint8)
-    return Examples(originals, [gradcam.overlay(v, h) for v, h in zip(views, heatmaps)], list(views))
+    return Examples(originals, [gradcam.overlay(v, h) for v, h in zip(views, heatmaps, strict=True)], list(views))

@@ -33,7 +33,7 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str
         cell_height = 2.1 + _CAPTION_LINE_INCHES * _caption_lines(captions)
         figure = Figure(figsize=(2.2 * columns, 0.7 + rows * cell_height), layout="constrained")
         grid = figure.add_gridspec(rows, columns)
-        for index, (image, caption) in enumerate(zip(images, captions)):
+        for index, (image, caption) in enumerate(zip(images, captions, strict=True)):
             axes = figure.add_subplot(grid[divmod(index, columns)])
             _show(axes, image)
             axes.set_xlabel(plain_text(caption), fontsize=_CAPTION_FONTSIZE)
@@ -67,7 +67,7 @@ def heatmap_grid(
         cell_height = 1.75 + _CAPTION_LINE_INCHES * _caption_lines(captions)
         figure = Figure(figsize=(3.9 * columns, 0.7 + rows * cell_height), layout="constrained")
         cells = figure.subfigures(rows, columns, squeeze=False).flat
-        for cell, image, overlay, caption in zip(cells, images, overlays, captions):
+        for cell, image, overlay, caption in zip(cells, images, overlays, captions, strict=True):
             original_axes, overlay_axes = cell.subplots(1, 2)
             _show(original_axes, image, "image")
             _show(overlay_axes, overlay, "Grad-CAM")
@@ -79,8 +79,10 @@ def heatmap_grid(
 def _grid_shape(images: int, captions: int, columns: int) -> tuple[int, int]:
     """Rows and columns for ``images`` cells: no more columns than images."""
     if images == 0 or captions != images or columns < 1:
-        raise ValueError(f"need one caption per image and at least one column: {images} images, "
-                         f"{captions} captions, {columns} columns")
+        raise ValueError(
+            f"need one caption per image and at least one column: {images} images, "
+            f"{captions} captions, {columns} columns"
+        )
     columns = min(columns, images)
     return math.ceil(images / columns), columns
 

@@ -51,8 +51,10 @@ def grad_cam(model: keras.Model, images: np.ndarray, class_indices: np.ndarray, 
         raise ValueError(f"grad_cam: {len(images)} images but {len(classes)} class indices")
     if batch_size < 1:
         raise ValueError(f"grad_cam: batch_size must be at least 1; found {batch_size}")
-    maps = [_batch_cams(layers, images[start:start + batch_size], classes[start:start + batch_size])
-            for start in range(0, len(images), batch_size)]
+    maps = [
+        _batch_cams(layers, images[start : start + batch_size], classes[start : start + batch_size])
+        for start in range(0, len(images), batch_size)
+    ]
     return np.concatenate(maps) if maps else np.zeros(images.shape[:3], dtype=np.float32)
 
 
@@ -100,8 +102,9 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     image = np.asarray(image, dtype=np.float32)
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if image.ndim != 3 or image.shape[-1] != 3 or heatmap.shape != image.shape[:2]:
-        raise ValueError(f"overlay: needs an (H, W, 3) image and an (H, W) heatmap; found {image.shape} "
-                         f"and {heatmap.shape}")
+        raise ValueError(
+            f"overlay: needs an (H, W, 3) image and an (H, W) heatmap; found {image.shape} and {heatmap.shape}"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay: alpha must be in [0, 1]; found {alpha}")
     colours = matplotlib.colormaps["jet"](np.clip(heatmap, 0.0, 1.0))[..., :3] * 255.0

@@ -144,13 +144,15 @@ def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 
     for b in range(bins):
         members = index == b
         count = int(members.sum())
-        result.append({
-            "lower": float(edges[b]),
-            "upper": float(edges[b + 1]),
-            "count": count,
-            "confidence": float(confidence[members].mean()) if count else float("nan"),
-            "accuracy": float(correct[members].mean()) if count else float("nan"),
-        })
+        result.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": count,
+                "confidence": float(confidence[members].mean()) if count else float("nan"),
+                "accuracy": float(correct[members].mean()) if count else float("nan"),
+            }
+        )
     return result
 
 
@@ -287,8 +289,9 @@ def compare_paired(labels: np.ndarray, first: np.ndarray, second: np.ndarray) ->
     """
     labels, first, second = (np.asarray(values) for values in (labels, first, second))
     if labels.ndim != 1 or first.shape != labels.shape or second.shape != labels.shape:
-        raise ValueError(f"labels and both predictions must have one shape (n,); got {labels.shape}, "
-                         f"{first.shape}, {second.shape}")
+        raise ValueError(
+            f"labels and both predictions must have one shape (n,); got {labels.shape}, {first.shape}, {second.shape}"
+        )
     if len(labels) == 0:
         raise ValueError("no samples to compare")
     first_right, second_right = first == labels, second == labels
@@ -323,8 +326,12 @@ def compare_finetuned_with_head(labels: np.ndarray, finetuned: np.ndarray, head:
         ``only_finetuned`` and ``only_head``: the images only that one classified right.
     """
     paired = compare_paired(labels, head, finetuned)
-    return {"accuracy_difference": paired["difference"], "p_value": paired["p_value"],
-            "only_finetuned": paired["only_second_right"], "only_head": paired["only_first_right"]}
+    return {
+        "accuracy_difference": paired["difference"],
+        "p_value": paired["p_value"],
+        "only_finetuned": paired["only_second_right"],
+        "only_head": paired["only_first_right"],
+    }
 
 
 def fine_tuning_outcome(finetune_metrics: Mapping[str, Any]) -> FineTuning:
@@ -339,8 +346,13 @@ def fine_tuning_outcome(finetune_metrics: Mapping[str, Any]) -> FineTuning:
     return "kept_start" if not finetune_metrics.get("kept_epoch") else "trained"
 
 
-def describe_paired(finetuned_accuracy: float, head_accuracy: float, comparison: Mapping[str, float | int],
-                    fine_tuning: FineTuning = "trained", alpha: float = 0.05) -> str:
+def describe_paired(
+    finetuned_accuracy: float,
+    head_accuracy: float,
+    comparison: Mapping[str, float | int],
+    fine_tuning: FineTuning = "trained",
+    alpha: float = 0.05,
+) -> str:
     """Whether fine-tuning paid, in words: the console's evaluate line and the report's overview say it so.
 
     Example: ``test accuracy 0.9120 (head alone 0.9010): fine-tuning +0.0110, 160 vs 50 images only one
@@ -359,8 +371,11 @@ def describe_paired(finetuned_accuracy: float, head_accuracy: float, comparison:
     """
     heading = f"test accuracy {finetuned_accuracy:.4f} (head alone {head_accuracy:.4f})"
     if fine_tuning != "trained":
-        why = ("fine-tuning was off (finetune.enabled: false)" if fine_tuning == "off"
-               else "fine-tuning kept its starting weights (no epoch beat them on val)")
+        why = (
+            "fine-tuning was off (finetune.enabled: false)"
+            if fine_tuning == "off"
+            else "fine-tuning kept its starting weights (no epoch beat them on val)"
+        )
         return f"{heading}: {why}, so the model is the head on the frozen backbone and there is nothing to compare"
     only_finetuned, only_head, p = comparison["only_finetuned"], comparison["only_head"], comparison["p_value"]
     # A clear McNemar result means the discordant counts differ, so their order gives the winner.
@@ -369,8 +384,10 @@ def describe_paired(finetuned_accuracy: float, head_accuracy: float, comparison:
     else:
         verdict = "it paid" if only_finetuned > only_head else "the head alone was better"
     shown_p = f"{p:.2g}" if p > 0 else "< 1e-300"  # the exact tail can underflow a float on huge test sets
-    return (f"{heading}: fine-tuning {comparison['accuracy_difference']:+.4f}, {only_finetuned} vs {only_head} "
-            f"images only one got right, McNemar p {shown_p} — {verdict}")
+    return (
+        f"{heading}: fine-tuning {comparison['accuracy_difference']:+.4f}, {only_finetuned} vs {only_head} "
+        f"images only one got right, McNemar p {shown_p} — {verdict}"
+    )
 
 
 def summarize(
@@ -537,8 +554,17 @@ def curves(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) ->
     fpr, tpr, roc_thresholds = roc_curve(truth, scores)
     precision, recall, pr_thresholds = precision_recall_curve(truth, scores)
     label = classes[1] if len(classes) == 2 else kind
-    return Curves(fpr, tpr, roc_thresholds, roc_auc(truth, scores), precision, recall, pr_thresholds,
-                  average_precision(truth, scores), label)
+    return Curves(
+        fpr,
+        tpr,
+        roc_thresholds,
+        roc_auc(truth, scores),
+        precision,
+        recall,
+        pr_thresholds,
+        average_precision(truth, scores),
+        label,
+    )
 
 
 def thin(table_length: int, most: int) -> np.ndarray:
@@ -548,8 +574,9 @@ def thin(table_length: int, most: int) -> np.ndarray:
     return np.unique(np.linspace(0, table_length - 1, most).round().astype(int))
 
 
-def plot_tables(labels: np.ndarray, probabilities: np.ndarray, classes: list[str], bins: int, found: Curves,
-                curve_points: int = 500) -> dict[str, Any]:
+def plot_tables(
+    labels: np.ndarray, probabilities: np.ndarray, classes: list[str], bins: int, found: Curves, curve_points: int = 500
+) -> dict[str, Any]:
     """The data-series files `dvc plots` draws, as tables by name.
 
     ``confusion``: one row per sample with the ``actual`` and ``predicted`` class names (DVC's
@@ -570,8 +597,9 @@ def plot_tables(labels: np.ndarray, probabilities: np.ndarray, classes: list[str
     labels, probabilities = _check_predictions(labels, probabilities)
     names = np.asarray(classes, dtype=object)
     roc = pd.DataFrame({"fpr": found.fpr, "tpr": found.tpr, "threshold": found.roc_thresholds})
-    pr = pd.DataFrame({"recall": found.recall, "precision": found.precision,
-                       "threshold": np.append(found.pr_thresholds, np.nan)})
+    pr = pd.DataFrame(
+        {"recall": found.recall, "precision": found.precision, "threshold": np.append(found.pr_thresholds, np.nan)}
+    )
     return {
         "confusion": pd.DataFrame({"actual": names[labels], "predicted": names[probabilities.argmax(axis=1)]}),
         "reliability": pd.DataFrame(reliability_bins(labels, probabilities, bins)),

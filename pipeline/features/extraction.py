@@ -17,13 +17,15 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # what TF's own converters use
+from tensorflow.python.framework.convert_to_constants import (
+    convert_variables_to_constants_v2,
+)  # what TF's own converters use
 
 from pipeline.core import files, progress
-from pipeline.data import split
-from pipeline.features import backbones, inputs, sizing
 from pipeline.core.config import Params
 from pipeline.core.errors import UserError
+from pipeline.data import split
+from pipeline.features import backbones, inputs, sizing
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val", "test")
@@ -138,8 +140,10 @@ def read_image_size(folder: Path, backbone: str) -> int:
     """
     meta = files.read_json(folder / META_FILE)
     if meta["backbone"] != backbone:
-        raise UserError(f"{folder / META_FILE}: the features come from {meta['backbone']}, params.yaml names "
-                        f"{backbone}; run `dvc repro` to extract them again")
+        raise UserError(
+            f"{folder / META_FILE}: the features come from {meta['backbone']}, params.yaml names "
+            f"{backbone}; run `dvc repro` to extract them again"
+        )
     return int(meta["image_size"])
 
 
@@ -180,7 +184,9 @@ def extract_splits(
                 f"extract: reading the {name} images failed: {error.message.splitlines()[0]}; "
                 "the images changed after the split stage? run `dvc repro` to redo the split"
             ) from None
-        write_feature_set(out / f"{name}.npz", FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes))
+        write_feature_set(
+            out / f"{name}.npz", FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes)
+        )
         counts[name] = len(rows.paths)
         seconds += spent
     classes = list(rows.classes)

@@ -23,8 +23,8 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import images
 from pipeline.core.errors import UserError
+from pipeline.data import images
 
 Crop = Literal["center", "pad", "stretch"]
 _JPEG_RATIOS = (8, 4, 2)  # the DCT scalings libjpeg offers, largest first
@@ -229,11 +229,13 @@ def image_dataset(
     if shuffle_seed is not None:
         files = files.shuffle(len(plans), seed=shuffle_seed, reshuffle_each_iteration=True)
     if labels is None:
-        decoded = files.map(lambda w, p, b, t, o, _: load(w, p, b, t, o), num_parallel_calls=threads,
-                            deterministic=True)
+        decoded = files.map(
+            lambda w, p, b, t, o, _: load(w, p, b, t, o), num_parallel_calls=threads, deterministic=True
+        )
     else:
-        decoded = files.map(lambda w, p, b, t, o, y: (load(w, p, b, t, o), y), num_parallel_calls=threads,
-                            deterministic=True)
+        decoded = files.map(
+            lambda w, p, b, t, o, y: (load(w, p, b, t, o), y), num_parallel_calls=threads, deterministic=True
+        )
     options = tf.data.Options()
     options.autotune.enabled = False
     return decoded.batch(batch_size).prefetch(_PREFETCH_BATCHES).with_options(options)

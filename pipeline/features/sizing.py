@@ -42,8 +42,7 @@ def auto_size(short_side: int, native: int, smallest: int) -> int:
     return max(max(AUTO_FLOOR, smallest), min(native, wanted))
 
 
-def choose_image_size(requested: int | str | None, native: int, smallest: int,
-                      sizes: Sequence[tuple[int, int]]) -> int:
+def choose_image_size(requested: int | str | None, native: int, smallest: int, sizes: Sequence[tuple[int, int]]) -> int:
     """The input size to use.
 
     Args:

@@ -200,7 +200,7 @@ def _materialise(tensor: _PendingTensor, storages: dict[str, np.ndarray]) -> np.
         raise MalformedCheckpoint(f"bad shape {tensor.shape} or stride {tensor.stride}")
     if 0 in tensor.shape:
         return np.zeros(tensor.shape, dtype=storage.dtype)
-    last = tensor.offset + sum((dim - 1) * step for dim, step in zip(tensor.shape, tensor.stride))
+    last = tensor.offset + sum((dim - 1) * step for dim, step in zip(tensor.shape, tensor.stride, strict=True))
     if tensor.offset < 0 or last >= storage.size:
         raise MalformedCheckpoint(f"a tensor outside storage {ref.key}")
     strides = tuple(step * storage.itemsize for step in tensor.stride)

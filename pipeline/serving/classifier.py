@@ -52,9 +52,14 @@ def input_size(model: keras.Model) -> int:
     return int(model.input_shape[1])
 
 
-def predict_probabilities(model: keras.Model, paths: Sequence[Path], crop: inputs.Crop, batch_size: int,
-                          desc: str = "predict",
-                          forward: Callable[[tf.Tensor], tf.Tensor] | None = None) -> np.ndarray:
+def predict_probabilities(
+    model: keras.Model,
+    paths: Sequence[Path],
+    crop: inputs.Crop,
+    batch_size: int,
+    desc: str = "predict",
+    forward: Callable[[tf.Tensor], tf.Tensor] | None = None,
+) -> np.ndarray:
     """Class probabilities for every file, in order (the files are decoded as extract decodes them).
 
     Args:
@@ -84,8 +89,9 @@ def head_probabilities(head: keras.Model, features: np.ndarray, batch_size: int 
     return np.asarray(keras.ops.softmax(logits), dtype=np.float32)
 
 
-def predictions_frame(paths: Sequence[str], labels: np.ndarray | None, probabilities: np.ndarray,
-                      classes: Sequence[str]) -> pd.DataFrame:
+def predictions_frame(
+    paths: Sequence[str], labels: np.ndarray | None, probabilities: np.ndarray, classes: Sequence[str]
+) -> pd.DataFrame:
     """One row per image: path, label, predicted, confidence, loss, then one probability column per class.
 
     Args:
@@ -141,8 +147,11 @@ def _images_under(folder: Path) -> list[Path]:
     found = []
     for current, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(current) / name for name in sorted(names)
-                     if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        found.extend(
+            Path(current) / name
+            for name in sorted(names)
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+        )
     return found
 
 
@@ -156,7 +165,7 @@ def check_images(paths: Sequence[Path], max_pixels: int) -> tuple[list[Path], li
     """
     good: list[Path] = []
     bad: list[tuple[Path, str]] = []
-    for path, (_, reason) in zip(paths, images.inspect_images(list(paths), max_pixels)):
+    for path, (_, reason) in zip(paths, images.inspect_images(list(paths), max_pixels), strict=True):
         if reason is None:
             good.append(path)
         else:

@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.core import console, files, progress
-from pipeline.features import extraction, inputs
 from pipeline.core.errors import UserError
+from pipeline.features import extraction, inputs
 
 Format = Literal["float32", "float16", "dynamic_range"]
 LABELS_FILE = "labels.txt"
@@ -36,8 +36,10 @@ QUANTIZATION = {
     "dynamic_range": "int8 weights (a quarter of the size), activations quantized on the fly",
 }
 # What the TFLite converter and interpreter print on every conversion and load, telling the user nothing.
-_CONVERTER_NOTES = re.compile(r"^(W\d{4} .*Ignored (output_format|drop_control_dependency)"
-                              r"|INFO: Created TensorFlow Lite XNNPACK delegate)")
+_CONVERTER_NOTES = re.compile(
+    r"^(W\d{4} .*Ignored (output_format|drop_control_dependency)"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate)"
+)
 CROP_RULES = {
     "center": "resize the short side to image_size, keep the centred square",
     "pad": "resize the long side to image_size, pad the rest with black, centred",
@@ -121,8 +123,13 @@ class Outputs:
     seconds: dict[str, float]
 
 
-def predict_side_by_side(forward: Callable[[tf.Tensor], tf.Tensor], interpreters: Mapping[str, tf.lite.Interpreter],
-                         batches: Iterable[tf.Tensor], count: int, desc: str = "export parity") -> Outputs:
+def predict_side_by_side(
+    forward: Callable[[tf.Tensor], tf.Tensor],
+    interpreters: Mapping[str, tf.lite.Interpreter],
+    batches: Iterable[tf.Tensor],
+    count: int,
+    desc: str = "export parity",
+) -> Outputs:
     """Run the Keras model and every TFLite model on each batch, decoding each image once.
 
     Args:
@@ -136,8 +143,12 @@ def predict_side_by_side(forward: Callable[[tf.Tensor], tf.Tensor], interpreters
         Every model's probabilities, row-aligned, and its time.
     """
     runners: dict[str, Callable[[tf.Tensor], np.ndarray]] = {REFERENCE: lambda batch: forward(batch).numpy()}
-    runners.update({name: lambda batch, i=interpreter: run_interpreter(i, batch.numpy())
-                    for name, interpreter in interpreters.items()})
+    runners.update(
+        {
+            name: lambda batch, i=interpreter: run_interpreter(i, batch.numpy())
+            for name, interpreter in interpreters.items()
+        }
+    )
     parts: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     seconds = dict.fromkeys(runners, 0.0)
     with progress.bar(total=count, desc=desc, unit="img", unit_scale=True) as bar:
@@ -189,18 +200,27 @@ def check_parity(scores: Mapping[str, Mapping[str, float]], min_agreement: float
     failing = [
         f"  {fmt}: top-1 agreement {s['agreement']:.4f} ({s['disagreements']} test images predicted differently), "
         f"max probability difference {s['max_abs_diff']:.4g}, test accuracy {s['accuracy']:.4f}"
-        for fmt, s in scores.items() if s["agreement"] < min_agreement
+        for fmt, s in scores.items()
+        if s["agreement"] < min_agreement
     ]
     if failing:
         raise UserError(
             f"export: {len(failing)} TFLite format(s) agree with model.keras on fewer test images than "
-            f"export.min_agreement ({min_agreement:g}); nothing was written:\n" + "\n".join(failing) +
-            "\nremove the format from export.formats, or lower export.min_agreement if the difference is acceptable"
+            f"export.min_agreement ({min_agreement:g}); nothing was written:\n"
+            + "\n".join(failing)
+            + "\nremove the format from export.formats, or lower export.min_agreement if the difference is acceptable"
         )
 
 
-def measure(model: keras.Model, converted: Mapping[str, bytes], images: Sequence[Path], labels: np.ndarray,
-            crop: inputs.Crop, batch_size: int, threads: int) -> dict[str, dict[str, float | int]]:
+def measure(
+    model: keras.Model,
+    converted: Mapping[str, bytes],
+    images: Sequence[Path],
+    labels: np.ndarray,
+    crop: inputs.Crop,
+    batch_size: int,
+    threads: int,
+) -> dict[str, dict[str, float | int]]:
     """Score every converted model against the Keras model on the given images (the test split).
 
     Args:
@@ -226,17 +246,25 @@ def measure(model: keras.Model, converted: Mapping[str, bytes], images: Sequence
     outputs = predict_side_by_side(extraction.compile_forward(model), interpreters, batches, len(images))
     speed = {name: len(images) / max(spent, 1e-9) for name, spent in outputs.seconds.items()}
     reference = outputs.probabilities[REFERENCE]
-    scores: dict[str, dict[str, float | int]] = {REFERENCE: {
-        "accuracy": float((reference.argmax(axis=1) == labels).mean()), "images_per_s": round(speed[REFERENCE], 1)}}
+    scores: dict[str, dict[str, float | int]] = {
+        REFERENCE: {
+            "accuracy": float((reference.argmax(axis=1) == labels).mean()),
+            "images_per_s": round(speed[REFERENCE], 1),
+        }
+    }
     for fmt, content in converted.items():
-        scores[fmt] = {**score_format(reference, outputs.probabilities[fmt], labels),
-                       "size_mb": round(len(content) / 1e6, 3), "images_per_s": round(speed[fmt], 1),
-                       "speedup": round(speed[fmt] / speed[REFERENCE], 2)}
+        scores[fmt] = {
+            **score_format(reference, outputs.probabilities[fmt], labels),
+            "size_mb": round(len(content) / 1e6, 3),
+            "images_per_s": round(speed[fmt], 1),
+            "speedup": round(speed[fmt] / speed[REFERENCE], 2),
+        }
     return scores
 
 
-def describe_model(fmt: Format, content: bytes, size: int, crop: inputs.Crop, classes: Sequence[str],
-                   scores: Mapping[str, float | int]) -> dict:
+def describe_model(
+    fmt: Format, content: bytes, size: int, crop: inputs.Crop, classes: Sequence[str], scores: Mapping[str, float | int]
+) -> dict:
     """What an app needs to feed one exported model and read its answer (written beside it as JSON).
 
     Timings are left out, so the same model and test split give the same file.
@@ -249,19 +277,30 @@ def describe_model(fmt: Format, content: bytes, size: int, crop: inputs.Crop, cl
         "quantization": QUANTIZATION[fmt],
         "sha256": hashlib.sha256(content).hexdigest(),
         "bytes": len(content),
-        "input": {"name": given["name"], "shape": [int(d) for d in given["shape_signature"]], "dtype": "float32",
-                  "pixels": "RGB, raw 0-255 values (the model does its own normalization)",
-                  "image_size": size, "crop": crop, "crop_rule": CROP_RULES[crop]},
-        "output": {"name": answer["name"], "shape": [int(d) for d in answer["shape_signature"]], "dtype": "float32",
-                   "values": f"class probabilities (softmax), in the order of {LABELS_FILE}"},
+        "input": {
+            "name": given["name"],
+            "shape": [int(d) for d in given["shape_signature"]],
+            "dtype": "float32",
+            "pixels": "RGB, raw 0-255 values (the model does its own normalization)",
+            "image_size": size,
+            "crop": crop,
+            "crop_rule": CROP_RULES[crop],
+        },
+        "output": {
+            "name": answer["name"],
+            "shape": [int(d) for d in answer["shape_signature"]],
+            "dtype": "float32",
+            "values": f"class probabilities (softmax), in the order of {LABELS_FILE}",
+        },
         "labels": LABELS_FILE,
         "classes": len(classes),
         "parity": {key: scores[key] for key in ("agreement", "disagreements", "max_abs_diff", "accuracy")},
     }
 
 
-def write_export(folder: Path, converted: Mapping[str, bytes], descriptions: Mapping[str, dict],
-                 classes: Sequence[str]) -> None:
+def write_export(
+    folder: Path, converted: Mapping[str, bytes], descriptions: Mapping[str, dict], classes: Sequence[str]
+) -> None:
     """Write each model, its description and the class names into a (staging) folder."""
     for fmt, content in converted.items():
         files.write_bytes(folder / model_file(fmt), content)

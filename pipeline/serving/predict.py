@@ -38,8 +38,6 @@ MODEL_URI_SCHEMES = ("models:/", "runs:/")  # --model values loaded through MLfl
 PARTIAL_EXIT = 1  # some files were left out, the rest predicted
 
 
-
-
 def load_classifier(spec: str, params: config.Params) -> Classifier:
     """A classifier from a ``.keras`` file or an MLflow model URI (``models:/name@alias``, ``runs:/...``).
 
@@ -62,8 +60,10 @@ def load_classifier(spec: str, params: config.Params) -> Classifier:
     classes = tuple(files.read_json(classes_file))
     model = load_model(Path(spec))
     if model.output_shape[-1] != len(classes):
-        raise UserError(f"{spec} has {model.output_shape[-1]} outputs but {classes_file} names {len(classes)} classes; "
-                        "run `dvc repro` so the two come from the same data")
+        raise UserError(
+            f"{spec} has {model.output_shape[-1]} outputs but {classes_file} names {len(classes)} classes; "
+            "run `dvc repro` so the two come from the same data"
+        )
     return Classifier(model, classes, params.backbone.crop, params.split.max_image_pixels)
 
 
@@ -82,12 +82,18 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.serving.predict",
         description="Predict the class of image files with the trained classifier or a registered model. "
-                    "Run it from the repository root (it reads params.yaml).",
+        "Run it from the repository root (it reads params.yaml).",
     )
-    parser.add_argument("targets", nargs="+", type=Path, metavar="FILE_OR_FOLDER",
-                        help=f"image files, or folders searched recursively for {', '.join(IMAGE_SUFFIXES)}")
-    parser.add_argument("--model", help="a .keras file or an MLflow model URI such as models:/<name>@champion "
-                                        "(default: paths.model)")
+    parser.add_argument(
+        "targets",
+        nargs="+",
+        type=Path,
+        metavar="FILE_OR_FOLDER",
+        help=f"image files, or folders searched recursively for {', '.join(IMAGE_SUFFIXES)}",
+    )
+    parser.add_argument(
+        "--model", help="a .keras file or an MLflow model URI such as models:/<name>@champion (default: paths.model)"
+    )
     parser.add_argument("--output", type=Path, help="a .csv or .json file (default: CSV on stdout)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: evaluate.batch_size)")
     args = parser.parse_args(argv)
@@ -110,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{path}: {reason}", file=sys.stderr)
     if not good:
         raise UserError(f"none of the {len(bad)} file(s) is a usable image")
-    probabilities = predict_probabilities(classifier.model, good, classifier.crop,
-                                          args.batch_size or params.evaluate.batch_size)
+    probabilities = predict_probabilities(
+        classifier.model, good, classifier.crop, args.batch_size or params.evaluate.batch_size
+    )
     write_predictions(predictions_frame([str(p) for p in good], None, probabilities, classifier.classes), args.output)
     where = f" → {args.output}" if args.output else ""
     print(f"predict: {len(good)} image(s) predicted{where}, {len(bad)} left out", file=sys.stderr)

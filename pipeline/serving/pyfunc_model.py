@@ -31,9 +31,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, Schema
 
 from pipeline.core import files
+from pipeline.core.errors import UserError
 from pipeline.features import extraction
 from pipeline.serving import classifier
-from pipeline.core.errors import UserError
 
 INPUT_COLUMN = "image"
 MODEL_ARTIFACT = "model"  # the .keras file
@@ -65,16 +65,19 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             MlflowException: no ``image`` column, or a value that is not a usable image (HTTP 400).
         """
         if INPUT_COLUMN not in model_input.columns:
-            raise _bad_input(f"the input needs a column '{INPUT_COLUMN}' (image bytes or file paths); "
-                             f"found {list(model_input.columns)}")
+            raise _bad_input(
+                f"the input needs a column '{INPUT_COLUMN}' (image bytes or file paths); "
+                f"found {list(model_input.columns)}"
+            )
         with tempfile.TemporaryDirectory(prefix="headstart-serve-") as folder:
             paths = stage_inputs(model_input[INPUT_COLUMN].tolist(), Path(folder))
             good, bad = classifier.check_images(paths, self.classifier.max_pixels)
             if bad:
                 rows = {path: row for row, path in enumerate(paths)}
                 raise _bad_input("; ".join(f"row {rows[path]}: {reason}" for path, reason in bad))
-            probabilities = classifier.predict_probabilities(self.classifier.model, good, self.classifier.crop,
-                                                          self.batch_size, "serve", self.forward)
+            probabilities = classifier.predict_probabilities(
+                self.classifier.model, good, self.classifier.crop, self.batch_size, "serve", self.forward
+            )
         frame = classifier.predictions_frame([""] * len(good), None, probabilities, self.classifier.classes)
         return frame.drop(columns="path")
 
@@ -140,6 +143,7 @@ def _without_advice() -> Iterator[None]:
     nothing to execute), and there is no input example: checking one would load the model and
     run it while logging, minutes of a long evaluate on a large model.
     """
+
     def keep(record: logging.LogRecord) -> bool:
         return "serialized using CloudPickle" not in record.getMessage()
 

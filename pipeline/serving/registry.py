@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import config, console
-from pipeline.data import split
 from pipeline.core.errors import UserError, run_cli
+from pipeline.data import split
 
 # MLflow's own announcement of a registration (the stage prints the version and why it is or is not champion).
 _REGISTERED = re.compile(r"^(Successfully registered model|Registered model '.*' already exists|Created version ')")
@@ -42,8 +42,17 @@ CHAMPION = "champion"
 TEST_SPLIT_TAG = "data.test_split.md5"
 PROMOTION_TAG = "promotion"
 # Tagged on every version; registry.primary_metric is one of the first five.
-HEADLINE_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted", "log_loss", "ece",
-                    "roc_auc", "n")
+HEADLINE_METRICS = (
+    "accuracy",
+    "f1_macro",
+    "precision_macro",
+    "recall_macro",
+    "f1_weighted",
+    "log_loss",
+    "ece",
+    "roc_auc",
+    "n",
+)
 RUN_TAGS = ("git.commit", "git.dirty", "params.sha256", "dvc.exp_name")  # copied from the evaluate run
 
 
@@ -74,8 +83,9 @@ def md5_file(path: Path) -> str:
         return hashlib.file_digest(handle, "md5").hexdigest()
 
 
-def version_tags(params: config.Params, scores: dict[str, Any], run_id: str,
-                 run_tags: dict[str, str]) -> dict[str, str]:
+def version_tags(
+    params: config.Params, scores: dict[str, Any], run_id: str, run_tags: dict[str, str]
+) -> dict[str, str]:
     """The tags of a new version: data and model hashes, code, run, settings and headline metrics.
 
     Args:
@@ -111,9 +121,12 @@ def decide(metric: str, value: float, test_split: str, version: int, champion: V
     by_hand = f"promote by hand if it should serve: {promote_command(version)}"
     theirs = champion.tags.get(TEST_SPLIT_TAG)
     if theirs != test_split:
-        return Decision(False, f"not promoted: champion v{champion.number} was measured on a different test split "
-                               f"(test.csv md5 {theirs or 'unknown'}, this one {test_split}); scores on different "
-                               f"splits are not comparable, {by_hand}")
+        return Decision(
+            False,
+            f"not promoted: champion v{champion.number} was measured on a different test split "
+            f"(test.csv md5 {theirs or 'unknown'}, this one {test_split}); scores on different "
+            f"splits are not comparable, {by_hand}",
+        )
     recorded = champion.tags.get(metric_tag(metric))
     if recorded is None:
         return Decision(False, f"not promoted: champion v{champion.number} has no {metric} tag; {by_hand}")
@@ -150,8 +163,9 @@ def current_champion(client: Any, name: str) -> Version | None:
     return Version(int(found.version), dict(found.tags))
 
 
-def register_classifier(params: config.Params, scores: dict[str, Any], run_id: str,
-                        run_tags: dict[str, str]) -> dict[str, Any]:
+def register_classifier(
+    params: config.Params, scores: dict[str, Any], run_id: str, run_tags: dict[str, str]
+) -> dict[str, Any]:
     """Log ``paths.model`` as a pyfunc model in the active run, register it, tag it, set its aliases.
 
     Args:
@@ -168,8 +182,11 @@ def register_classifier(params: config.Params, scores: dict[str, Any], run_id: s
     from pipeline.serving import pyfunc_model
 
     name, metric = params.registry.model_name, params.registry.primary_metric
-    settings = {"crop": params.backbone.crop, "max_image_pixels": params.split.max_image_pixels,
-                "batch_size": params.evaluate.batch_size}
+    settings = {
+        "crop": params.backbone.crop,
+        "max_image_pixels": params.split.max_image_pixels,
+        "batch_size": params.evaluate.batch_size,
+    }
     model_uri = pyfunc_model.log_classifier(params.path("model"), params.path("splits") / split.CLASSES_FILE, settings)
     tags = version_tags(params, scores, run_id, run_tags)
     client = mlflow.MlflowClient()
@@ -218,17 +235,24 @@ def list_versions(client: Any, name: str, metric: str) -> list[str]:
         tags = found.tags
         named = ",".join(sorted(a for a, v in aliases.items() if str(v) == str(found.version))) or "-"
         score = tags.get(metric_tag(metric))
-        fields = [f"v{found.version}", named, f"{metric} {float(score):.4f}" if score else f"{metric} ?",
-                  f"test {tags.get(TEST_SPLIT_TAG, '?')[:8]}", f"commit {tags.get('git.commit', '?')[:8]}",
-                  tags.get(PROMOTION_TAG, "")]
+        fields = [
+            f"v{found.version}",
+            named,
+            f"{metric} {float(score):.4f}" if score else f"{metric} ?",
+            f"test {tags.get(TEST_SPLIT_TAG, '?')[:8]}",
+            f"commit {tags.get('git.commit', '?')[:8]}",
+            tags.get(PROMOTION_TAG, ""),
+        ]
         lines.append("\t".join(fields))
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m pipeline.serving.registry promote VERSION`` / ``list``."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.serving.registry",
-                                     description="The registered classifier's versions and its champion alias.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.serving.registry",
+        description="The registered classifier's versions and its champion alias.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every version with its aliases, primary metric and test split")
     promoting = commands.add_parser("promote", help="point the champion alias at a version")

@@ -35,9 +35,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.core import config, files
-from pipeline.tracking import store
 from pipeline.core.config import Params
 from pipeline.core.errors import UserError, run_cli
+from pipeline.tracking import store
 
 DEP_PREFIX = "dvc.dep."
 OUT_PREFIX = "dvc.out."
@@ -68,10 +68,15 @@ def log_inputs(mlflow: Any, stage: str, params: Params) -> None:
             return
         hashes = hash_entries(_file_deps(found))
         producers = _producers(repo, found)
-    upstream = {name: run_id for name in sorted(set(producers.values()))
-                if (run_id := read_run_id(params, name)) is not None}
-    mlflow.set_tags({**{tag_key(DEP_PREFIX, path): value for path, value in hashes.items()},
-                     **{UPSTREAM_PREFIX + name: run_id for name, run_id in upstream.items()}})
+    upstream = {
+        name: run_id for name in sorted(set(producers.values())) if (run_id := read_run_id(params, name)) is not None
+    }
+    mlflow.set_tags(
+        {
+            **{tag_key(DEP_PREFIX, path): value for path, value in hashes.items()},
+            **{UPSTREAM_PREFIX + name: run_id for name, run_id in upstream.items()},
+        }
+    )
     data = [path for path in hashes if not path.endswith(CODE_SUFFIXES)]
     if data:
         mlflow.log_inputs(
@@ -316,18 +321,21 @@ def format_chain(chain: Chain, problems: dict[str, list[str]], order: Sequence[s
     rank = {stage: index for index, stage in enumerate(order)}
     runs = [chain.runs[0], *sorted(chain.runs[1:], key=lambda r: (-rank.get(r.stage, -1), -r.start_time_ms))]
     by_id = {run.run_id: run for run in runs}
-    shown = [{path: value for path, value in run.deps.items() if code or not path.endswith(CODE_SUFFIXES)}
-             for run in runs]
-    width = max((len(path) for run, deps in zip(runs, shown) for path in [*deps, *run.outs]), default=0)
+    shown = [
+        {path: value for path, value in run.deps.items() if code or not path.endswith(CODE_SUFFIXES)} for run in runs
+    ]
+    width = max((len(path) for run, deps in zip(runs, shown, strict=True) for path in [*deps, *run.outs]), default=0)
     lines: list[str] = []
-    for run, deps in zip(runs, shown):
+    for run, deps in zip(runs, shown, strict=True):
         started = datetime.datetime.fromtimestamp(run.start_time_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
         commit = f"  git {run.commit[:10]}{' (dirty)' if run.dirty else ''}" if run.commit else ""
         lines.append(f"{run.stage:<11} {run.run_id}  {run.status:<8}  {started}{commit}")
         if not (run.deps or run.outs):
             lines.append("  (no lineage tags: recorded before lineage tracking)")
-        lines.extend(f"  dep  {path:<{width}}  {value:<36}{_written_by(path, run, by_id)}"
-                     for path, value in sorted(deps.items()))
+        lines.extend(
+            f"  dep  {path:<{width}}  {value:<36}{_written_by(path, run, by_id)}"
+            for path, value in sorted(deps.items())
+        )
         lines.extend(f"  out  {path:<{width}}  {value}" for path, value in sorted(run.outs.items()))
         lines.extend(f"  ! {problem}" for problem in problems.get(run.run_id, []))
     return "\n".join(lines)
@@ -341,9 +349,13 @@ def locked_state(root: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     try:
         with Repo(str(root)) as repo:
             stages = _pipeline_stages(repo)
-            return ([stage.name for stage in stages],
-                    {stage.name: {out.def_path: out.hash_info.value for out in stage.outs if out.hash_info}
-                     for stage in stages})
+            return (
+                [stage.name for stage in stages],
+                {
+                    stage.name: {out.def_path: out.hash_info.value for out in stage.outs if out.hash_info}
+                    for stage in stages
+                },
+            )
     except NotDvcRepoError:
         return [], {}
     except DvcException as error:
@@ -359,8 +371,10 @@ def start_run_id(params: Params, order: Sequence[str], stage: str | None) -> str
     if stage is not None:
         run_id = read_run_id(params, stage)
         if run_id is None:
-            raise UserError(f"{store.metrics_file(params, stage)} names no MLflow run: "
-                            f"stage {stage!r} has not run in this workspace (dvc repro {stage})")
+            raise UserError(
+                f"{store.metrics_file(params, stage)} names no MLflow run: "
+                f"stage {stage!r} has not run in this workspace (dvc repro {stage})"
+            )
         return run_id
     for name in [DEFAULT_STAGE, *reversed(order)]:
         if (run_id := read_run_id(params, name)) is not None:
@@ -373,12 +387,14 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.tracking.lineage",
         description="Print the stage runs that produced a run's inputs, back to download, with the DVC hashes "
-                    "of their deps and outs. Run it from the repository root (it reads params.yaml).",
+        "of their deps and outs. Run it from the repository root (it reads params.yaml).",
     )
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--run", help="an MLflow run id of a stage run")
-    start.add_argument("--stage", help=f"start from the run in metrics/<stage>.json (default: {DEFAULT_STAGE}, "
-                                       "else the last stage that has run)")
+    start.add_argument(
+        "--stage",
+        help=f"start from the run in metrics/<stage>.json (default: {DEFAULT_STAGE}, else the last stage that has run)",
+    )
     parser.add_argument("--code", action="store_true", help="list code deps (Python files) too")
     return parser.parse_args(argv)
 

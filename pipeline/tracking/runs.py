@@ -121,20 +121,27 @@ class StageRun:
             params: logged at once.
             tags: added to the stage and experiment tags of this run.
         """
-        return start_child_run(self.run_id, self.experiment_id, name, params,
-                               {**{k: v for k, v in self.tags.items() if not k.startswith("mlflow.")}, **tags})
+        return start_child_run(
+            self.run_id,
+            self.experiment_id,
+            name,
+            params,
+            {**{k: v for k, v in self.tags.items() if not k.startswith("mlflow.")}, **tags},
+        )
 
 
-def start_child_run(parent_run_id: str, experiment_id: str, name: str, params: dict[str, Any],
-                    tags: dict[str, str]) -> ChildRun:
+def start_child_run(
+    parent_run_id: str, experiment_id: str, name: str, params: dict[str, Any], tags: dict[str, str]
+) -> ChildRun:
     """Create a run nested under ``parent_run_id`` and log its params (see ``StageRun.start_child``)."""
     import mlflow
     from mlflow.entities import Param
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=name,
-                            tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name})
+    run = client.create_run(
+        experiment_id, run_name=name, tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name}
+    )
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return ChildRun(client, run.info.run_id)
 
@@ -204,9 +211,11 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
-    if urllib.parse.urlparse(uri).scheme in ("http", "https"):  # MLflow's own link is an INFO line (pipeline.core.console)
+    if urllib.parse.urlparse(uri).scheme in (
+        "http",
+        "https",
+    ):  # MLflow's own link is an INFO line (pipeline.core.console)
         print(f"{stage}: MLflow run {store.run_url(uri, experiment_id, handle.run_id)}", flush=True)
-
 
 
 def stage_params(stage: str, params: Params) -> dict[str, Any]:
@@ -253,7 +262,9 @@ def _experiment_id(mlflow: Any, params: Params, uri: str) -> str:
         local = urllib.parse.urlparse(uri).scheme not in ("http", "https", "databricks")
         location = store.store_path(params, "mlflow_artifacts").resolve().as_uri() if local else None
         try:
-            return mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return mlflow.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except mlflow.exceptions.MlflowException:
             found = mlflow.get_experiment_by_name(name)  # created concurrently by another stage
     if found.tags.get(EXPERIMENT_KIND_TAG) not in TRAINING_KINDS:

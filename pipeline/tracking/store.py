@@ -51,7 +51,8 @@ def check_reachable(uri: str, params: Params) -> None:
         UserError: an http(s) server does not answer, or a sqlite file's folder is missing.
     """
     parsed = urllib.parse.urlparse(uri)
-    hint = f"start the server, correct MLFLOW_TRACKING_URI, or unset it to use the embedded store {store_path(params, 'mlflow_db')}"
+    embedded = store_path(params, "mlflow_db")
+    hint = f"start the server, correct MLFLOW_TRACKING_URI, or unset it to use the embedded store {embedded}"
     if parsed.scheme in ("http", "https"):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=_PROBE_TIMEOUT_S).close()

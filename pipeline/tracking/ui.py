@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.core import config
-from pipeline.tracking import store
 from pipeline.core.errors import run_cli
+from pipeline.tracking import store
 
 TRAINING_VIEW = "workflowType=machine_learning"
 
@@ -54,9 +54,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     url = experiment_url(f"http://{args.host}:{args.port}", experiment)
     what = f"the training runs of experiment '{params.tracking.experiment}'" if experiment else "no runs yet"
     print(f"MLflow UI: {url} ({what})", flush=True)
-    command = ["mlflow", "ui", "--backend-store-uri", uri,
-               "--default-artifact-root", str(store.store_path(params, "mlflow_artifacts")),
-               "--host", args.host, "--port", str(args.port)]
+    command = [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        str(store.store_path(params, "mlflow_artifacts")),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     os.execvp(command[0], command)
 
 

@@ -32,11 +32,11 @@ import keras_tuner as kt
 import pandas as pd
 
 from pipeline.core import files
-from pipeline.tracking import runs, store
-from pipeline.training import head, tuning
 from pipeline.core.config import Params
 from pipeline.core.errors import UserError
 from pipeline.features.extraction import FeatureSet
+from pipeline.tracking import runs, store
+from pipeline.training import head, tuning
 
 TUNER_ID_ENV = "KERASTUNER_TUNER_ID"
 ORACLE_IP_ENV = "KERASTUNER_ORACLE_IP"
@@ -84,13 +84,17 @@ def configure(params: Params) -> Role:
     tuner_id = os.environ.get(TUNER_ID_ENV)
     ip = os.environ.get(ORACLE_IP_ENV) or params.tune.distributed.oracle_ip
     if tuner_id is not None and not params.tune.enabled:
-        raise UserError(f"{TUNER_ID_ENV}={tuner_id} is set, but tune.enabled is false: there is no search to "
-                        f"distribute; unset {TUNER_ID_ENV} or enable tuning")
+        raise UserError(
+            f"{TUNER_ID_ENV}={tuner_id} is set, but tune.enabled is false: there is no search to "
+            f"distribute; unset {TUNER_ID_ENV} or enable tuning"
+        )
     if not params.tune.enabled or (ip is None and tuner_id is None):
         return SINGLE
     if ip is None:
-        raise UserError(f"{TUNER_ID_ENV}={tuner_id} is set, but not the chief's address: set "
-                        f"tune.distributed.oracle_ip or {ORACLE_IP_ENV} (or unset {TUNER_ID_ENV} to search in one process)")
+        raise UserError(
+            f"{TUNER_ID_ENV}={tuner_id} is set, but not the chief's address: set "
+            f"tune.distributed.oracle_ip or {ORACLE_IP_ENV} (or unset {TUNER_ID_ENV} to search in one process)"
+        )
     if tuner_id is None:
         raise UserError(_how_to_distribute(ip))
     port = _oracle_port(os.environ.get(ORACLE_PORT_ENV) or str(params.tune.distributed.oracle_port))
@@ -103,13 +107,15 @@ def configure(params: Params) -> Role:
 
 
 def _how_to_distribute(ip: str) -> str:
-    return (f"the chief's address is set ({ip}, from tune.distributed.oracle_ip or {ORACLE_IP_ENV}), but "
-            f"{TUNER_ID_ENV} is not: every process of a distributed search needs its own id. Start one chief "
-            f"and any number of workers, in any order:\n"
-            f"  {TUNER_ID_ENV}=chief dvc repro train_head          # serves the search, writes the outputs\n"
-            f"  {TUNER_ID_ENV}=tuner0 python -m stages.train_head  # runs trials\n"
-            f"  {TUNER_ID_ENV}=tuner1 python -m stages.train_head  # runs trials\n"
-            f"or set tune.distributed.oracle_ip to null (and unset {ORACLE_IP_ENV}) to search in one process")
+    return (
+        f"the chief's address is set ({ip}, from tune.distributed.oracle_ip or {ORACLE_IP_ENV}), but "
+        f"{TUNER_ID_ENV} is not: every process of a distributed search needs its own id. Start one chief "
+        f"and any number of workers, in any order:\n"
+        f"  {TUNER_ID_ENV}=chief dvc repro train_head          # serves the search, writes the outputs\n"
+        f"  {TUNER_ID_ENV}=tuner0 python -m stages.train_head  # runs trials\n"
+        f"  {TUNER_ID_ENV}=tuner1 python -m stages.train_head  # runs trials\n"
+        f"or set tune.distributed.oracle_ip to null (and unset {ORACLE_IP_ENV}) to search in one process"
+    )
 
 
 def _oracle_port(text: str) -> int:
@@ -122,8 +128,10 @@ def _oracle_port(text: str) -> int:
 def _check_tuner_id(tuner_id: str) -> None:
     """A tuner id names its state file in the tuner folder and tags MLflow runs."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", tuner_id) or tuner_id in _RESERVED_IDS:
-        raise UserError(f"{TUNER_ID_ENV}={tuner_id!r}: use letters, digits, '_', '.' or '-' (chief for the chief, "
-                        f"tuner0, tuner1, ... for workers), not {' or '.join(_RESERVED_IDS)}")
+        raise UserError(
+            f"{TUNER_ID_ENV}={tuner_id!r}: use letters, digits, '_', '.' or '-' (chief for the chief, "
+            f"tuner0, tuner1, ... for workers), not {' or '.join(_RESERVED_IDS)}"
+        )
 
 
 def _check_listenable(ip: str, port: int) -> None:
@@ -132,9 +140,11 @@ def _check_listenable(ip: str, port: int) -> None:
     try:
         socket.create_server((ip, port), family=family).close()
     except OSError as error:
-        raise UserError(f"the chief cannot listen on {ip}:{port} ({error.strerror or error}): {ORACLE_IP_ENV} "
-                        f"must be an address of this machine, and {ORACLE_PORT_ENV} a free port (is another chief "
-                        f"running?)") from None
+        raise UserError(
+            f"the chief cannot listen on {ip}:{port} ({error.strerror or error}): {ORACLE_IP_ENV} "
+            f"must be an address of this machine, and {ORACLE_PORT_ENV} a free port (is another chief "
+            f"running?)"
+        ) from None
 
 
 def search_params(params: Params) -> dict[str, Any]:
@@ -144,8 +154,9 @@ def search_params(params: Params) -> dict[str, Any]:
     return json.loads(json.dumps({"train_head": asdict(params.train_head), "tune": tune, "seed": params.seed}))
 
 
-def serve_search(train: FeatureSet, val: FeatureSet, params: Params, run: runs.StageRun,
-                 role: Role) -> tuple[head.HeadSettings, pd.DataFrame]:
+def serve_search(
+    train: FeatureSet, val: FeatureSet, params: Params, run: runs.StageRun, role: Role
+) -> tuple[head.HeadSettings, pd.DataFrame]:
     """The chief's part: tell workers where to log, then serve the oracle until every trial has ended.
 
     Returns:
@@ -160,16 +171,22 @@ def serve_search(train: FeatureSet, val: FeatureSet, params: Params, run: runs.S
     folder = params.path("tuner")
     tuner = tuning.make_search(train, params, None)
     run.set_tags({"tuner.role": "chief", "tuner.oracle": str(role.oracle)})
-    files.write_json(folder / CHIEF_FILE, {
-        "run_id": run.run_id,
-        "experiment_id": run.experiment_id,
-        "tracking_uri": store.tracking_uri(params),
-        "tags": {k: v for k, v in run.tags.items() if not k.startswith("mlflow.")},
-        "oracle": role.oracle,
-        "search": search_params(params),
-    })
-    print(f"train_head chief: serving the search at {role.oracle}; start workers with "
-          f"{TUNER_ID_ENV}=tuner0 (tuner1, ...) python -m stages.train_head", flush=True)
+    files.write_json(
+        folder / CHIEF_FILE,
+        {
+            "run_id": run.run_id,
+            "experiment_id": run.experiment_id,
+            "tracking_uri": store.tracking_uri(params),
+            "tags": {k: v for k, v in run.tags.items() if not k.startswith("mlflow.")},
+            "oracle": role.oracle,
+            "search": search_params(params),
+        },
+    )
+    print(
+        f"train_head chief: serving the search at {role.oracle}; start workers with "
+        f"{TUNER_ID_ENV}=tuner0 (tuner1, ...) python -m stages.train_head",
+        flush=True,
+    )
     try:
         tuning.run_search(tuner, train, val, params)  # returns once the search is over
     finally:
@@ -210,15 +227,19 @@ def join_search(tuner: kt.Tuner, params: Params, role: Role) -> ChiefRun:
     tuner.oracle.get_space()  # answered once the chief serves, which it does after writing chief_run.json
     path = params.path("tuner") / CHIEF_FILE
     if not path.is_file():
-        raise UserError(f"the chief at {role.oracle} answers, but {path} is missing: a worker must see the chief's "
-                        f"tuner folder (paths.tuner; on another machine, a shared mount), and the chief must run "
-                        f"from a repository, not a dvc exp run --temp or --queue copy")
+        raise UserError(
+            f"the chief at {role.oracle} answers, but {path} is missing: a worker must see the chief's "
+            f"tuner folder (paths.tuner; on another machine, a shared mount), and the chief must run "
+            f"from a repository, not a dvc exp run --temp or --queue copy"
+        )
     chief = files.read_json(path)
     mine, theirs = _flatten(search_params(params)), _flatten(chief["search"])
     differing = sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
     if differing:
-        raise UserError(f"this worker's params differ from the chief's in {', '.join(differing)}: "
-                        f"every process of a search must use the same params.yaml")
+        raise UserError(
+            f"this worker's params differ from the chief's in {', '.join(differing)}: "
+            f"every process of a search must use the same params.yaml"
+        )
     uri = os.environ.get("MLFLOW_TRACKING_URI") or chief["tracking_uri"]
     store.check_reachable(uri, params)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # the MLflow client that runs.start_child_run opens reads it
@@ -251,8 +272,9 @@ def run_worker(train: FeatureSet, val: FeatureSet, params: Params, role: Role) -
         The ids of the trials this worker ran.
     """
     folder = params.path("tuner")
-    log = tuning.TrialLog(None, params.tune.algorithm, role.tuner_id, folder, params.tune.objective,
-                          tuning.planned_trials(params.tune))
+    log = tuning.TrialLog(
+        None, params.tune.algorithm, role.tuner_id, folder, params.tune.objective, tuning.planned_trials(params.tune)
+    )
     tuner = tuning.make_search(train, params, log, overwrite=False)  # the folder, and the search in it, is the chief's
     log.run = join_search(tuner, params, role)
     tuning.run_search(tuner, train, val, params)

@@ -18,11 +18,11 @@ import pandas as pd
 import tensorflow as tf
 
 from pipeline.core import progress
-from pipeline.features import backbones, inputs
-from pipeline.training import fitting
 from pipeline.core.config import AugmentParams, FinetuneParams
 from pipeline.core.errors import UserError
 from pipeline.data.split import SplitFiles
+from pipeline.features import backbones, inputs
+from pipeline.training import fitting
 
 LAYER_NAMES = ("augmentation", "preprocessing", "backbone", "features", "head", "probabilities")
 AUTO = "auto"
@@ -55,8 +55,9 @@ def augmentation_layers(params: AugmentParams, seed: int) -> keras.Sequential:
     return keras.Sequential(layers or [keras.layers.Identity()], name="augmentation")
 
 
-def assemble(backbone: backbones.Backbone, core: keras.Model, head: keras.Model, size: int,
-             augmentation: keras.Sequential) -> keras.Model:
+def assemble(
+    backbone: backbones.Backbone, core: keras.Model, head: keras.Model, size: int, augmentation: keras.Sequential
+) -> keras.Model:
     """The whole classifier, logits out: augmentation → preprocessing → backbone → pooling → head.
 
     The backbone is called with ``training=False`` so its BatchNormalization layers keep using their
@@ -90,8 +91,9 @@ def unfreeze(core: keras.Model, backbone: backbones.Backbone, params: FinetunePa
         start = backbones.cut_index(core.layers, backbone, params.unfreeze_from)
     else:
         if params.unfreeze_top > len(core.layers):
-            raise UserError(f"finetune.unfreeze_top: {backbone.name} has {len(core.layers)} layers; "
-                            f"found {params.unfreeze_top}")
+            raise UserError(
+                f"finetune.unfreeze_top: {backbone.name} has {len(core.layers)} layers; found {params.unfreeze_top}"
+            )
         start = len(core.layers) - params.unfreeze_top
     core.trainable = True
     for index, layer in enumerate(core.layers):
@@ -109,15 +111,17 @@ class Batches:
     steps: int  # train steps in an epoch either way
 
 
-def make_batches(train: SplitFiles, val: SplitFiles, size: int, crop: str, params: FinetuneParams,
-                 seed: int) -> Batches:
+def make_batches(
+    train: SplitFiles, val: SplitFiles, size: int, crop: str, params: FinetuneParams, seed: int
+) -> Batches:
     """Shuffled train batches (a fresh seeded order every pass) and val batches in file order.
 
     With ``images_per_epoch`` below the train split's size, an epoch is that many images and the
     next epoch goes on where the last stopped.
     """
-    train_batches = inputs.image_dataset(train.paths, size, crop, params.batch_size, labels=train.labels,
-                                         shuffle_seed=seed)
+    train_batches = inputs.image_dataset(
+        train.paths, size, crop, params.batch_size, labels=train.labels, shuffle_seed=seed
+    )
     val_batches = inputs.image_dataset(val.paths, size, crop, params.batch_size, labels=val.labels)
     if params.images_per_epoch is None or params.images_per_epoch >= len(train.paths):
         return Batches(train_batches, val_batches, None, math.ceil(len(train.paths) / params.batch_size))
@@ -135,8 +139,10 @@ def choose_schedule(rate: float | str, epochs: int | str, train_images: int) -> 
     large = train_images >= LARGE_SET
     chosen_rate = (LARGE_SET_RATE if large else SMALL_SET_RATE) if rate == AUTO else float(rate)
     chosen_epochs = (LARGE_SET_EPOCHS if large else SMALL_SET_EPOCHS) if epochs == AUTO else int(epochs)
-    parts = (f"peak {chosen_rate:g}" + ("" if rate == AUTO else " (params.yaml)"),
-             f"{chosen_epochs} epochs" + ("" if epochs == AUTO else " (params.yaml)"))
+    parts = (
+        f"peak {chosen_rate:g}" + ("" if rate == AUTO else " (params.yaml)"),
+        f"{chosen_epochs} epochs" + ("" if epochs == AUTO else " (params.yaml)"),
+    )
     if AUTO not in (rate, epochs):
         return chosen_rate, chosen_epochs, ", ".join(parts)
     size = f"{LARGE_SET:,} or more" if large else f"under {LARGE_SET:,}"
@@ -158,16 +164,23 @@ def learning_rate(params: FinetuneParams, steps_per_epoch: int) -> fitting.Learn
     """
     peak, epochs = params.learning_rate, params.epochs
     if isinstance(peak, str) or isinstance(epochs, str):
-        raise ValueError("finetune.learning_rate and finetune.epochs: auto must be resolved first "
-                         "(finetune.resolve_schedule)")
+        raise ValueError(
+            "finetune.learning_rate and finetune.epochs: auto must be resolved first (finetune.resolve_schedule)"
+        )
     if params.schedule == "constant":
         return peak
     return fitting.warmup_cosine(peak, steps_per_epoch * epochs, params.warmup)
 
 
-def fine_tune(model: keras.Model, batches: Batches, params: FinetuneParams, objective: str,
-              class_weight: dict[int, float] | None, initial_epoch: int,
-              callbacks: list[keras.callbacks.Callback]) -> tuple[dict[str, list[float]], float, int | None]:
+def fine_tune(
+    model: keras.Model,
+    batches: Batches,
+    params: FinetuneParams,
+    objective: str,
+    class_weight: dict[int, float] | None,
+    initial_epoch: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> tuple[dict[str, list[float]], float, int | None]:
     """Recompile at the fine-tuning rate and train; keep the best weights on val, the starting ones included.
 
     With ``val_accuracy`` as the objective, an epoch that ties the best accuracy wins when its val loss
@@ -187,13 +200,13 @@ def fine_tune(model: keras.Model, batches: Batches, params: FinetuneParams, obje
         when no epoch beat the starting weights, which are then kept).
     """
     # Changing ``trainable`` takes effect only once the model is compiled again.
-    fitting.compile_classifier(model, params.optimizer, learning_rate(params, batches.steps),
-                                params.label_smoothing)
+    fitting.compile_classifier(model, params.optimizer, learning_rate(params, batches.steps), params.label_smoothing)
     scores = model.evaluate(batches.val, return_dict=True, verbose=0)
     start = scores[objective.removeprefix("val_")]
     tie_break = "val_loss" if objective == "val_accuracy" else None
-    keep = fitting.KeepBest(objective, params.patience, start_score=start, tie_break=tie_break,
-                             start_tie=scores["loss"])
+    keep = fitting.KeepBest(
+        objective, params.patience, start_score=start, tie_break=tie_break, start_tie=scores["loss"]
+    )
     history = model.fit(
         batches.train,
         validation_data=batches.val,
@@ -221,15 +234,27 @@ def describe_result(numbers: dict[str, float], objective: str) -> str:
     if f"{objective}_before" not in numbers:
         return "off (finetune.enabled: false): the head on the frozen backbone"
     before, best = numbers[f"{objective}_before"], numbers[f"best_{objective}"]
-    kept = (f"kept epoch {int(numbers['kept_epoch'])}" if numbers["kept_epoch"]
-            else "kept the starting weights (no epoch beat them)")
-    return (f"{objective} {before:.4f} → {best:.4f}, {kept} ({int(numbers['epochs_trained'])} trained), "
-            f"{int(numbers['trainable_layers'])} layers / {numbers['trainable_params'] / 1e6:.2f}M parameters "
-            f"trainable, {numbers['seconds']:.0f} s")
+    kept = (
+        f"kept epoch {int(numbers['kept_epoch'])}"
+        if numbers["kept_epoch"]
+        else "kept the starting weights (no epoch beat them)"
+    )
+    return (
+        f"{objective} {before:.4f} → {best:.4f}, {kept} ({int(numbers['epochs_trained'])} trained), "
+        f"{int(numbers['trainable_layers'])} layers / {numbers['trainable_params'] / 1e6:.2f}M parameters "
+        f"trainable, {numbers['seconds']:.0f} s"
+    )
 
 
-def summarize(history: pd.DataFrame, objective: str, start: float, kept: int | None, trainable: list[str],
-              model: keras.Model, seconds: float) -> dict[str, float]:
+def summarize(
+    history: pd.DataFrame,
+    objective: str,
+    start: float,
+    kept: int | None,
+    trainable: list[str],
+    model: keras.Model,
+    seconds: float,
+) -> dict[str, float]:
     """The numbers for metrics/finetune.json: the kept epoch's metrics (``best_`` prefixed; the plain
     names are the per-epoch series in MLflow) against the starting point.
 
@@ -253,8 +278,9 @@ def summarize(history: pd.DataFrame, objective: str, start: float, kept: int | N
     }
     if kept is not None:
         row = history.loc[history["epoch"] == kept + 1].iloc[0]
-        numbers.update({f"best_{name}": float(row[name]) for name in history.columns
-                        if name not in ("epoch", "learning_rate")})
+        numbers.update(
+            {f"best_{name}": float(row[name]) for name in history.columns if name not in ("epoch", "learning_rate")}
+        )
         numbers["kept_epoch"] = kept + 1
     return numbers
 

@@ -46,8 +46,9 @@ def warmup_cosine(peak: float, total_steps: int, warmup_fraction: float) -> kera
     warmup = int(round(total_steps * warmup_fraction))
     if warmup == 0:  # Keras's schedule would start at its initial rate, 0, and stay there
         return keras.optimizers.schedules.CosineDecay(peak, max(total_steps, 1), alpha=0.0)
-    return keras.optimizers.schedules.CosineDecay(0.0, max(total_steps - warmup, 1), alpha=0.0,
-                                                  warmup_target=peak, warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(total_steps - warmup, 1), alpha=0.0, warmup_target=peak, warmup_steps=warmup
+    )
 
 
 @keras.saving.register_keras_serializable(package="headstart")
@@ -62,19 +63,22 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
     def call(self, y_true: Any, y_pred: Any) -> Any:
         classes = keras.ops.shape(y_pred)[-1]
         targets = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), classes)
-        return keras.losses.categorical_crossentropy(targets, y_pred, from_logits=True,
-                                                     label_smoothing=self.smoothing)
+        return keras.losses.categorical_crossentropy(targets, y_pred, from_logits=True, label_smoothing=self.smoothing)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "smoothing": self.smoothing}
 
 
-def compile_classifier(model: keras.Model, optimizer: str, learning_rate: LearningRate,
-                       label_smoothing: float = 0.0) -> None:
+def compile_classifier(
+    model: keras.Model, optimizer: str, learning_rate: LearningRate, label_smoothing: float = 0.0
+) -> None:
     """Compile a model that outputs logits: cross-entropy from logits (label-smoothed when asked), accuracy
     by label index."""
-    loss = (SmoothedSparseCrossentropy(label_smoothing) if label_smoothing
-            else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = (
+        SmoothedSparseCrossentropy(label_smoothing)
+        if label_smoothing
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.compile(
         optimizer=make_optimizer(optimizer, learning_rate),
         loss=loss,
@@ -126,8 +130,14 @@ class KeepBest(keras.callbacks.Callback):
         start_tie: the tie-break's value for the starting weights.
     """
 
-    def __init__(self, monitor: str, patience: int, start_score: float | None = None,
-                 tie_break: str | None = None, start_tie: float | None = None) -> None:
+    def __init__(
+        self,
+        monitor: str,
+        patience: int,
+        start_score: float | None = None,
+        tie_break: str | None = None,
+        start_tie: float | None = None,
+    ) -> None:
         super().__init__()
         self.monitor = monitor
         self.mode = objective_mode(monitor)

@@ -1,8 +1,9 @@
 """The classifier head: trained on cached backbone features, later put back on the backbone.
 
 The head is ``Normalization → Dropout → [Dense(units, activation) → Dropout] × n → Dense(classes)``
-(every Dense kernel with an L2 penalty of ``l2``) and outputs logits (the loss is computed from logits, which is numerically safer than from probabilities); the
-softmax is added only where a full model hands out probabilities.
+(every Dense kernel with an L2 penalty of ``l2``) and outputs logits (the loss is computed from logits,
+which is numerically safer than from probabilities); the softmax is added only where a full model hands
+out probabilities.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.training import fitting
 from pipeline.core.config import TrainHeadParams
 from pipeline.features.extraction import FeatureSet
+from pipeline.training import fitting
 
 HEAD_NAME = "head"
 
@@ -63,8 +64,9 @@ def feature_scale(features: np.ndarray) -> FeatureScale:
     return FeatureScale(values.mean(axis=0), values.var(axis=0))
 
 
-def build_head(feature_width: int, num_classes: int, settings: HeadSettings,
-               scale: FeatureScale | None = None) -> keras.Model:
+def build_head(
+    feature_width: int, num_classes: int, settings: HeadSettings, scale: FeatureScale | None = None
+) -> keras.Model:
     """A compiled head: pooled features in, class logits out.
 
     Args:
@@ -82,8 +84,9 @@ def build_head(feature_width: int, num_classes: int, settings: HeadSettings,
     x = keras.layers.Dropout(settings.dropout, name="dropout_0")(x)
     penalty = keras.regularizers.L2(settings.l2) if settings.l2 else None
     for index in range(1, settings.hidden_layers + 1):
-        x = keras.layers.Dense(settings.units, activation=settings.activation, kernel_regularizer=penalty,
-                               name=f"dense_{index}")(x)
+        x = keras.layers.Dense(
+            settings.units, activation=settings.activation, kernel_regularizer=penalty, name=f"dense_{index}"
+        )(x)
         x = keras.layers.Dropout(settings.dropout, name=f"dropout_{index}")(x)
     logits = keras.layers.Dense(num_classes, kernel_regularizer=penalty, name="logits")(x)
     model = keras.Model(features, logits, name=HEAD_NAME)

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import console, files, runtime
-from pipeline.tracking import runs
-from pipeline.training import fitting, head
 from pipeline.core.config import FloatRange, Params, SearchSpace, TrainHeadParams, TuneParams
 from pipeline.features.extraction import FeatureSet
+from pipeline.tracking import runs
+from pipeline.training import fitting, head
 
 # Keras Tuner's trial states as MLflow run states.
 _RUN_STATUS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "INVALID": "FAILED", "STOPPED": "KILLED"}
@@ -65,8 +65,9 @@ def _choice(hp: kt.HyperParameters, name: str, values: tuple[Any, ...], first: h
 def _float(hp: kt.HyperParameters, name: str, spec: FloatRange, first: head.HeadSettings) -> float:
     default = getattr(first, name)
     inside = spec.min <= default <= spec.max
-    return hp.Float(name, spec.min, spec.max, step=spec.step, sampling=spec.sampling,
-                    default=default if inside else None)
+    return hp.Float(
+        name, spec.min, spec.max, step=spec.step, sampling=spec.sampling, default=default if inside else None
+    )
 
 
 def first_trials(defaults: Mapping[str, Any], hidden_layers: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -125,8 +126,15 @@ class TrialLog:
         folder: a worker's tuner folder: each trial's record goes to ``trial_<id>/worker.json``.
     """
 
-    def __init__(self, run: ParentRun | None, algorithm: str, tuner_id: str | None = None,
-                 folder: Path | None = None, objective: str = "val_accuracy", total: int | None = None) -> None:
+    def __init__(
+        self,
+        run: ParentRun | None,
+        algorithm: str,
+        tuner_id: str | None = None,
+        folder: Path | None = None,
+        objective: str = "val_accuracy",
+        total: int | None = None,
+    ) -> None:
         self.run = run
         self.algorithm = algorithm
         self.tuner_id, self.folder = tuner_id, folder
@@ -170,20 +178,42 @@ class TrialLog:
             record = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, **self.records()[trial.trial_id]}
             files.write_json(self.folder / f"trial_{trial.trial_id}" / WORKER_FILE, record)
         if not console.verbose():  # verbose: Keras Tuner prints its own table per trial
-            print(describe_trial(trial.trial_id, self.total, trial_values(trial), trial.score,
-                                 self.seconds[trial.trial_id], self.objective, self.best), flush=True)
+            print(
+                describe_trial(
+                    trial.trial_id,
+                    self.total,
+                    trial_values(trial),
+                    trial.score,
+                    self.seconds[trial.trial_id],
+                    self.objective,
+                    self.best,
+                ),
+                flush=True,
+            )
         if trial.score is not None and (self.best is None or _improves(trial.score, self.best[1], self.objective)):
             self.best = (trial.trial_id, trial.score, trial_values(trial))
 
     def records(self) -> dict[str, dict[str, Any]]:
         """What this process measured and logged per trial id: seconds, rss_mb, mlflow_run_id."""
-        return {trial_id: {"seconds": seconds, "rss_mb": self.rss_mb.get(trial_id),
-                           "mlflow_run_id": self.run_ids.get(trial_id)}
-                for trial_id, seconds in self.seconds.items()}
+        return {
+            trial_id: {
+                "seconds": seconds,
+                "rss_mb": self.rss_mb.get(trial_id),
+                "mlflow_run_id": self.run_ids.get(trial_id),
+            }
+            for trial_id, seconds in self.seconds.items()
+        }
 
 
-def describe_trial(trial_id: str, total: int | None, values: dict[str, Any], score: float | None, seconds: float,
-                   objective: str, best: tuple[str, float, dict[str, Any]] | None) -> str:
+def describe_trial(
+    trial_id: str,
+    total: int | None,
+    values: dict[str, Any],
+    score: float | None,
+    seconds: float,
+    objective: str,
+    best: tuple[str, float, dict[str, Any]] | None,
+) -> str:
     """One console line for a finished trial: its number, objective and time, then its hyperparameters
     (after the first trial only those that differ from the best trial so far, with the best's value).
 
@@ -193,8 +223,11 @@ def describe_trial(trial_id: str, total: int | None, values: dict[str, Any], sco
     head += f"{objective} {score:.4f}" if score is not None else "no score (failed)"
     if best is None:
         return f"{head}, {seconds:.0f} s; {describe_settings(values)}"
-    differ = [f"{name} {_short(value)} (best {_short(best[2].get(name))})"
-              for name, value in values.items() if best[2].get(name) != value]
+    differ = [
+        f"{name} {_short(value)} (best {_short(best[2].get(name))})"
+        for name, value in values.items()
+        if best[2].get(name) != value
+    ]
     compared = ", ".join(differ) or "same settings"
     return f"{head} (best {best[1]:.4f}, trial {_trial_number(best[0])}), {seconds:.0f} s; {compared}"
 
@@ -229,8 +262,14 @@ def search_sample(train: FeatureSet, most: int | None, seed: int) -> FeatureSet:
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(train.labels, return_counts=True)
     quota = np.maximum(1, np.floor(counts * most / len(train.labels)).astype(int))
-    keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(train.labels == c), q, replace=False)
-                                   for c, q in zip(classes, quota, strict=True)]))
+    keep = np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(train.labels == c), q, replace=False)
+                for c, q in zip(classes, quota, strict=True)
+            ]
+        )
+    )
     return FeatureSet(train.features[keep], train.labels[keep], train.paths[keep], train.sha256[keep], train.classes)
 
 
@@ -254,9 +293,17 @@ class HeadHyperModel(kt.HyperModel):
         trial_log: receives each epoch's metrics, or None.
     """
 
-    def __init__(self, space: SearchSpace, feature_width: int, num_classes: int, params: TrainHeadParams,
-                 objective: str, seed: int, trial_log: TrialLog | None = None,
-                 scale: head.FeatureScale | None = None) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        feature_width: int,
+        num_classes: int,
+        params: TrainHeadParams,
+        objective: str,
+        seed: int,
+        trial_log: TrialLog | None = None,
+        scale: head.FeatureScale | None = None,
+    ) -> None:
         super().__init__(name="head")
         self.space, self.feature_width, self.num_classes = space, feature_width, num_classes
         self.params, self.objective, self.seed, self.trial_log = params, objective, seed, trial_log
@@ -267,8 +314,9 @@ class HeadHyperModel(kt.HyperModel):
         fitting.seed_everything(self.seed)
         return head.build_head(self.feature_width, self.num_classes, settings, self.scale)
 
-    def fit(self, hp: kt.HyperParameters, model: keras.Model, train: FeatureSet, val: FeatureSet,
-            **kwargs: Any) -> keras.callbacks.History:
+    def fit(
+        self, hp: kt.HyperParameters, model: keras.Model, train: FeatureSet, val: FeatureSet, **kwargs: Any
+    ) -> keras.callbacks.History:
         callbacks = list(kwargs.pop("callbacks", []))
         if self.trial_log is not None:
             callbacks.append(fitting.EpochLog(self.trial_log.log_epoch))
@@ -304,8 +352,15 @@ class Hyperband(_LoggedTrials, kt.Hyperband):
 ORACLES = {"random": RandomSearchOracle, "bayesian": BayesianOptimizationOracle}
 
 
-def make_tuner(hypermodel: HeadHyperModel, tune: TuneParams, epochs: int, directory: Path, seed: int,
-               trial_log: TrialLog | None = None, overwrite: bool = True) -> kt.Tuner:
+def make_tuner(
+    hypermodel: HeadHyperModel,
+    tune: TuneParams,
+    epochs: int,
+    directory: Path,
+    seed: int,
+    trial_log: TrialLog | None = None,
+    overwrite: bool = True,
+) -> kt.Tuner:
     """A tuner of the configured algorithm writing its trials under ``directory``.
 
     Args:
@@ -319,14 +374,21 @@ def make_tuner(hypermodel: HeadHyperModel, tune: TuneParams, epochs: int, direct
             passes False, since the folder (and the search in it) belongs to the chief.
     """
     objective = kt.Objective(tune.objective, direction=fitting.objective_mode(tune.objective))
-    common = dict(hypermodel=hypermodel, objective=objective, seed=seed, overwrite=overwrite,
-                  directory=str(directory.parent), project_name=directory.name,
-                  executions_per_trial=tune.executions_per_trial)
+    common = dict(
+        hypermodel=hypermodel,
+        objective=objective,
+        seed=seed,
+        overwrite=overwrite,
+        directory=str(directory.parent),
+        project_name=directory.name,
+        executions_per_trial=tune.executions_per_trial,
+    )
     if tune.algorithm == "hyperband":
         tuner = Hyperband(max_epochs=epochs, factor=tune.hyperband_factor, **common)
     else:
-        oracle = ORACLES[tune.algorithm](objective=common.pop("objective"), max_trials=tune.max_trials,
-                                         seed=common.pop("seed"))
+        oracle = ORACLES[tune.algorithm](
+            objective=common.pop("objective"), max_trials=tune.max_trials, seed=common.pop("seed")
+        )
         tuner = Tuner(oracle=oracle, **common)
     tuner.trial_log = trial_log
     return tuner
@@ -334,10 +396,19 @@ def make_tuner(hypermodel: HeadHyperModel, tune: TuneParams, epochs: int, direct
 
 def make_search(train: FeatureSet, params: Params, trial_log: TrialLog | None, overwrite: bool = True) -> kt.Tuner:
     """The configured tuner over heads for ``train``'s features, in ``paths.tuner``."""
-    hypermodel = HeadHyperModel(params.tune.space, train.features.shape[1], len(train.classes), params.train_head,
-                                params.tune.objective, params.seed, trial_log, head.feature_scale(train.features))
-    return make_tuner(hypermodel, params.tune, params.train_head.epochs, params.path("tuner"), params.seed,
-                      trial_log, overwrite)
+    hypermodel = HeadHyperModel(
+        params.tune.space,
+        train.features.shape[1],
+        len(train.classes),
+        params.train_head,
+        params.tune.objective,
+        params.seed,
+        trial_log,
+        head.feature_scale(train.features),
+    )
+    return make_tuner(
+        hypermodel, params.tune, params.train_head.epochs, params.path("tuner"), params.seed, trial_log, overwrite
+    )
 
 
 def trials_frame(tuner: kt.Tuner, records: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
@@ -404,14 +475,19 @@ class HeadResult:
         numbers.update({"best_epoch": int(best["epoch"]), "epochs_trained": len(self.history)})
         if not self.trials.empty:
             seconds = self.trial_runs.get("seconds", pd.Series(dtype=float)).dropna()
-            numbers.update({
-                "trials": len(self.trials),
-                "trials_completed": int((self.trials["status"] == "COMPLETED").sum()),
-                "best_trial_objective": float(self.trials["objective"].dropna().agg(
-                    "min" if fitting.objective_mode(self.objective) == "min" else "max")),
-                "seconds_per_trial": float(seconds.mean()) if len(seconds) else 0.0,
-                "search_seconds": float(seconds.sum()),
-            })
+            numbers.update(
+                {
+                    "trials": len(self.trials),
+                    "trials_completed": int((self.trials["status"] == "COMPLETED").sum()),
+                    "best_trial_objective": float(
+                        self.trials["objective"]
+                        .dropna()
+                        .agg("min" if fitting.objective_mode(self.objective) == "min" else "max")
+                    ),
+                    "seconds_per_trial": float(seconds.mean()) if len(seconds) else 0.0,
+                    "search_seconds": float(seconds.sum()),
+                }
+            )
             if "tuner_id" in self.trials:
                 numbers["tuners"] = int(self.trials["tuner_id"].nunique())
         return numbers
@@ -462,8 +538,14 @@ def best_settings(tuner: kt.Tuner) -> head.HeadSettings:
     return head.HeadSettings.from_values(tuner.get_best_hyperparameters(1)[0].values)
 
 
-def train_chosen(settings: head.HeadSettings, trials: pd.DataFrame, train: FeatureSet, val: FeatureSet,
-                 params: Params, run: runs.StageRun) -> HeadResult:
+def train_chosen(
+    settings: head.HeadSettings,
+    trials: pd.DataFrame,
+    train: FeatureSet,
+    val: FeatureSet,
+    params: Params,
+    run: runs.StageRun,
+) -> HeadResult:
     """Train the chosen settings once more from the seed, every epoch logged to the stage's run.
 
     For random and Bayesian search that reproduces the best trial exactly. Hyperband's best trial
@@ -487,6 +569,7 @@ def train_chosen(settings: head.HeadSettings, trials: pd.DataFrame, train: Featu
     keras.backend.clear_session()  # as the tuner does before each trial, so the final fit starts alike
     fitting.seed_everything(params.seed)
     model = head.build_head(train.features.shape[1], len(train.classes), settings, head.feature_scale(train.features))
-    fitted = head.fit_head(model, train, val, settings, params.train_head, params.tune.objective,
-                           [fitting.EpochLog(run.log_metrics)])
+    fitted = head.fit_head(
+        model, train, val, settings, params.train_head, params.tune.objective, [fitting.EpochLog(run.log_metrics)]
+    )
     return HeadResult(settings, model, fitting.history_frame(fitted.history), results, params.tune.objective, runs)
