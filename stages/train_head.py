@@ -55,7 +55,8 @@ def main() -> None:
 
 def read_features(params: Params) -> tuple[FeatureSet, FeatureSet]:
     """The train and val splits' cached features."""
-    return tuple(extraction.read_feature_set(params.path("features") / f"{name}.npz") for name in ("train", "val"))
+    folder = params.path("features")
+    return extraction.read_feature_set(folder / "train.npz"), extraction.read_feature_set(folder / "val.npz")
 
 
 if __name__ == "__main__":

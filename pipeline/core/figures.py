@@ -224,7 +224,7 @@ def _annotate_cells(axes: Axes, image: AxesImage, values: np.ndarray, template: 
             axes.text(column, row, template.format(value), ha="center", va="center", color=colour, fontsize=fontsize)
 
 
-def _contrast_colour(rgba: Sequence[float]) -> str:
+def _contrast_colour(rgba: Sequence[float] | np.ndarray) -> str:
     """Black or white, whichever has the higher WCAG contrast ratio against ``rgba``."""
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
     luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
@@ -298,7 +298,7 @@ def _unit_axes(axes: Axes, xlabel: str, ylabel: str, title: str, legend: str) ->
     """Square [0, 1] axes with labels, a title, a light grid and a legend."""
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel=xlabel, ylabel=ylabel, title=title, aspect="equal")
     axes.grid(alpha=0.3)
-    axes.legend(loc=legend)
+    axes.legend(loc=legend)  # type: ignore[call-overload]  # a location name; matplotlib types it as a Literal
 
 
 def reliability_chart(bins: list[dict], ece: float) -> Figure:
@@ -423,7 +423,7 @@ def confidence_histogram(confidence: np.ndarray, correct: np.ndarray) -> Figure:
         for mask, name, colour in ((correct, "correct", "#55A868"), (~correct, "wrong", "#C44E52")):
             axes.hist(
                 confidence[mask],
-                bins=edges,
+                bins=edges.tolist(),
                 histtype="stepfilled",
                 alpha=0.4,
                 color=colour,

@@ -60,8 +60,9 @@ def check_members(members: list[tuple[str, str, str | None]]) -> None:
     Raises:
         UnsafeArchive: naming the first unsafe member.
     """
-    links = {_normalise(name): target for name, kind, target in members if kind == "symlink"}
-    for name, kind, link_target in members:
+    links = {_normalise(name): target or "" for name, kind, target in members if kind == "symlink"}
+    for name, kind, target in members:
+        link_target = target or ""  # only links have a target
         if _is_absolute(name) or ".." in re.split(r"[/\\]", name):
             raise UnsafeArchive(
                 f"archive member '{name}' would be written outside the target folder; nothing extracted"
@@ -79,7 +80,7 @@ def check_members(members: list[tuple[str, str, str | None]]) -> None:
 
 
 def _zip_members(bundle: zipfile.ZipFile) -> list[tuple[str, str, str | None]]:
-    members = []
+    members: list[tuple[str, str, str | None]] = []
     for info in bundle.infolist():
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
@@ -90,7 +91,7 @@ def _zip_members(bundle: zipfile.ZipFile) -> list[tuple[str, str, str | None]]:
 
 
 def _tar_members(bundle: tarfile.TarFile) -> list[tuple[str, str, str | None]]:
-    members = []
+    members: list[tuple[str, str, str | None]] = []
     for info in bundle.getmembers():
         if info.issym():
             members.append((info.name, "symlink", info.linkname))

@@ -134,7 +134,7 @@ def cap_per_class(entries: list[Entry] | tuple[Entry, ...], cap: int | None) -> 
     by_class: dict[str, list[Entry]] = defaultdict(list)
     for entry in entries:
         by_class[entry.label].append(entry)
-    kept = set()
+    kept: set[str] = set()
     for members in by_class.values():
         ranked = sorted(members, key=lambda e: hashlib.sha256(e.rel.encode("utf-8")).hexdigest())
         kept.update(e.rel for e in ranked[:cap])
@@ -180,7 +180,7 @@ class _Walk:
     def files_under(self, folder: Path) -> list[Path]:
         """Every file under the class folder ``folder``, through links that may be followed, each real
         folder once; a link back up to a folder that holds it (a loop) is not followed."""
-        found = []
+        found: list[Path] = []
         visited: set[Path] = set()
         for current, dirs, names in os.walk(folder, followlinks=True):
             here = Path(current)

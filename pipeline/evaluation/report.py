@@ -307,7 +307,7 @@ def _format_value(value: object) -> str:
         return str(value)
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
-    number = float(value)
+    number = float(value)  # type: ignore[arg-type]  # _is_number said it is one
     if math.isinf(number):
         return "∞" if number > 0 else "-∞"
     if abs(number) >= 1000:

@@ -143,7 +143,7 @@ _STAGES = (
 
 class _Block(NamedTuple):
     name: str  # Keras prefix, "block2a"
-    index: int  # PyTorch's _blocks index
+    torch_index: int  # PyTorch's _blocks index
     inputs: int
     outputs: int
     kernel: int
@@ -291,7 +291,7 @@ def convert_state_dict(state: dict[str, np.ndarray], variant: Variant) -> dict[s
 
     weights = {"stem_conv": conv("_conv_stem", _STEM_WIDTH, 3, 3), "stem_bn": batch_norm("_bn0", _STEM_WIDTH)}
     for block in _blocks(variant):
-        torch_key, mid = f"_blocks.{block.index}", block.inputs * block.expand
+        torch_key, mid = f"_blocks.{block.torch_index}", block.inputs * block.expand
         if block.expand != 1:
             weights[f"{block.name}_expand_conv"] = conv(f"{torch_key}._expand_conv", mid, block.inputs, 1)
             weights[f"{block.name}_expand_bn"] = batch_norm(f"{torch_key}._bn0", mid)

@@ -182,7 +182,7 @@ def image_dataset(
     size: int,
     crop: Crop,
     batch_size: int,
-    labels: Sequence[int] | None = None,
+    labels: Sequence[int] | np.ndarray | None = None,
     shuffle_seed: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of fitted images (and labels, when given), in the order of ``paths``.

@@ -90,7 +90,7 @@ def head_probabilities(head: keras.Model, features: np.ndarray, batch_size: int 
 
 
 def predictions_frame(
-    paths: Sequence[str], labels: np.ndarray | None, probabilities: np.ndarray, classes: Sequence[str]
+    paths: Sequence[str] | np.ndarray, labels: np.ndarray | None, probabilities: np.ndarray, classes: Sequence[str]
 ) -> pd.DataFrame:
     """One row per image: path, label, predicted, confidence, loss, then one probability column per class.
 
@@ -115,7 +115,7 @@ def predictions_frame(
     return frame
 
 
-def check_same_rows(expected: Sequence[str], found: Sequence[str], what: str) -> None:
+def check_same_rows(expected: Sequence[str] | np.ndarray, found: Sequence[str] | np.ndarray, what: str) -> None:
     """Refuse to compare two sets of predictions that are not about the same images in the same order."""
     if list(expected) != list(found):
         raise UserError(f"{what} do not list the same images as the test split; run `dvc repro` to rebuild them")
@@ -144,7 +144,7 @@ def find_images(targets: Sequence[Path]) -> list[Path]:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    found = []
+    found: list[Path] = []
     for current, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(

@@ -9,6 +9,7 @@ accuracy, file size and speed are measured, and a format that agrees on fewer im
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -123,6 +124,10 @@ class Outputs:
     seconds: dict[str, float]
 
 
+def _run_on_batch(interpreter: tf.lite.Interpreter, batch: tf.Tensor) -> np.ndarray:
+    return run_interpreter(interpreter, batch.numpy())
+
+
 def predict_side_by_side(
     forward: Callable[[tf.Tensor], tf.Tensor],
     interpreters: Mapping[str, tf.lite.Interpreter],
@@ -143,12 +148,7 @@ def predict_side_by_side(
         Every model's probabilities, row-aligned, and its time.
     """
     runners: dict[str, Callable[[tf.Tensor], np.ndarray]] = {REFERENCE: lambda batch: forward(batch).numpy()}
-    runners.update(
-        {
-            name: lambda batch, i=interpreter: run_interpreter(i, batch.numpy())
-            for name, interpreter in interpreters.items()
-        }
-    )
+    runners.update({name: functools.partial(_run_on_batch, interpreter) for name, interpreter in interpreters.items()})
     parts: dict[str, list[np.ndarray]] = {name: [] for name in runners}
     seconds = dict.fromkeys(runners, 0.0)
     with progress.bar(total=count, desc=desc, unit="img", unit_scale=True) as bar:
@@ -214,7 +214,7 @@ def check_parity(scores: Mapping[str, Mapping[str, float]], min_agreement: float
 
 def measure(
     model: keras.Model,
-    converted: Mapping[str, bytes],
+    converted: Mapping[Format, bytes],
     images: Sequence[Path],
     labels: np.ndarray,
     crop: inputs.Crop,
@@ -241,7 +241,9 @@ def measure(
     """
     if not images:
         raise UserError("export: the test split has no images to check the TFLite models on")
-    interpreters = {fmt: load_interpreter(content, threads) for fmt, content in converted.items()}
+    interpreters: dict[str, tf.lite.Interpreter] = {
+        fmt: load_interpreter(content, threads) for fmt, content in converted.items()
+    }
     batches = inputs.image_dataset(images, int(model.input_shape[1]), crop, batch_size)
     outputs = predict_side_by_side(extraction.compile_forward(model), interpreters, batches, len(images))
     speed = {name: len(images) / max(spent, 1e-9) for name, spent in outputs.seconds.items()}
@@ -299,7 +301,7 @@ def describe_model(
 
 
 def write_export(
-    folder: Path, converted: Mapping[str, bytes], descriptions: Mapping[str, dict], classes: Sequence[str]
+    folder: Path, converted: Mapping[Format, bytes], descriptions: Mapping[Format, dict], classes: Sequence[str]
 ) -> None:
     """Write each model, its description and the class names into a (staging) folder."""
     for fmt, content in converted.items():

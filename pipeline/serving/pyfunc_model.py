@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.pyfunc.model import PythonModel
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
 from pipeline.core import files
 from pipeline.core.errors import UserError
@@ -43,7 +45,7 @@ PACKAGE = Path(__file__).resolve().parent  # logged as the model's code, so serv
 REQUIREMENTS = ("mlflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pillow", "pyyaml", "tqdm")
 
 
-class ImageClassifier(mlflow.pyfunc.PythonModel):
+class ImageClassifier(PythonModel):
     """The pyfunc model; its state comes from the logged artifacts and ``model_config`` in ``load_context``."""
 
     def load_context(self, context: Any) -> None:
@@ -107,7 +109,7 @@ def _bad_input(message: str) -> MlflowException:
 
 def signature(classes: list[str]) -> ModelSignature:
     """``image`` (binary) in; ``predicted``, ``confidence`` and one probability column per class out."""
-    outputs = [ColSpec("string", "predicted"), ColSpec("double", "confidence")]
+    outputs: list[ColSpec | TensorSpec] = [ColSpec("string", "predicted"), ColSpec("double", "confidence")]
     outputs += [ColSpec("double", f"p:{name}") for name in classes]
     return ModelSignature(inputs=Schema([ColSpec("binary", INPUT_COLUMN)]), outputs=Schema(outputs))
 

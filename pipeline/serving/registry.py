@@ -193,11 +193,11 @@ def register_classifier(
     champion = current_champion(client, name)
     with console.quiet_lines(_REGISTERED):
         number = int(mlflow.register_model(model_uri, name, tags=tags).version)
-    client.set_registered_model_alias(name, CANDIDATE, number)
+    client.set_registered_model_alias(name, CANDIDATE, str(number))
     decision = decide(metric, float(scores[metric]), tags[TEST_SPLIT_TAG], number, champion)
-    client.set_model_version_tag(name, number, PROMOTION_TAG, decision.reason)
+    client.set_model_version_tag(name, str(number), PROMOTION_TAG, decision.reason)
     if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, number)
+        client.set_registered_model_alias(name, CHAMPION, str(number))
     return {"name": name, "version": number, "promoted": decision.promote, "reason": decision.reason}
 
 

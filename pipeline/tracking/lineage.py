@@ -124,7 +124,7 @@ def dvc_dataset(path: str, digest: str) -> Any:
     from mlflow.data.meta_dataset import MetaDataset
 
     source = get_dataset_source_from_json(json.dumps({"uri": path}), source_type="local")
-    return MetaDataset(source, name=path, digest=digest)
+    return MetaDataset(source, name=path, digest=digest)  # type: ignore[abstract]  # profile is optional at runtime
 
 
 def read_run_id(params: Params, stage: str) -> str | None:

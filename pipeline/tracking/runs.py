@@ -225,7 +225,11 @@ def stage_params(stage: str, params: Params) -> dict[str, Any]:
         value: Any = params
         for part in key.split("."):
             value = getattr(value, part)
-        flat.update(_flatten(key, dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        elif hasattr(value, "model_dump"):  # a pydantic params section
+            value = value.model_dump()
+        flat.update(_flatten(key, value))
     return flat
 
 

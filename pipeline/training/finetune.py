@@ -90,6 +90,7 @@ def unfreeze(core: keras.Model, backbone: backbones.Backbone, params: FinetunePa
     if params.unfreeze_from is not None:
         start = backbones.cut_index(core.layers, backbone, params.unfreeze_from)
     else:
+        assert params.unfreeze_top is not None  # the params allow one of the two, never neither
         if params.unfreeze_top > len(core.layers):
             raise UserError(
                 f"finetune.unfreeze_top: {backbone.name} has {len(core.layers)} layers; found {params.unfreeze_top}"
@@ -112,7 +113,7 @@ class Batches:
 
 
 def make_batches(
-    train: SplitFiles, val: SplitFiles, size: int, crop: str, params: FinetuneParams, seed: int
+    train: SplitFiles, val: SplitFiles, size: int, crop: inputs.Crop, params: FinetuneParams, seed: int
 ) -> Batches:
     """Shuffled train batches (a fresh seeded order every pass) and val batches in file order.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import keras
 import numpy as np
@@ -19,7 +19,7 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
+LearningRate: TypeAlias = float | keras.optimizers.schedules.LearningRateSchedule
 
 
 def make_optimizer(name: str, learning_rate: LearningRate) -> keras.optimizers.Optimizer:

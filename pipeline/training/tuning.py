@@ -11,7 +11,7 @@ Distributed tuning (Keras Tuner's chief/worker mode) builds on these pieces: see
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,7 +57,7 @@ def sample_settings(hp: kt.HyperParameters, space: SearchSpace, first: head.Head
     )
 
 
-def _choice(hp: kt.HyperParameters, name: str, values: tuple[Any, ...], first: head.HeadSettings) -> Any:
+def _choice(hp: kt.HyperParameters, name: str, values: Sequence[Any], first: head.HeadSettings) -> Any:
     default = getattr(first, name)
     return hp.Choice(name, list(values), default=default if default in values else None)
 
@@ -328,14 +328,15 @@ class _LoggedTrials:
     """Mixed into a Keras Tuner tuner: tells the trial log when each trial begins and ends."""
 
     trial_log: TrialLog | None = None
+    oracle: Any  # the tuner's, which comes after this mixin in the MRO
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
-        super().on_trial_begin(trial)
+        super().on_trial_begin(trial)  # type: ignore[misc]  # a mixin: the tuner after it defines this
         if self.trial_log is not None:
             self.trial_log.begin(trial)
 
     def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
-        super().on_trial_end(trial)  # the oracle scores the trial here
+        super().on_trial_end(trial)  # type: ignore[misc]  # the tuner's: the oracle scores the trial here
         if self.trial_log is not None:
             self.trial_log.end(self.oracle.get_trial(trial.trial_id))
 
@@ -415,7 +416,7 @@ def trials_frame(tuner: kt.Tuner, records: Mapping[str, Mapping[str, Any]] | Non
     """Every trial of a search as one row: id, status, hyperparameters, objective, best epoch, and from
     ``records`` (``TrialLog.records`` or ``read_worker_records``) seconds, memory, MLflow run id and,
     for a distributed search, the worker that ran it."""
-    columns = _RECORD_COLUMNS
+    columns: tuple[str, ...] = _RECORD_COLUMNS
     if records is not None and any("tuner_id" in record for record in records.values()):
         columns += ("tuner_id",)
     rows = []
