@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # DVC runs stage commands as `python -m stages.<name>`: make them find the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test bench lock fashion-mnist fonts ui clean push pull
+.PHONY: setup run test lint format bench lock fashion-mnist fonts ui clean push pull
 
 setup: $(VENV)/.installed ## create .venv and install the locked dependencies
 
@@ -42,8 +42,17 @@ fonts: ## install a font with CJK glyphs when possible, so class names in any sc
 run: setup fashion-mnist fonts ## dvc repro the default pipeline (STAGE=split: only up to that stage)
 	dvc repro $(STAGE)
 
-test: setup fashion-mnist fonts ## the whole test suite
-	pytest $(PYTEST_ARGS)
+test: setup fashion-mnist fonts ## the whole test suite, in parallel (PYTEST_ARGS="-n 0" for one process)
+	pytest -n auto --dist loadfile --durations=20 $(PYTEST_ARGS)
+
+lint: setup ## ruff (lint and format check) and mypy: zero findings, rules in pyproject.toml
+	ruff check .
+	ruff format --check .
+	mypy
+
+format: setup ## apply ruff's formatting and safe fixes
+	ruff format .
+	ruff check --fix .
 
 bench: setup ## benchmarks on ../shared/datasets → benchmarks/results/*.json, one table → benchmarks/RESULTS.md
 	python -m benchmarks.report --run extract formats tuning backbones finetune_speed head_vs_probe accuracy repro memory default_run
