@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sys
 from typing import Any
 
 import pytest
 import yaml
 
+from conftest import REPO
 from pipeline.core import config
 
 
@@ -231,3 +233,83 @@ def test_training_choices_are_checked(base_params: dict[str, Any]) -> None:
         "tune.objective: found 'accuracy'; allowed: one of 'val_accuracy', 'val_loss' (did you mean 'val_accuracy'?)"
         in message
     )
+
+
+def test_committed_json_schema_is_what_the_models_generate() -> None:
+    committed = (REPO / config.SCHEMA_FILE).read_text(encoding="utf-8")
+    assert committed == config.schema_text(), "stale: run python -m pipeline.core.config --write-schema"
+
+
+def test_params_yaml_points_editors_at_the_schema() -> None:
+    first_line = (REPO / config.PARAMS_FILE).read_text(encoding="utf-8").splitlines()[0]
+    assert first_line == f"# yaml-language-server: $schema={config.SCHEMA_FILE}"
+
+
+def test_the_schema_command_writes_the_generated_schema(tmp_path) -> None:
+    target = tmp_path / "schema.json"
+    assert config.main(["--write-schema", str(target)]) == 0
+    assert target.read_text(encoding="utf-8") == config.schema_text()
+
+
+def schema_problems(value: Any, schema: dict[str, Any], root: dict[str, Any], where: str = "") -> list[str]:
+    """The keywords pydantic's JSON Schema uses, checked the way an editor does (jsonschema is no dependency)."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].removeprefix("#/$defs/")]
+    if "anyOf" in schema:
+        fits = any(not schema_problems(value, option, root, where) for option in schema["anyOf"])
+        return [] if fits else [where]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    fits_type = {
+        "object": isinstance(value, dict),
+        "array": isinstance(value, list),
+        "string": isinstance(value, str),
+        "boolean": isinstance(value, bool),
+        "null": value is None,
+        "number": number,
+        "integer": number and float(value).is_integer(),  # JSON Schema: 5000.0 is an integer
+    }
+    if "type" in schema and not fits_type[schema["type"]]:
+        return [where]
+    problems = []
+    checks = {
+        "const": lambda bound: value == bound,
+        "enum": lambda choices: value in choices,
+        "minimum": lambda bound: value >= bound,
+        "maximum": lambda bound: value <= bound,
+        "exclusiveMinimum": lambda bound: value > bound,
+        "exclusiveMaximum": lambda bound: value < bound,
+        "pattern": lambda pattern: re.search(pattern, value) is not None,
+        "minItems": lambda size: len(value) >= size,
+    }
+    problems += [where for keyword, fits in checks.items() if keyword in schema and not fits(schema[keyword])]
+    if isinstance(value, dict):
+        problems += [f"{where}.{name}".lstrip(".") for name in schema.get("required", []) if name not in value]
+        for name, item in value.items():
+            key = f"{where}.{name}".lstrip(".")
+            if name in schema.get("properties", {}):
+                problems += schema_problems(item, schema["properties"][name], root, key)
+            elif schema.get("additionalProperties") is False:
+                problems.append(key)
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            problems += schema_problems(item, schema["items"], root, f"{where}[{index}]")
+    return problems
+
+
+def test_repository_params_satisfy_the_json_schema() -> None:
+    schema = config.json_schema()
+    params = config.read_params_yaml((REPO / config.PARAMS_FILE).read_text(encoding="utf-8"))
+    assert schema_problems(params, schema, schema) == []
+
+
+def test_the_json_schema_flags_what_load_rejects(base_params: dict[str, Any]) -> None:
+    base_params["split"]["vall"] = base_params["split"].pop("val")
+    base_params["split"]["test"] = 1.5
+    base_params["finetune"]["learning_rate"] = "fast"
+    base_params["tune"]["space"]["units"] = [128, "wide"]
+    base_params["data"]["max_per_class"] = 5000.0  # a whole number: an integer to load() and to JSON Schema alike
+    schema = config.json_schema()
+    expected = ["split.test", "split.val", "split.vall", "tune.space.units[1]", "finetune.learning_rate"]
+    assert sorted(schema_problems(base_params, schema, schema)) == sorted(expected)
+    message = problems_for(base_params)
+    assert all(f"{key}:" in message for key in expected) and "max_per_class" not in message

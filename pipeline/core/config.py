@@ -1,32 +1,75 @@
 """Typed, validated parameters: the one place that reads ``params.yaml``.
 
-Every section is a frozen dataclass. ``load()`` checks the whole file before any stage does work:
-an unknown key (with a close match for a likely typo), a missing key, a wrong type or an
-out-of-range value each produce one line naming the key path, what was found and what is allowed.
-All problems are reported together as a single ``ConfigError``.
+The schema is a set of frozen pydantic dataclasses, one per section: pydantic checks types, ranges
+(``Field(ge=, gt=, le=, lt=)``), choices (``Literal``), patterns and unknown keys (``extra="forbid"``);
+a section's ``check`` adds the rules that involve more than one field. They are pydantic
+*dataclasses* rather than ``BaseModel``s because the code, tests and benchmarks build sections
+positionally and copy them with ``dataclasses.replace`` (which re-validates a pydantic dataclass) and
+``dataclasses.asdict``; everything else is pydantic's: one core validator, the same ``Field``
+constraints and validators, the JSON Schema.
 
-Numbers are read as people (and ``dvc exp run -S``) write them: PyYAML follows YAML 1.1, where
-``1e-4``, ``3E-5`` and ``1e-05`` (no dot, or no sign in the exponent) are strings; ``load`` reads
-them as numbers, as YAML 1.2 does. An integer field takes a whole number however it is written
-(``5e3``, ``5000.0``).
+What stays hand-written, and why:
+
+* Messages. ``load()`` checks the whole file before any stage does work and reports every problem
+  together as one ``ConfigError``, one line each naming the key path, what was found and what is
+  allowed: an unknown key with a close match for a likely typo (difflib over the section's keys), a
+  missing key, a wrong type, an out-of-range value. pydantic finds the problems; ``_explain`` phrases
+  them from the error's location and the field's annotation, since pydantic's own text names neither
+  the key as params.yaml spells it (``tune.space.units[1]``) nor the allowed values, and gives one
+  error per member of a union (``'auto'`` or a number) where one line reads better.
+* Strictness per field, not ``strict=True`` for the whole schema: strict mode would also demand
+  section instances where params.yaml has mappings. ``true`` is not a number, ``'0.2'`` and ``yes``
+  are not a number and a boolean; an integer field takes a whole number however it is written
+  (``5e3``, ``5000.0``: ``WholeNumber``), a number field takes an integer.
+* Numbers are read as people (and ``dvc exp run -S``) write them: PyYAML follows YAML 1.1, where
+  ``1e-4``, ``3E-5`` and ``1e-05`` (no dot, or no sign in the exponent) are strings; ``load`` reads
+  them as numbers, as YAML 1.2 does (and as an editor that checks params.yaml against the JSON
+  Schema does). pydantic reads no YAML, so this is the loader's job.
+
+``params.schema.json`` (for editors' completion and inline checks; params.yaml's first line names it)
+is generated from these dataclasses by ``python -m pipeline.core.config --write-schema``; a test
+keeps it in step. ``python -m pipeline.core.config`` alone checks params.yaml.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import json
 import re
+import sys
 import types
 import typing
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
+import annotated_types
 import yaml
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import GenerateJsonSchema, SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from pipeline.core.errors import UserError
 
 PARAMS_FILE = "params.yaml"
+SCHEMA_FILE = "params.schema.json"  # next to params.yaml, written by `python -m pipeline.core.config --write-schema`
 # A number with an exponent in any form YAML 1.2 reads as a float (1e-4, 3E-5, 1.0e4, .5e-3, -2e+1).
 _EXPONENT_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
@@ -42,47 +85,47 @@ class ConfigError(UserError):
     """params.yaml does not match the schema; the message lists every problem."""
 
 
-@dataclass(frozen=True)
-class Range:
-    """Allowed interval for a number; bounds are inclusive unless marked open."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        """Whether ``value`` lies in the interval."""
-        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
-            return False
-        return not (self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)))
-
-    def describe(self) -> str:
-        """Human-readable interval, e.g. ``in [0, 1)``."""
-        if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+def _whole_number(value: Any) -> Any:
+    """A float with nothing after the point, as an int (``5e3`` in YAML is the float 5000.0)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-@dataclass(frozen=True)
-class Pattern:
-    """A regular expression a string must match in full, with a description for messages."""
-
-    regex: str
-    description: str
-
+# An integer field is ``Annotated[StrictInt, Field(<bounds>), WholeNumber]``, in that order: pydantic
+# applies annotations in turn, and bounds after a validator would escape the JSON Schema.
+WholeNumber = BeforeValidator(_whole_number)
 
 # --------------------------------------------------------------------------------------------
-# The schema. Field order follows params.yaml; every key is required.
+# The schema. Field order follows params.yaml; every key is required. A string field's
+# description says, in messages and in the JSON Schema, what its pattern allows.
 # --------------------------------------------------------------------------------------------
 
-RelPath = Annotated[str, Pattern(r"[^\0]+", "a path")]
+_SECTION = ConfigDict(extra="forbid")
+_RULE = "params_rule"  # pydantic error type of a failed ``check``
+_UNKNOWN = "unexpected_keyword_argument"  # pydantic's error type for an extra key of a dataclass
+_FROM_FILE = "from_params_file"  # validation context: the data came from params.yaml
+
+RelPath = Annotated[StrictStr, Field(pattern=r"^[^\x00]+$", description="a path")]
 
 
-@dataclass(frozen=True)
-class PathsParams:
+@dataclass(frozen=True, config=_SECTION)
+class _Section:
+    """What every section shares: its cross-field rules, run once each of its fields is valid."""
+
+    def check(self, key: str) -> list[str]:
+        """Problems involving more than one field, each a line naming ``key``'s fields; none by default."""
+        return []
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        problems = self.check(type(self).__name__)
+        if problems:
+            # The section goes along in the context: _explain asks it again with the key path it sits at.
+            raise PydanticCustomError(_RULE, "{rules}", {"rules": "; ".join(problems), "section": self})
+        return self
+
+
+@dataclass(frozen=True, config=_SECTION)
+class PathsParams(_Section):
     """Every file and folder the pipeline reads or writes, relative to the repository root."""
 
     raw: RelPath
@@ -105,20 +148,20 @@ class PathsParams:
     tflite: RelPath
 
 
-@dataclass(frozen=True)
-class DataParams:
+@dataclass(frozen=True, config=_SECTION)
+class DataParams(_Section):
     """Where the images come from (download stage)."""
 
     source: Literal["fashion_mnist", "url", "folder"]
-    url: Annotated[str, Pattern(r"https?://\S+", "an http(s) URL")] | None
-    sha256: Annotated[str, Pattern(r"[0-9a-fA-F]{64}", "64 hexadecimal digits")] | None
+    url: Annotated[StrictStr, Field(pattern=r"^https?://\S+$", description="an http(s) URL")] | None
+    sha256: Annotated[StrictStr, Field(pattern=r"^[0-9a-fA-F]{64}$", description="64 hexadecimal digits")] | None
     folder: RelPath | None
     subdir: RelPath | None
-    max_per_class: Annotated[int, Range(lo=1)] | None
-    follow_links: bool
+    max_per_class: Annotated[StrictInt, Field(ge=1), WholeNumber] | None
+    follow_links: StrictBool
     fashion_mnist_dir: RelPath
-    retries: Annotated[int, Range(lo=0, hi=20)]
-    timeout_s: Annotated[float, Range(lo=0, lo_open=True)]
+    retries: Annotated[StrictInt, Field(ge=0, le=20), WholeNumber]
+    timeout_s: Annotated[StrictFloat, Field(gt=0)]
 
     def check(self, key: str) -> list[str]:
         """Cross-field rules: each source names what it needs."""
@@ -130,14 +173,17 @@ class DataParams:
         return problems
 
 
-@dataclass(frozen=True)
-class SplitParams:
+Fraction = Annotated[StrictFloat, Field(gt=0, lt=0.9)]
+
+
+@dataclass(frozen=True, config=_SECTION)
+class SplitParams(_Section):
     """How images are divided into train, val and test (split stage)."""
 
-    val: Annotated[float, Range(0.0, 0.9, lo_open=True, hi_open=True)]
-    test: Annotated[float, Range(0.0, 0.9, lo_open=True, hi_open=True)]
-    use_existing: bool
-    max_image_pixels: Annotated[int, Range(lo=1)]
+    val: Fraction
+    test: Fraction
+    use_existing: StrictBool
+    max_image_pixels: Annotated[StrictInt, Field(ge=1), WholeNumber]
 
     def check(self, key: str) -> list[str]:
         """The two held-out fractions must leave something to train on."""
@@ -168,63 +214,68 @@ BACKBONE_NAMES = (
 )  # pipeline/features/backbones.py has one entry per name (a test keeps the two in step)
 
 
-@dataclass(frozen=True)
-class BackboneParams:
+@dataclass(frozen=True, config=_SECTION)
+class BackboneParams(_Section):
     """The frozen pretrained network and how images are fitted to it (extract, finetune)."""
 
     name: Literal[BACKBONE_NAMES]  # type: ignore[valid-type]
-    weights: Annotated[str, Pattern(r"[^\0]+", "'imagenet', 'none' or a path to a weights file")]
-    image_size: Literal["auto"] | Annotated[int, Range(16, 1024)] | None  # pipeline/features/sizing.py
+    weights: Annotated[
+        StrictStr, Field(pattern=r"^[^\x00]+$", description="'imagenet', 'none' or a path to a weights file")
+    ]
+    image_size: Literal["auto"] | Annotated[StrictInt, Field(ge=16, le=1024), WholeNumber] | None  # features/sizing.py
     crop: Literal["center", "pad", "stretch"]
 
 
-@dataclass(frozen=True)
-class ExtractParams:
+@dataclass(frozen=True, config=_SECTION)
+class ExtractParams(_Section):
     """How features are computed and stored (extract stage)."""
 
-    batch_size: Annotated[int, Range(1, 4096)]
+    batch_size: Annotated[StrictInt, Field(ge=1, le=4096), WholeNumber]
     dtype: Literal["float32", "float16"]
 
 
-@dataclass(frozen=True)
-class ComputeParams:
+@dataclass(frozen=True, config=_SECTION)
+class ComputeParams(_Section):
     """CPU threads; a fixed count makes CPU results bitwise repeatable."""
 
-    threads: Annotated[int, Range(0, 1024)]
+    threads: Annotated[StrictInt, Field(ge=0, le=1024), WholeNumber]
 
 
 Activation = Literal["relu", "gelu", "swish", "tanh"]
 Optimizer = Literal["adam", "adamw", "rmsprop", "sgd"]
-PositiveRate = Annotated[float, Range(0.0, 1.0, lo_open=True)]
-DropoutRate = Annotated[float, Range(0.0, 1.0, hi_open=True)]
-L2Penalty = Annotated[float, Range(0.0, 1.0)]
-BatchSize = Annotated[int, Range(1, 65536)]
+PositiveRate = Annotated[StrictFloat, Field(gt=0, le=1)]
+DropoutRate = Annotated[StrictFloat, Field(ge=0, lt=1)]
+L2Penalty = Annotated[StrictFloat, Field(ge=0, le=1)]
+BatchSize = Annotated[StrictInt, Field(ge=1, le=65536), WholeNumber]
+HiddenLayers = Annotated[StrictInt, Field(ge=0, le=8), WholeNumber]
+Units = Annotated[StrictInt, Field(ge=1, le=65536), WholeNumber]
+Epochs = Annotated[StrictInt, Field(ge=1, le=10000), WholeNumber]  # also trials and patience
 
 
-@dataclass(frozen=True)
-class TrainHeadParams:
+@dataclass(frozen=True, config=_SECTION)
+class TrainHeadParams(_Section):
     """The classifier head on cached features: its fixed settings (used as they are when tuning is off)."""
 
-    hidden_layers: Annotated[int, Range(0, 8)]
-    units: Annotated[int, Range(1, 65536)]
+    hidden_layers: HiddenLayers
+    units: Units
     activation: Activation
     dropout: DropoutRate
     optimizer: Optimizer
     learning_rate: PositiveRate
     batch_size: BatchSize
     l2: L2Penalty
-    epochs: Annotated[int, Range(1, 10000)]
-    patience: Annotated[int, Range(1, 10000)]
+    epochs: Epochs
+    patience: Epochs
     class_weight: Literal["balanced", "none"]
 
 
-@dataclass(frozen=True)
-class FloatRange:
+@dataclass(frozen=True, config=_SECTION)
+class FloatRange(_Section):
     """A searched number: from ``min`` to ``max``, in steps of ``step`` (null: continuous)."""
 
-    min: float
-    max: float
-    step: Annotated[float, Range(0.0, lo_open=True)] | None
+    min: StrictFloat
+    max: StrictFloat
+    step: Annotated[StrictFloat, Field(gt=0)] | None
     sampling: Literal["linear", "log"]
 
     def check(self, key: str) -> list[str]:
@@ -239,18 +290,21 @@ class FloatRange:
         return problems
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    """The head's hyperparameters Keras Tuner searches: a list of choices, or a range."""
+@dataclass(frozen=True, config=_SECTION)
+class SearchSpace(_Section):
+    """The head's hyperparameters Keras Tuner searches: a list of choices, or a range.
 
-    hidden_layers: list[Annotated[int, Range(0, 8)]]
-    units: list[Annotated[int, Range(1, 65536)]]
-    activation: list[Activation]
+    A list in params.yaml is a tuple here, so params stay immutable.
+    """
+
+    hidden_layers: Annotated[tuple[HiddenLayers, ...], Field(min_length=1)]
+    units: Annotated[tuple[Units, ...], Field(min_length=1)]
+    activation: Annotated[tuple[Activation, ...], Field(min_length=1)]
     dropout: FloatRange
     learning_rate: FloatRange
-    optimizer: list[Optimizer]
-    batch_size: list[BatchSize]
-    l2: list[L2Penalty]
+    optimizer: Annotated[tuple[Optimizer, ...], Field(min_length=1)]
+    batch_size: Annotated[tuple[BatchSize, ...], Field(min_length=1)]
+    l2: Annotated[tuple[L2Penalty, ...], Field(min_length=1)]
 
     def check(self, key: str) -> list[str]:
         """Rates must stay in their valid intervals."""
@@ -267,45 +321,45 @@ class SearchSpace:
         return problems
 
 
-@dataclass(frozen=True)
-class DistributedParams:
+@dataclass(frozen=True, config=_SECTION)
+class DistributedParams(_Section):
     """Keras Tuner's chief/worker mode; the KERASTUNER_* environment variables override these."""
 
-    oracle_ip: Annotated[str, Pattern(r"\S+", "a host name or IP address")] | None
-    oracle_port: Annotated[int, Range(1, 65535)]
+    oracle_ip: Annotated[StrictStr, Field(pattern=r"^\S+$", description="a host name or IP address")] | None
+    oracle_port: Annotated[StrictInt, Field(ge=1, le=65535), WholeNumber]
 
 
-@dataclass(frozen=True)
-class TuneParams:
+@dataclass(frozen=True, config=_SECTION)
+class TuneParams(_Section):
     """The Keras Tuner search over the head (train_head stage)."""
 
-    enabled: bool
+    enabled: StrictBool
     algorithm: Literal["random", "bayesian", "hyperband"]
-    max_trials: Annotated[int, Range(1, 10000)]
+    max_trials: Epochs
     objective: Literal["val_accuracy", "val_loss"]
-    executions_per_trial: Annotated[int, Range(1, 100)]
-    hyperband_factor: Annotated[int, Range(2, 100)]
-    search_samples: Annotated[int, Range(lo=1)] | None
+    executions_per_trial: Annotated[StrictInt, Field(ge=1, le=100), WholeNumber]
+    hyperband_factor: Annotated[StrictInt, Field(ge=2, le=100), WholeNumber]
+    search_samples: Annotated[StrictInt, Field(ge=1), WholeNumber] | None
     space: SearchSpace
     distributed: DistributedParams
 
 
-@dataclass(frozen=True)
-class FinetuneParams:
+@dataclass(frozen=True, config=_SECTION)
+class FinetuneParams(_Section):
     """Unfreezing the top of the backbone and training it with the head at a low learning rate."""
 
-    enabled: bool
-    unfreeze_from: Annotated[str, Pattern(r"\S+", "a cut point name of the backbone")] | None
-    unfreeze_top: Annotated[int, Range(1, 100000)] | None
+    enabled: StrictBool
+    unfreeze_from: Annotated[StrictStr, Field(pattern=r"^\S+$", description="a cut point name of the backbone")] | None
+    unfreeze_top: Annotated[StrictInt, Field(ge=1, le=100000), WholeNumber] | None
     learning_rate: Literal["auto"] | PositiveRate  # auto: pipeline/training/finetune.py's choose_schedule
     optimizer: Optimizer
     batch_size: BatchSize
-    epochs: Literal["auto"] | Annotated[int, Range(1, 10000)]  # auto: as learning_rate
-    patience: Annotated[int, Range(1, 10000)]
-    images_per_epoch: Annotated[int, Range(lo=1)] | None
+    epochs: Literal["auto"] | Epochs  # auto: as learning_rate
+    patience: Epochs
+    images_per_epoch: Annotated[StrictInt, Field(ge=1), WholeNumber] | None
     schedule: Literal["constant", "cosine"]
-    warmup: Annotated[float, Range(0.0, 1.0, hi_open=True)]
-    label_smoothing: Annotated[float, Range(0.0, 1.0, hi_open=True)]
+    warmup: Annotated[StrictFloat, Field(ge=0, lt=1)]
+    label_smoothing: Annotated[StrictFloat, Field(ge=0, lt=1)]
 
     def check(self, key: str) -> list[str]:
         """Exactly one way to say where the trainable top begins."""
@@ -314,64 +368,72 @@ class FinetuneParams:
         return []
 
 
-@dataclass(frozen=True)
-class AugmentParams:
+@dataclass(frozen=True, config=_SECTION)
+class AugmentParams(_Section):
     """Random changes to training images while fine-tuning (Keras layers, inactive at inference)."""
 
     flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"]
-    rotation: Annotated[float, Range(0.0, 0.5)]
-    zoom: Annotated[float, Range(0.0, 0.9)]
-    contrast: Annotated[float, Range(0.0, 1.0)]
+    rotation: Annotated[StrictFloat, Field(ge=0, le=0.5)]
+    zoom: Annotated[StrictFloat, Field(ge=0, le=0.9)]
+    contrast: Annotated[StrictFloat, Field(ge=0, le=1)]
 
 
-@dataclass(frozen=True)
-class EvaluateParams:
+Count = Annotated[StrictInt, Field(ge=2, le=100), WholeNumber]
+
+
+@dataclass(frozen=True, config=_SECTION)
+class EvaluateParams(_Section):
     """Scoring the classifier on the test split (evaluate stage)."""
 
-    top_k: Annotated[int, Range(2, 100)]
+    top_k: Count
     batch_size: BatchSize
-    calibration_bins: Annotated[int, Range(2, 100)]
+    calibration_bins: Count
 
 
-@dataclass(frozen=True)
-class RegistryParams:
+@dataclass(frozen=True, config=_SECTION)
+class RegistryParams(_Section):
     """The MLflow model registry entry evaluate makes for each new classifier."""
 
-    enabled: bool
-    model_name: Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9_.\- ]*", "a registered model name")]
+    enabled: StrictBool
+    model_name: Annotated[
+        StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$", description="a registered model name")
+    ]
     primary_metric: Literal["accuracy", "f1_macro", "precision_macro", "recall_macro", "f1_weighted"]
 
 
-@dataclass(frozen=True)
-class ExportParams:
+@dataclass(frozen=True, config=_SECTION)
+class ExportParams(_Section):
     """TFLite models made from model.keras (export stage), each checked against it on the test split."""
 
-    enabled: bool
-    formats: list[Literal["float32", "float16", "dynamic_range"]]
-    min_agreement: Annotated[float, Range(0.0, 1.0)]
+    enabled: StrictBool
+    formats: Annotated[tuple[Literal["float32", "float16", "dynamic_range"], ...], Field(min_length=1)]
+    min_agreement: Annotated[StrictFloat, Field(ge=0, le=1)]
 
 
-@dataclass(frozen=True)
-class AnalyzeParams:
+Shown = Annotated[StrictInt, Field(ge=1, le=500), WholeNumber]
+
+
+@dataclass(frozen=True, config=_SECTION)
+class AnalyzeParams(_Section):
     """The error analysis and its report (analyze stage)."""
 
-    worst_errors: Annotated[int, Range(1, 500)]
-    confused_pairs: Annotated[int, Range(1, 500)]
-    gradcam: bool
+    worst_errors: Shown
+    confused_pairs: Shown
+    gradcam: StrictBool
 
 
-@dataclass(frozen=True)
-class TrackingParams:
+@dataclass(frozen=True, config=_SECTION)
+class TrackingParams(_Section):
     """MLflow settings; MLFLOW_TRACKING_URI in the environment overrides the embedded store."""
 
-    experiment: Annotated[str, Pattern(r".+", "a non-empty name")]
+    experiment: Annotated[StrictStr, Field(pattern=r"^.+$", description="a non-empty name")]
 
 
-@dataclass(frozen=True)
-class Params:
+@dataclass(frozen=True, config=_SECTION)
+class Params(_Section):
     """The whole of params.yaml."""
 
-    seed: Annotated[int, Range(0, 2**31 - 1)]
+    seed: Annotated[StrictInt, Field(ge=0, le=2**31 - 1), WholeNumber]
     paths: PathsParams
     data: DataParams
     split: SplitParams
@@ -387,12 +449,22 @@ class Params:
     analyze: AnalyzeParams
     export: ExportParams
     tracking: TrackingParams
-    root: Path = dataclasses.field(default=Path("."), metadata={"internal": True})
+    # The repository root, set by load(); not a key of params.yaml (internal: left out of messages and the schema).
+    root: SkipJsonSchema[Path] = dataclasses.field(default=Path("."), metadata={"internal": True})
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _root_is_not_a_key(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get(_FROM_FILE):
+            raise PydanticCustomError(_UNKNOWN, "unknown key")
+        return value
 
     def path(self, name: str) -> Path:
         """An entry of ``paths`` resolved against the repository root."""
         return self.root / getattr(self.paths, name)
 
+
+_PARAMS = TypeAdapter(Params)
 
 # --------------------------------------------------------------------------------------------
 # Loading and validation.
@@ -444,119 +516,96 @@ def parse(raw: Any, source: str = PARAMS_FILE) -> Params:
     Raises:
         ConfigError: listing every problem found.
     """
-    problems: list[str] = []
-    value = _convert(raw, Params, "", problems)
-    if problems:
-        listing = "\n".join(f"  {p}" for p in problems)
-        raise ConfigError(f"{source} has {len(problems)} problem(s):\n{listing}")
-    return value
+    try:
+        return _PARAMS.validate_python(raw, context={_FROM_FILE: True})
+    except ValidationError as error:
+        problems = _explain(error)
+    listing = "\n".join(f"  {p}" for p in problems)
+    raise ConfigError(f"{source} has {len(problems)} problem(s):\n{listing}")
 
 
-def _convert(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
-    """Check ``value`` against ``hint``; append problems and return the converted value."""
-    base, constraints = _unwrap(hint)
-    origin = typing.get_origin(base)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(base) if a is not type(None)]
-        if value is None and len(options) < len(typing.get_args(base)):
-            return None
-        if len(options) > 1:  # the first option the value fits; else one line naming them all
-            for option in options:
-                tried: list[str] = []
-                converted = _convert(value, option, key, tried)
-                if not tried:
-                    return converted
-            problems.append(f"{key}: found {value!r}; allowed: {_describe(hint)}")
-            return value
-        inner: list[str] = []
-        converted = _convert(value, options[0], key, inner)
-        problems.extend(f"{p}, or null" if p.startswith(f"{key}:") else p for p in inner)
-        return converted
-    if value is None:
-        problems.append(f"{key}: found null; allowed: {_describe(hint)}")
-        return None
-    if dataclasses.is_dataclass(base):
-        return _convert_section(value, base, key, problems)
-    if origin is list:
-        return _convert_list(value, hint, key, problems)
-    if origin is Literal:
-        choices = typing.get_args(base)
-        if value not in choices:
-            problems.append(f"{key}: found {value!r}; allowed: {_describe(hint)}{_suggest(value, choices)}")
-        return value
-    if not _has_type(value, base):
-        problems.append(f"{key}: found {value!r} ({type(value).__name__}); allowed: {_describe(hint)}")
-        return value
-    value = float(value) if base is float else int(value) if base is int else value
-    for constraint in constraints:
-        if isinstance(constraint, Range) and not constraint.contains(value):
-            problems.append(f"{key}: found {value!r}; allowed: {_describe(hint)}")
-        if isinstance(constraint, Pattern) and not re.fullmatch(constraint.regex, value):
-            problems.append(f"{key}: found {value!r}; allowed: {constraint.description}")
-    return value
+def _explain(error: ValidationError) -> list[str]:
+    """One line per problem pydantic found; the members of a union that all failed share a line."""
+    details = error.errors()
+    first: dict[tuple[Any, ...], int] = {}  # where each section's first problem is
+    for index, detail in enumerate(details):
+        first.setdefault(tuple(detail["loc"][:-1]), index)
+
+    def position(item: tuple[int, Any]) -> float:  # pydantic lists unknown keys last; they read better first
+        index, detail = item
+        return first[tuple(detail["loc"][:-1])] - 0.5 if detail["type"] == _UNKNOWN else index
+
+    lines: dict[str, None] = {}  # an ordered set
+    for _, detail in sorted(enumerate(details), key=position):
+        lines.update(dict.fromkeys(_explain_one(detail)))
+    return list(lines)
 
 
-def _convert_section(value: Any, cls: type, key: str, problems: list[str]) -> Any:
-    """Check a mapping against a dataclass: unknown keys, missing keys, each field, cross-field rules."""
+def _explain_one(detail: Any) -> list[str]:
+    """The line(s) for one pydantic error, phrased from where it is and the field's annotation."""
+    key, hint, rest = _locate(detail["loc"])
+    kind, value = detail["type"], detail["input"]
+    base = _unwrap(hint)[0]
+    if kind == _RULE:
+        return list(detail["ctx"]["section"].check(key))
+    if kind == _UNKNOWN and rest:
+        names = _field_names(base)
+        unknown = str(rest[0])
+        return [f"{_join(key, unknown)}: unknown key{_suggest(unknown, names)}; allowed keys: {', '.join(names)}"]
+    if kind == "missing":
+        return [f"{key}: missing key; expected {_describe(hint)}"]
+    if rest and not _is_union(base):  # below a leaf, yet not a member of a union: not one of ours
+        return [f"{_join(key, '.'.join(map(str, rest))) or 'top level'}: {detail['msg']}"]
     where = key or "top level"
-    if not isinstance(value, dict):
-        problems.append(f"{where}: found {type(value).__name__}; allowed: a mapping with keys {_field_names(cls)}")
-        return None
-    names = _field_names(cls)
-    hints = typing.get_type_hints(cls, include_extras=True)
-    before = len(problems)
-    for unknown in sorted(set(map(str, value)) - set(names)):
-        problems.append(
-            f"{_join(key, unknown)}: unknown key{_suggest(unknown, names)}; allowed keys: {', '.join(names)}"
-        )
-    kwargs = {}
-    for name in names:
-        if name not in value:
-            problems.append(f"{_join(key, name)}: missing key; expected {_describe(hints[name])}")
-            continue
-        kwargs[name] = _convert(value[name], hints[name], _join(key, name), problems)
-    if len(problems) > before:
-        return None
-    section = cls(**kwargs)
-    problems.extend(section.check(key) if hasattr(section, "check") else [])
-    return section
+    if value is None:
+        return [f"{where}: found null; allowed: {_describe(hint)}"]
+    options = [a for a in typing.get_args(base) if a is not type(None)] if _is_union(base) else [base]
+    leaf = _unwrap(options[0])[0]  # what the value should have been, null aside
+    if dataclasses.is_dataclass(leaf):
+        return [f"{where}: found {type(value).__name__}; allowed: {_describe(hint)}"]
+    if len(options) > 1 or typing.get_origin(leaf) is tuple:
+        return [f"{where}: found {value!r}; allowed: {_describe(hint)}"]
+    if typing.get_origin(leaf) is Literal:
+        return [f"{where}: found {value!r}; allowed: {_describe(hint)}{_suggest(value, typing.get_args(leaf))}"]
+    if kind.endswith("_type"):
+        return [f"{where}: found {value!r} ({type(value).__name__}); allowed: {_describe(hint)}"]
+    return [f"{where}: found {value!r}; allowed: {_describe(hint)}"]
 
 
-def _convert_list(value: Any, hint: Any, key: str, problems: list[str]) -> Any:
-    """Check a non-empty list element by element; returned as a tuple, so params stay immutable."""
-    (item,) = typing.get_args(_unwrap(hint)[0])
-    if not isinstance(value, list) or not value:
-        problems.append(f"{key}: found {value!r}; allowed: {_describe(hint)}")
-        return value
-    return tuple(_convert(element, item, f"{key}[{index}]", problems) for index, element in enumerate(value))
+def _locate(loc: Sequence[str | int]) -> tuple[str, Any, tuple[str | int, ...]]:
+    """Follow a pydantic error location through the schema: the key path (``tune.space.units[1]``),
+    the annotation there, and what is left of the location (an unknown key, a union member's tag)."""
+    key: str = ""
+    hint: Any = Params
+    for index, part in enumerate(loc):
+        base = _unwrap(hint)[0]
+        if dataclasses.is_dataclass(base) and part in _field_names(base):
+            key, hint = _join(key, str(part)), typing.get_type_hints(base, include_extras=True)[str(part)]
+        elif typing.get_origin(base) is tuple and isinstance(part, int):
+            key, hint = f"{key}[{part}]", typing.get_args(base)[0]
+        else:
+            return key, hint, tuple(loc[index:])
+    return key, hint, ()
 
 
 def _unwrap(hint: Any) -> tuple[Any, tuple[Any, ...]]:
-    """Split ``Annotated[T, constraints...]`` into ``T`` and its constraints."""
+    """Split ``Annotated[T, metadata...]`` into ``T`` and its metadata."""
     if typing.get_origin(hint) is Annotated:
-        base, *constraints = typing.get_args(hint)
-        return base, tuple(constraints)
+        base, *metadata = typing.get_args(hint)
+        return base, tuple(metadata)
     return hint, ()
 
 
-def _has_type(value: Any, base: Any) -> bool:
-    """Strict YAML type check: booleans are not numbers, integers are acceptable floats, whole floats
-    acceptable integers."""
-    if base is bool:
-        return isinstance(value, bool)
-    if base is int:  # a whole number written as a float (5e3, 5000.0) is an integer too
-        whole = isinstance(value, float) and value.is_integer()
-        return (isinstance(value, int) and not isinstance(value, bool)) or whole
-    if base is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, base)
+def _is_union(base: Any) -> bool:
+    return typing.get_origin(base) in (typing.Union, types.UnionType)
 
 
 def _describe(hint: Any) -> str:
     """What a type hint allows, in words."""
-    base, constraints = _unwrap(hint)
+    base, metadata = _unwrap(hint)
     origin = typing.get_origin(base)
-    if origin in (typing.Union, types.UnionType):
+    constraints = [c for m in metadata if isinstance(m, FieldInfo) for c in m.metadata]
+    if _is_union(base):
         options = [a for a in typing.get_args(base) if a is not type(None)]
         nullable = ", or null" if len(options) < len(typing.get_args(base)) else ""
         return ", or ".join(_describe(option) for option in options) + nullable
@@ -565,27 +614,112 @@ def _describe(hint: Any) -> str:
         return repr(choices[0]) if len(choices) == 1 else "one of " + ", ".join(repr(c) for c in choices)
     if dataclasses.is_dataclass(base):
         return f"a mapping with keys {_field_names(base)}"
-    if origin is list:
-        return f"a non-empty list, each {_describe(typing.get_args(base)[0])}"
+    if origin is tuple:
+        size = "a non-empty list" if any(isinstance(c, annotated_types.MinLen) for c in constraints) else "a list"
+        return f"{size}, each {_describe(typing.get_args(base)[0])}"
+    descriptions = [m.description for m in metadata if isinstance(m, FieldInfo) and m.description]
+    if descriptions:  # a string with a pattern
+        return descriptions[-1]
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[base]
-    for constraint in constraints:
-        if isinstance(constraint, Range):
-            words += " " + constraint.describe()
-        if isinstance(constraint, Pattern):
-            words = constraint.description
-    return words
+    return words + _bounds(constraints)
 
 
-def _suggest(word: Any, choices: typing.Iterable[Any]) -> str:
+def _bounds(constraints: Iterable[Any]) -> str:
+    """A number's interval in words, e.g. `` in [0, 1)`` or `` >= 1``; empty when unbounded."""
+    lo: tuple[str, str, Any] | None = None  # bracket, comparison, bound
+    hi: tuple[str, str, Any] | None = None
+    for c in constraints:
+        if isinstance(c, annotated_types.Ge):
+            lo = ("[", ">=", c.ge)
+        elif isinstance(c, annotated_types.Gt):
+            lo = ("(", ">", c.gt)
+        elif isinstance(c, annotated_types.Le):
+            hi = ("]", "<=", c.le)
+        elif isinstance(c, annotated_types.Lt):
+            hi = (")", "<", c.lt)
+    if lo and hi:
+        return f" in {lo[0]}{_number(lo[2])}, {_number(hi[2])}{hi[0]}"
+    bound = lo or hi
+    return f" {bound[1]} {_number(bound[2])}" if bound else ""
+
+
+def _number(bound: Any) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def _suggest(word: Any, choices: Iterable[Any]) -> str:
     """A 'did you mean' clause for the closest choice, or an empty string."""
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def _field_names(cls: type) -> list[str]:
+def _field_names(cls: Any) -> list[str]:
     """The params.yaml keys of a section (internal fields excluded)."""
     return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
+
+
+# --------------------------------------------------------------------------------------------
+# The JSON Schema of params.yaml, for editors.
+# --------------------------------------------------------------------------------------------
+
+
+class _SchemaGenerator(GenerateJsonSchema):
+    """pydantic's JSON Schema, without a title per field (the key names it already)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of params.yaml, generated from the dataclasses above."""
+    schema = _PARAMS.json_schema(schema_generator=_SchemaGenerator)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$comment": f"Generated from pipeline/core/config.py by `python -m pipeline.core.config --write-schema`; "
+        f"do not edit. {PARAMS_FILE}'s first line points editors here.",
+        **schema,
+    }
+
+
+def schema_text() -> str:
+    """``json_schema()`` as the text of params.schema.json."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_schema(path: str | Path = SCHEMA_FILE) -> Path:
+    """Write params.schema.json (or ``path``); returns the path written."""
+    path = Path(path)
+    path.write_text(schema_text(), encoding="utf-8")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipeline.core.config``: check params.yaml, or write its JSON Schema."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.core.config", description=main.__doc__)
+    parser.add_argument("params", nargs="?", default=PARAMS_FILE, help="the params file to check (%(default)s)")
+    parser.add_argument(
+        "--write-schema",
+        nargs="?",
+        const=SCHEMA_FILE,
+        metavar="PATH",
+        help=f"write the JSON Schema of params.yaml to PATH ({SCHEMA_FILE}) instead",
+    )
+    args = parser.parse_args(argv)
+    if args.write_schema:
+        print(f"wrote {write_schema(args.write_schema)}")
+        return 0
+    try:
+        load(args.params)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.params}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
