@@ -55,7 +55,7 @@ import yaml
 from benchmarks import machine
 from benchmarks.workspace import create_workspace, run_in, scratch_folder
 from pipeline.core import files
-from pipeline.evaluation import scoring  # both plain NumPy/YAML: no TensorFlow before the thread count is set
+from pipeline.evaluation import scoring  # neither imports TensorFlow: none before the thread count is set
 
 if TYPE_CHECKING:
     from pipeline.core.config import Params

@@ -148,6 +148,17 @@ def test_log_loss_clips_a_zero_true_class_probability() -> None:
     assert scoring.log_loss(labels, probabilities, eps=1e-7) == pytest.approx(-math.log(1e-7) / 2)
 
 
+@pytest.mark.filterwarnings("error")
+def test_log_loss_scores_rows_that_do_not_sum_to_one_as_given() -> None:
+    # Rows sum to 3/4 and 5/8 (a float32 softmax is off by ~1e-7; these are far off to show no renormalising):
+    # losses -log(1/2) and -log(1/2), mean log 2; renormalised rows would give (log 3/2 + log 5/4) / 2. No warning.
+    probabilities = np.array([[0.5, 0.25], [0.125, 0.5]])
+    assert scoring.log_loss(np.array([0, 1]), probabilities) == pytest.approx(math.log(2))
+    # A true-class probability above 1 is clipped to 1 (loss 0), not refused: (0 + log 2) / 2.
+    above_one = np.array([[1.0000001, 0.0], [0.5, 0.5]])
+    assert scoring.log_loss(np.array([0, 1]), above_one) == pytest.approx(math.log(2) / 2)
+
+
 def test_reliability_bins_of_the_hand_made_set() -> None:
     table = scoring.reliability_bins(LABELS, PROBABILITIES, bins=4)
     assert [(b["lower"], b["upper"], b["count"]) for b in table] == [
@@ -218,6 +229,32 @@ def test_average_precision_is_nan_without_positives_and_one_with_only_positives(
     scores = np.array([0.1, 0.5, 0.9])
     assert math.isnan(scoring.average_precision(np.array([0, 0, 0]), scores))
     assert scoring.average_precision(np.array([1, 1, 1]), scores) == pytest.approx(1.0)
+
+
+def test_precision_recall_curve_without_positives_has_nan_recall() -> None:
+    # No positives: recall 0/0 at every threshold is nan (scikit-learn would say 1); precision 0/1, 0/2, 0/3.
+    precision, recall, thresholds = scoring.precision_recall_curve(np.array([0, 0, 0]), np.array([0.1, 0.5, 0.9]))
+    assert thresholds.tolist() == [0.1, 0.5, 0.9]
+    assert precision.tolist() == [0, 0, 0, 1]
+    assert np.isnan(recall[:-1]).all() and recall[-1] == 0
+
+
+@pytest.mark.filterwarnings("error")
+def test_degenerate_inputs_raise_no_library_warnings() -> None:
+    # Each of these hits a 0/0 or a one-class truth, where scikit-learn warns unless told otherwise.
+    one_class = np.array([1, 1, 1]), np.array([0.1, 0.5, 0.9])
+    fpr, tpr, _ = scoring.roc_curve(*one_class)
+    assert np.isnan(fpr).all() and tpr.tolist() == [0, 1 / 3, 2 / 3, 1]
+    assert math.isnan(scoring.roc_auc(*one_class))
+    assert math.isnan(scoring.average_precision(np.array([0, 0, 0]), one_class[1]))
+    scoring.precision_recall_curve(np.array([0, 0, 0]), one_class[1])
+    scores = scoring.per_class_scores(np.zeros((3, 3), dtype=np.int64))  # no samples at all: every ratio 0/0
+    assert scores["precision"].tolist() == scores["recall"].tolist() == scores["f1"].tolist() == [0, 0, 0]
+    assert scores["support"].tolist() == [0, 0, 0]
+    summary = scoring.summarize(np.array([0, 0]), np.array([[0.5, 0.5, 0.0], [0.25, 0.5, 0.25]]), CLASSES, top_k=2)
+    # Truth all cat; arg-max cat (tie -> lowest index) then dog. Macro over cat and dog: precision (1 + 0) / 2.
+    assert summary["precision_macro"] == pytest.approx(1 / 2)
+    assert math.isnan(summary["roc_auc"])
 
 
 def test_roc_auc_ovr_of_the_hand_made_set() -> None:

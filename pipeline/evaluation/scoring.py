@@ -1,8 +1,19 @@
-"""Classification metrics for the evaluate stage, in plain NumPy.
+"""Classification metrics for the evaluate stage: scikit-learn and SciPy compute them, this module sets conventions.
 
 The fine-tuned model and the head-only model are scored by these same functions on the same test
 split, so their numbers compare directly (``compare_finetuned_with_head`` pairs them image by image, and
 ``describe_paired`` says in words whether fine-tuning paid). Every function is pure: arrays in, numbers out.
+
+Which library computes what:
+
+- scikit-learn (``sklearn.metrics``): the confusion matrix (``confusion_matrix``); per-class, macro and
+  weighted precision, recall and F1 (``precision_recall_fscore_support``); ``log_loss``; the ROC and
+  precision-recall curves (``roc_curve``, ``precision_recall_curve``); ROC AUC (``roc_auc_score``, one
+  class at a time for one-vs-rest) and average precision (``average_precision_score``).
+- SciPy: McNemar's exact test is ``scipy.stats.binomtest`` on the discordant pairs.
+- This module: top-k accuracy (scikit-learn breaks ties by class index, here they go to the true class),
+  the reliability bins and expected calibration error, the curve and plot tables, the paired comparison's
+  wording, and the input checks, so that every function refuses bad input with the same messages.
 
 Conventions, shared by all functions:
 
@@ -10,19 +21,25 @@ Conventions, shared by all functions:
   one row per sample; ``binary_truth`` is 0/1 (or bool) and ``scores`` are the positive class's.
 - The predicted class is the arg-max of a row; an exact tie goes to the lowest class index.
 - A ratio whose denominator is 0 (precision of a class never predicted, recall of a class never
-  present) is 0.0, as scikit-learn's ``zero_division=0``.
-- A ranking metric that needs both outcomes in the truth (ROC AUC) is nan when only one is present.
+  present) is 0.0, scikit-learn's ``zero_division=0``.
+- A ranking metric that needs both outcomes in the truth (ROC AUC) is nan when only one is present,
+  and so is average precision without positives.
+- scikit-learn's warnings about such inputs are silenced: the 0.0 or nan in the result says it.
 - No samples at all is a ValueError: an empty test split is a bug upstream, not a score.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from scipy.stats import binomtest
+from sklearn import metrics
+from sklearn.exceptions import UndefinedMetricWarning
 
 # What the finetune stage did (``fine_tuning_outcome``): whether the model evaluate scores differs from the head.
 FineTuning = Literal["trained", "kept_start", "off"]
@@ -46,9 +63,8 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     predicted = _class_indices(predicted, num_classes, "predicted")
     if len(labels) != len(predicted):
         raise ValueError(f"labels ({len(labels)}) and predicted ({len(predicted)}) differ in length")
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    return confusion
+    # Checked first because scikit-learn would silently drop an index outside ``labels``.
+    return metrics.confusion_matrix(labels, predicted, labels=np.arange(num_classes))
 
 
 def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
@@ -62,16 +78,20 @@ def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
         ``support`` (int array: true samples per class).
     """
     confusion = np.asarray(confusion)
-    hits = np.diag(confusion).astype(float)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    return {
-        "precision": _divide(hits, predicted),
-        "recall": _divide(hits, support),
-        # 2TP / (2TP + FP + FN): the harmonic mean of precision and recall, and 0.0 when both are.
-        "f1": _divide(2 * hits, support + predicted),
-        "support": support.astype(np.int64),
-    }
+    if not confusion.any():  # scikit-learn refuses all-zero weights; with no samples every ratio is 0/0, so 0.0
+        zeros = np.zeros(len(confusion))
+        return {"precision": zeros, "recall": zeros.copy(), "f1": zeros.copy(), "support": zeros.astype(np.int64)}
+    true, predicted = np.indices(confusion.shape)
+    # scikit-learn scores label pairs, not a matrix: one (true, predicted) pair per cell, weighted by its count.
+    # zero_division=0 makes 0/0 a 0.0 without an UndefinedMetricWarning.
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        true.ravel(),
+        predicted.ravel(),
+        labels=np.arange(len(confusion)),
+        sample_weight=confusion.ravel(),
+        zero_division=0,
+    )
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
 
 
 def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:
@@ -95,6 +115,8 @@ def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> flo
     labels, probabilities = _check_predictions(labels, probabilities)
     if k < 1:
         raise ValueError(f"top-k accuracy needs k >= 1, got {k}")
+    # Not sklearn.metrics.top_k_accuracy_score: on a tied row it ranks the highest class index first, so
+    # the true class of [0.4, 0.4, 0.2] would be a top-1 hit as class 1 and a miss as class 0.
     truth = probabilities[np.arange(len(labels)), labels]
     higher = (probabilities > truth[:, None]).sum(axis=1)
     return float(np.mean(higher < k))
@@ -103,9 +125,12 @@ def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> flo
 def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-15) -> float:
     """Mean negative natural log of the probability given to the true class.
 
+    Rows are scored as given, not renormalised: a row need not sum to exactly 1 (a float32 softmax is
+    off by about 1e-7), and only the true class's probability counts.
+
     Args:
         labels: true class indices, shape ``(n,)``.
-        probabilities: shape ``(n, num_classes)``.
+        probabilities: shape ``(n, num_classes)``; at least two classes.
         eps: probabilities are clipped to ``[eps, 1]`` first, so a confident miss costs ``-log(eps)``
             rather than infinity.
 
@@ -113,8 +138,14 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-15) 
         The mean loss, in nats.
     """
     labels, probabilities = _check_predictions(labels, probabilities)
-    truth = np.clip(probabilities[np.arange(len(labels)), labels], eps, 1.0)
-    return float(np.mean(-np.log(truth)))
+    # scikit-learn has no eps argument (gone in 1.5): it clips to [e, 1 - e] with e = 2.2e-16, float64's
+    # machine epsilon. Clipping to [eps, 1] here first keeps ``eps`` (an eps below e acts as e) and keeps
+    # values outside [0, 1], which scikit-learn refuses, scored as before; its 1 - e ceiling adds at most
+    # 2.2e-16 nats. It does not renormalise either, but it warns about a row that does not sum to 1 within
+    # 1.5e-8, as most float32 softmax rows do: silenced.
+    with _ignoring("The y_prob values do not sum to one"):
+        loss = metrics.log_loss(labels, np.clip(probabilities, eps, 1.0), labels=np.arange(probabilities.shape[1]))
+    return float(loss)
 
 
 def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> list[dict[str, Any]]:
@@ -176,7 +207,7 @@ def roc_curve(binary_truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     """The ROC curve, one point per distinct score, highest threshold first.
 
     A sample is called positive when its score is ``>=`` the threshold, so tied scores enter the
-    curve together (a diagonal step). Collinear points are kept.
+    curve together (a diagonal step). Collinear points are kept (``drop_intermediate=False``).
 
     Args:
         binary_truth: 0/1 or bool, shape ``(n,)``.
@@ -187,13 +218,14 @@ def roc_curve(binary_truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
         ``(0, 0)`` at threshold ``inf``. ``fpr`` (``tpr``) is nan when the truth has no negatives
         (positives).
     """
-    fps, tps, thresholds = _binary_counts(binary_truth, scores)
-    fps, tps = np.r_[0, fps], np.r_[0, tps]
-    return _divide(fps, fps[-1], empty=np.nan), _divide(tps, tps[-1], empty=np.nan), np.r_[np.inf, thresholds]
+    truth, scores = _check_binary(binary_truth, scores)
+    with _ignoring(category=UndefinedMetricWarning):  # no negatives (positives): the nan fpr (tpr) says it
+        fpr, tpr, thresholds = metrics.roc_curve(truth, scores, drop_intermediate=False)
+    return fpr, tpr, thresholds
 
 
 def roc_auc(binary_truth: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve, by the trapezoid rule over ``roc_curve``.
+    """Area under the ROC curve, by the trapezoid rule.
 
     Equal to the probability that a random positive scores above a random negative, a tie
     counting 1/2 (the Mann-Whitney statistic).
@@ -205,14 +237,13 @@ def roc_auc(binary_truth: np.ndarray, scores: np.ndarray) -> float:
     Returns:
         The AUC in ``[0, 1]``, or nan when the truth holds only one class.
     """
-    fpr, tpr, _ = roc_curve(binary_truth, scores)
-    if np.isnan(fpr[-1]) or np.isnan(tpr[-1]):
-        return float("nan")
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    truth, scores = _check_binary(binary_truth, scores)
+    with _ignoring(category=UndefinedMetricWarning):  # one class in the truth: nan
+        return float(metrics.roc_auc_score(truth, scores))
 
 
 def precision_recall_curve(binary_truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision and recall at each distinct score threshold, laid out as scikit-learn does.
+    """Precision and recall at each distinct score threshold, as scikit-learn lays them out.
 
     Args:
         binary_truth: 0/1 or bool, shape ``(n,)``.
@@ -223,16 +254,18 @@ def precision_recall_curve(binary_truth: np.ndarray, scores: np.ndarray) -> tupl
         longer, ending with the point ``(1, 0)``, so recall is non-increasing. Recall is nan when
         the truth has no positives.
     """
-    fps, tps, thresholds = _binary_counts(binary_truth, scores)
-    precision = _divide(tps, tps + fps)
-    recall = _divide(tps, tps[-1], empty=np.nan)
-    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
+    truth, scores = _check_binary(binary_truth, scores)
+    with _ignoring("No positive class found in y_true"):
+        precision, recall, thresholds = metrics.precision_recall_curve(truth, scores, drop_intermediate=False)
+    if not truth.any():
+        recall[:-1] = np.nan  # scikit-learn sets it to 1 and warns; 0 of 0 positives found is undefined
+    return precision, recall, thresholds
 
 
 def average_precision(binary_truth: np.ndarray, scores: np.ndarray) -> float:
     """Average precision, step-wise: the sum of ``(R_n - R_{n-1}) * P_n`` over thresholds.
 
-    No interpolation, as scikit-learn's ``average_precision_score``.
+    No interpolation (scikit-learn's ``average_precision_score``).
 
     Args:
         binary_truth: 0/1 or bool, shape ``(n,)``.
@@ -241,10 +274,10 @@ def average_precision(binary_truth: np.ndarray, scores: np.ndarray) -> float:
     Returns:
         AP in ``[0, 1]``, or nan when the truth has no positives.
     """
-    precision, recall, _ = precision_recall_curve(binary_truth, scores)
-    if np.isnan(recall[0]):
-        return float("nan")
-    return float(-np.sum(np.diff(recall) * precision[:-1]))
+    truth, scores = _check_binary(binary_truth, scores)
+    if not truth.any():
+        return float("nan")  # scikit-learn would return 0.0 and warn
+    return float(metrics.average_precision_score(truth, scores))
 
 
 def roc_auc_ovr(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
@@ -260,6 +293,8 @@ def roc_auc_ovr(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]
         weighted by support); both nan when no class has a defined AUC.
     """
     labels, probabilities = _check_predictions(labels, probabilities)
+    # One binary AUC per class rather than roc_auc_score(multi_class="ovr"): that refuses rows that do not
+    # sum to 1 within 1e-5, and its means would be nan as soon as one class is, instead of skipping it.
     classes = range(probabilities.shape[1])
     per_class = np.array([roc_auc(labels == c, probabilities[:, c]) for c in classes])
     support = np.bincount(labels, minlength=probabilities.shape[1])
@@ -305,12 +340,14 @@ def compare_paired(labels: np.ndarray, first: np.ndarray, second: np.ndarray) ->
 
 
 def mcnemar_exact_p(only_first: int, only_second: int) -> float:
-    """Two-sided exact McNemar p-value: the binomial tail of the smaller discordant count, doubled."""
+    """Two-sided exact McNemar p-value: SciPy's exact binomial test of the discordant split against a fair coin.
+
+    1.0 when the two never disagree on correctness; 0.0 when the p-value is below the smallest float.
+    """
     discordant = only_first + only_second
     if discordant == 0:
-        return 1.0
-    tail = sum(math.comb(discordant, k) for k in range(min(only_first, only_second) + 1))
-    return min(1.0, 2 * tail / 2**discordant)  # integer arithmetic, then one correctly rounded division
+        return 1.0  # binomtest needs n >= 1; no discordant pair is no evidence either way
+    return float(binomtest(only_first, discordant, 0.5).pvalue)
 
 
 def compare_finetuned_with_head(labels: np.ndarray, finetuned: np.ndarray, head: np.ndarray) -> dict[str, float | int]:
@@ -418,7 +455,7 @@ def summarize(
     summary: dict[str, Any] = {"n": len(labels), "accuracy": float(np.mean(predicted == labels))}
     if len(classes) > top_k:
         summary[f"top_{top_k}_accuracy"] = top_k_accuracy(labels, probabilities, top_k)
-    summary.update(_averages(scores, present=np.isin(np.arange(len(classes)), np.r_[labels, predicted])))
+    summary.update(_averages(labels, predicted))
     summary["log_loss"] = log_loss(labels, probabilities)
     summary["ece"] = expected_calibration_error(labels, probabilities, bins)
     summary.update(_auc_summary(labels, probabilities))
@@ -439,13 +476,15 @@ def _per_class(scores: dict[str, np.ndarray], classes: list[str]) -> dict[str, d
     }
 
 
-def _averages(scores: dict[str, np.ndarray], present: np.ndarray) -> dict[str, float]:
-    """Macro (over ``present`` classes) and support-weighted precision, recall and F1."""
-    support = scores["support"]
+def _averages(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Macro and support-weighted precision, recall and F1, over the classes in the truth or the predictions."""
+    # labels=None: scikit-learn averages over exactly those classes; a weighted mean gives the others weight 0 anyway.
+    macro = metrics.precision_recall_fscore_support(labels, predicted, average="macro", zero_division=0)
+    weighted = metrics.precision_recall_fscore_support(labels, predicted, average="weighted", zero_division=0)
     result = {}
-    for name in ("precision", "recall", "f1"):
-        result[f"{name}_macro"] = float(np.mean(scores[name][present]))
-        result[f"{name}_weighted"] = float(np.sum(scores[name] * support) / np.sum(support))
+    for i, name in enumerate(("precision", "recall", "f1")):
+        result[f"{name}_macro"] = float(macro[i])
+        result[f"{name}_weighted"] = float(weighted[i])
     return result
 
 
@@ -454,17 +493,6 @@ def _auc_summary(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, flo
         return {"roc_auc": roc_auc(labels == 1, probabilities[:, 1])}
     ovr = roc_auc_ovr(labels, probabilities)
     return {"roc_auc": ovr["macro"], "roc_auc_weighted": ovr["weighted"]}
-
-
-def _binary_counts(binary_truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False and true positives at each distinct score used as a threshold, highest first."""
-    truth, scores = _check_binary(binary_truth, scores)
-    order = np.argsort(-scores, kind="stable")
-    scores, truth = scores[order], truth[order]
-    last = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # the last sample of each run of equal scores
-    tps = np.cumsum(truth)[last]
-    fps = last + 1 - tps
-    return fps, tps, scores[last]
 
 
 def _check_predictions(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -510,13 +538,12 @@ def _check_classes(classes: list[str], num_classes: int) -> None:
         raise ValueError(f"class names must be unique, got {classes}")
 
 
-def _divide(numerator: np.ndarray, denominator: np.ndarray, empty: float = 0.0) -> np.ndarray:
-    """Element-wise ratio, ``empty`` where the denominator is 0."""
-    numerator = np.asarray(numerator, dtype=float)
-    denominator = np.broadcast_to(np.asarray(denominator, dtype=float), numerator.shape)
-    result = np.full(numerator.shape, empty, dtype=float)
-    np.divide(numerator, denominator, out=result, where=denominator != 0)
-    return result
+@contextmanager
+def _ignoring(message: str = "", category: type[Warning] = UserWarning) -> Iterator[None]:
+    """Silence one scikit-learn warning about an input whose result this module defines (each caller says how)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=message, category=category)
+        yield
 
 
 def curve_inputs(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
