@@ -67,7 +67,8 @@ def heatmap_grid(
         cell_height = 1.75 + _CAPTION_LINE_INCHES * _caption_lines(captions)
         figure = Figure(figsize=(3.9 * columns, 0.7 + rows * cell_height), layout="constrained")
         cells = figure.subfigures(rows, columns, squeeze=False).flat
-        for cell, image, overlay, caption in zip(cells, images, overlays, captions, strict=True):
+        # the grid may have more cells than images: the spare cells of the last row stay empty
+        for cell, image, overlay, caption in zip(cells, images, overlays, captions, strict=False):
             original_axes, overlay_axes = cell.subplots(1, 2)
             _show(original_axes, image, "image")
             _show(overlay_axes, overlay, "Grad-CAM")
