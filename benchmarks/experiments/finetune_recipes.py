@@ -8,6 +8,7 @@ defaults rest on").
 A recipe is ``name:key=value,key=value`` over params.yaml's finetune.* and augment.* keys; what stays ``auto``
 is decided as the finetune stage decides it (``finetune.resolve_schedule``).
 """
+
 import dataclasses
 import sys
 import tempfile
@@ -21,10 +22,10 @@ import yaml
 from benchmarks.backbones import DATASETS, split_dataset
 from benchmarks.head_vs_probe import fit_tuned_head, write_features
 from pipeline.core import config, runtime
+from pipeline.core.config import ComputeParams
 from pipeline.evaluation import scoring
 from pipeline.features import backbones, extraction, inputs
 from pipeline.training import finetune, fitting
-from pipeline.core.config import ComputeParams
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,21 +65,44 @@ def main() -> None:
             keras.backend.clear_session()
             fitting.seed_everything(42)
             core, _ = backbones.build_backbone(bb, size, "imagenet", Path("."), REPO / ".cache/weights")
-            model = finetune.assemble(bb, core, finetune.load_head(folder / "head.keras"), size,
-                                      finetune.augmentation_layers(q.augment, 42))
+            model = finetune.assemble(
+                bb, core, finetune.load_head(folder / "head.keras"), size, finetune.augmentation_layers(q.augment, 42)
+            )
             finetune.unfreeze(core, bb, q.finetune)
             batches = finetune.make_batches(splits["train"], splits["val"], size, "center", q.finetune, 42)
             start_time = time.perf_counter()
             history, start, kept = finetune.fine_tune(
-                model, batches, q.finetune, q.tune.objective,
-                fitting.class_weights(tr.labels, len(tr.classes), "balanced"), 0, [])
+                model,
+                batches,
+                q.finetune,
+                q.tune.objective,
+                fitting.class_weights(tr.labels, len(tr.classes), "balanced"),
+                0,
+                [],
+            )
             seconds = time.perf_counter() - start_time
             ft_pred = finetune.with_probabilities(model).predict(test_images, verbose=0).argmax(1)
             pair = scoring.compare_paired(te.labels, head_pred, ft_pred)
-            print("RESULT", name, size, label, spec, "head", round(float(np.mean(head_pred == te.labels)), 4),
-                  "finetuned", round(float(np.mean(ft_pred == te.labels)), 4), pair,
-                  "val", [round(v, 4) for v in history["val_accuracy"]], "start", round(start, 4), "kept", kept,
-                  f"{seconds:.0f}s", flush=True)
+            print(
+                "RESULT",
+                name,
+                size,
+                label,
+                spec,
+                "head",
+                round(float(np.mean(head_pred == te.labels)), 4),
+                "finetuned",
+                round(float(np.mean(ft_pred == te.labels)), 4),
+                pair,
+                "val",
+                [round(v, 4) for v in history["val_accuracy"]],
+                "start",
+                round(start, 4),
+                "kept",
+                kept,
+                f"{seconds:.0f}s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -225,10 +225,8 @@ def stage_params(stage: str, params: Params) -> dict[str, Any]:
         value: Any = params
         for part in key.split("."):
             value = getattr(value, part)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a params section
             value = dataclasses.asdict(value)
-        elif hasattr(value, "model_dump"):  # a pydantic params section
-            value = value.model_dump()
         flat.update(_flatten(key, value))
     return flat
 
