@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # DVC runs stage commands as `python -m stages.<name>`: make them find the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint format bench lock fashion-mnist fonts ui clean push pull
+.PHONY: setup run test lint format docs-images docs bench lock fashion-mnist fonts ui clean push pull
 
 setup: $(VENV)/.installed ## create .venv and install the locked dependencies
 
@@ -43,7 +43,7 @@ run: setup fashion-mnist fonts ## dvc repro the default pipeline (STAGE=split: o
 	dvc repro $(STAGE)
 
 test: setup fashion-mnist fonts ## the whole test suite, in parallel (PYTEST_ARGS="-n 0" for one process)
-	pytest -n auto --dist loadfile --durations=20 $(PYTEST_ARGS)
+	pytest -n auto --dist loadgroup --durations=20 $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint and format check) and mypy: zero findings, rules in pyproject.toml
 	ruff check .
@@ -53,6 +53,12 @@ lint: setup ## ruff (lint and format check) and mypy: zero findings, rules in py
 format: setup ## apply ruff's formatting and safe fixes
 	ruff format .
 	ruff check --fix .
+
+docs: setup ## build the docs site into site/ (mkdocs build --strict: a broken link fails)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-images: setup ## the docs' screenshots of the last run (report, MLflow runs table) and dvc dag (needs chromium)
+	python docs/screenshots.py
 
 bench: setup ## benchmarks on ../shared/datasets → benchmarks/results/*.json, one table → benchmarks/RESULTS.md
 	python -m benchmarks.report --run extract formats tuning backbones finetune_speed head_vs_probe accuracy repro memory default_run
@@ -70,7 +76,7 @@ ui: setup ## the MLflow UI on the embedded store, opened on the training runs (i
 clean: ## remove the venv and caches (not data, models or MLflow runs)
 	rm -rf $(VENV) .pytest_cache .cache
 
-push: setup ## dvc push the cached results to the default remote (README, "Share with a team")
+push: setup ## dvc push the cached results to the default remote (docs/team.md, "Share with a team")
 	dvc push
 
 pull: setup ## dvc pull a teammate's results for this commit; `make run` then has nothing to redo

@@ -99,7 +99,7 @@ def test_queued_sweep_runs_each_experiment_into_the_repository_mlflow_store(proj
         assert set(recorded.values()) <= set(by_id), f"{name}: runs missing from {store}"
         # Stages the run-cache restored point at the run that made their outputs: some experiment's.
         assert {by_id[run_id].data.tags.get("dvc.exp_name") for run_id in recorded.values()} <= set(by_size.values())
-        # The filter the README shows for one experiment's runs (the tuner's trials included).
+        # The filter docs/experiments.md shows for one experiment's runs (the tuner's trials included).
         tagged = client.search_runs([experiment.experiment_id], f"tags.\"dvc.exp_name\" = '{name}'")
         assert {run.data.tags["stage"] for run in tagged} >= set(REDONE)
         trials = [run for run in tagged if run.data.tags.get("mlflow.parentRunId") == recorded["train_head"]]

@@ -1,4 +1,4 @@
 """Judging a classifier: scores with intervals, calibration, error analysis, Grad-CAM, figures, the report.
 
-Imports ``pipeline.core``, ``pipeline.data``, ``pipeline.features``, ``pipeline.serving`` and ``pipeline.tracking``.
+Imports ``pipeline.core``, ``pipeline.data``, ``pipeline.features`` and ``pipeline.serving``.
 """

@@ -28,8 +28,8 @@ LAYER_NAMES = ("augmentation", "preprocessing", "backbone", "features", "head", 
 AUTO = "auto"
 # ``finetune.learning_rate: auto`` and ``finetune.epochs: auto``: the peak rate and the passes by the train
 # split's size. The boundary is BiT-HyperRule's between small and medium sets (Kolesnikov et al., 2020), which
-# also gives small sets more passes; the values are the ones measured to pay on each side (README, "What the
-# fine-tuning defaults rest on").
+# also gives small sets more passes; the values are the ones measured to pay on each side (docs/training.md,
+# "What the fine-tuning defaults rest on").
 LARGE_SET = 20_000
 LARGE_SET_RATE = 5.0e-4
 LARGE_SET_EPOCHS = 2
