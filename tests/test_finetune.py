@@ -95,15 +95,9 @@ def test_the_assembled_model_equals_the_head_on_the_extractor(base_params):
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
 
 
-def _tiny_project(project, image_tree, **finetune_changes):
-    image_tree(project.params["data"]["folder"], {"cat": 8, "dog": 8, "owl": 8})
-    project.shrink(trials=2, head_epochs=3, finetune={"epochs": 2, "images_per_epoch": 8, **finetune_changes})
-
-
 @pytest.mark.slow
-def test_finetune_stage_writes_a_model_that_classifies_raw_uint8_images(project, image_tree):
-    _tiny_project(project, image_tree)
-    project.run("dvc", "repro", "finetune")
+def test_finetune_stage_writes_a_model_that_classifies_raw_uint8_images(tiny_run, tmp_path):
+    project = tiny_run.copy(tmp_path)  # fine-tuned for 2 epochs of 8 images
     root = project.root
     model = keras.saving.load_model(root / "models/model.keras")
     test = pd.read_csv(root / "data/splits/test.csv")
@@ -137,9 +131,11 @@ def test_finetune_stage_writes_a_model_that_classifies_raw_uint8_images(project,
 
 
 @pytest.mark.slow
-def test_finetune_disabled_hands_on_the_head_on_the_frozen_backbone(project, image_tree):
-    _tiny_project(project, image_tree, enabled=False)
-    project.run("dvc", "repro", "finetune")
+def test_finetune_disabled_hands_on_the_head_on_the_frozen_backbone(tiny_run, tmp_path):
+    project = tiny_run.copy(tmp_path)
+    project.params["finetune"]["enabled"] = False
+    project.write_params()
+    assert "Running stage 'finetune'" in project.run("dvc", "repro", "finetune").stdout
     root = project.root
     model = keras.saving.load_model(root / "models/model.keras")
     head_model = keras.saving.load_model(root / "models/head.keras")

@@ -72,10 +72,8 @@ def check_run_matches_lock(client: mlflow.MlflowClient, run_id: str, spec: dict[
 
 
 @pytest.mark.slow
-def test_every_run_links_to_the_runs_that_made_its_inputs_also_when_dvc_skips_them(project, image_tree) -> None:
-    image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6})
-    project.shrink(head_epochs=1)
-    project.run("dvc", "repro")
+def test_every_run_links_to_the_runs_that_made_its_inputs_also_when_dvc_skips_them(tiny_run, tmp_path) -> None:
+    project = tiny_run.copy(tmp_path)  # after a whole `dvc repro`
     lock = locked(project)
     first = run_ids(project, lock)
     client = client_for(project)

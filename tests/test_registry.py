@@ -1,7 +1,7 @@
 """The model registry: versions, tags, the candidate and champion aliases, serving the champion.
 
 Real MLflow throughout: a sqlite store, a real ``mlflow server`` over HTTP, ``mlflow models serve``,
-and the tiny pipeline through ``dvc repro evaluate``.
+and the shared tiny pipeline run (``dvc repro``).
 """
 
 from __future__ import annotations
@@ -314,10 +314,8 @@ def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_evaluate_registers_the_model_with_its_lineage(project, image_tree) -> None:
-    image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6})
-    project.shrink(head_epochs=1)
-    project.run("dvc", "repro", "evaluate")
+def test_evaluate_registers_the_model_with_its_lineage(tiny_run, tmp_path) -> None:
+    project = tiny_run.copy(tmp_path)  # after a whole `dvc repro`: evaluate registered its model
     evaluated = json.loads((project.root / "metrics/evaluate.json").read_text())
     name = project.params["registry"]["model_name"]
     assert evaluated["registry"] == {

@@ -1,6 +1,6 @@
 """Sharing results through DVC remotes: push from one repository, pull into a fresh git clone, nothing to rerun.
 
-One tiny run of the whole pipeline (module scope) serves both remotes: the default folder remote that
+One tiny run of the whole pipeline (the shared ``tiny_run``, copied) serves both remotes: the default folder remote that
 .dvc/config ships, and an S3 remote on a real SeaweedFS server started on 127.0.0.1 by the test.
 """
 
@@ -16,7 +16,7 @@ import botocore.exceptions
 import pytest
 import yaml
 
-from conftest import REPO, Project, create_project, write_image
+from conftest import Project, TinyRun
 from seaweedfs import S3Server, create_client, run_seaweedfs
 
 pytestmark = pytest.mark.slow
@@ -25,15 +25,10 @@ UP_TO_DATE = "Data and pipelines are up to date."
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """The whole pipeline run once on tiny data and committed (dvc.lock, metrics, .gitignore files)."""
-    base = tmp_path_factory.mktemp("remote")
-    project = create_project(base, yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
-    for label in ("cat", "dog"):
-        for index in range(6):
-            write_image(base / "source" / label / f"img{index:03d}.png", f"{label}/{index}")
-    project.shrink(head_epochs=1)
-    project.run("dvc", "repro")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_run: TinyRun) -> Project:
+    """The whole pipeline run once on tiny data (a copy of the shared run) and committed (dvc.lock, metrics,
+    .gitignore files)."""
+    project = tiny_run.copy(tmp_path_factory.mktemp("remote"))
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "tiny run")
     tracked = set(project.run("git", "ls-files").stdout.splitlines())
