@@ -3,8 +3,10 @@ that the end-to-end tests share (``tiny_run``)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import json
 import os
 import shutil
 import sqlite3
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import pytest
 import yaml
@@ -150,8 +153,6 @@ def project(tmp_path: Path, base_params: dict[str, Any]) -> Project:
 
 #: The shared run's images: three classes, one name with a space and one in another script.
 TINY_RUN_CLASSES = {"cat": 8, "sea lion": 8, "猫": 8}
-#: ``dvc repro`` takes it over this xdist group: every test using ``tiny_run`` runs on one worker, after one run.
-TINY_RUN_GROUP = "tiny_run"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +195,7 @@ def relocate_mlflow_store(store: Path, old: Path, new: Path) -> None:
     original. Every text column of every table is rewritten, so the rewrite does not depend on MLflow's schema.
     """
     before, after = f"{old.resolve()}/", f"{new.resolve()}/"
-    with sqlite3.connect(store) as connection:
+    with contextlib.closing(sqlite3.connect(store)) as connection, connection:
         tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         for table in tables:
             for _, column, kind, *_ in connection.execute(f'PRAGMA table_info("{table}")').fetchall():
@@ -203,13 +204,10 @@ def relocate_mlflow_store(store: Path, old: Path, new: Path) -> None:
                         f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
                         (before, after, before),
                     )
-    connection.close()
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
-    """The whole pipeline, run once per session (per xdist worker; the tests using it share one worker)."""
-    base = tmp_path_factory.mktemp("tiny_run")
+def make_tiny_run(base: Path) -> TinyRun:
+    """Write the images, the project and its commit under ``base``, keep a copy of the commit, run ``dvc repro``."""
     project = create_project(base, yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
     for label, count in TINY_RUN_CLASSES.items():
         for index in range(count):
@@ -229,12 +227,25 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     return TinyRun(project.root, pristine, result.stdout, result.stderr)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (``make test``): the tests using ``tiny_run`` form one group, so the run is made
-    once; every other test is grouped by its file, as ``--dist loadfile`` would (module fixtures are made once)."""
-    for item in items:
-        if list(item.iter_markers("xdist_group")):
-            continue
-        group = TINY_RUN_GROUP if "tiny_run" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """The whole pipeline, run once per ``make test``: under pytest-xdist the first worker to need it makes it
+    (holding a file lock) in the temporary folder the workers share, and the others wait for it and read it."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each worker's basetemp lies in the session's one
+    base, record = shared / "tiny_run", shared / "tiny_run.json"
+    with filelock.FileLock(shared / "tiny_run.lock"):
+        if not record.is_file():
+            shutil.rmtree(base, ignore_errors=True)
+            base.mkdir()
+            try:
+                run = make_tiny_run(base)
+            except BaseException as error:
+                record.write_text(json.dumps({"error": str(error)}), encoding="utf-8")
+                raise
+            record.write_text(json.dumps({"stdout": run.stdout, "stderr": run.stderr}), encoding="utf-8")
+        made = json.loads(record.read_text(encoding="utf-8"))
+    if "error" in made:
+        pytest.fail(f"the shared tiny run failed in another worker:\n{made['error']}")
+    return TinyRun(base / "repo", base / "pristine", made["stdout"], made["stderr"])
