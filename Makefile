@@ -43,7 +43,7 @@ run: setup fashion-mnist fonts ## dvc repro the default pipeline (STAGE=split: o
 	dvc repro $(STAGE)
 
 test: setup fashion-mnist fonts ## the whole test suite, in parallel (PYTEST_ARGS="-n 0" for one process)
-	pytest -n auto --dist loadfile --durations=20 $(PYTEST_ARGS)
+	pytest -n auto --dist load --durations=20 $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint and format check) and mypy: zero findings, rules in pyproject.toml
 	ruff check .
