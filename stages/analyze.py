@@ -1,18 +1,24 @@
 """analyze stage: error analysis of the test predictions, and one self-contained HTML report.
 
 Reads:  paths.predictions, paths.metrics/evaluate.json, paths.metrics/finetune.json (whether fine-tuning
-        ran, for the overview's verdict), paths.model and the test images; params
-        ``analyze``, ``evaluate.calibration_bins``, ``backbone.crop``, ``compute``
+        ran, for the overview's verdict), the audit stage's lists (paths.label_issues, paths.near_duplicates,
+        paths.outliers, paths.plots/audit/overlapping_classes.csv, paths.metrics/audit.json), paths.model and
+        the images; params ``analyze``, ``audit.shown``, ``evaluate.calibration_bins``, ``backbone.crop``,
+        ``compute``
 Writes: paths.report (images embedded; opens with no network); paths.plots/analyze/ (per_class_accuracy.csv,
         confused_pairs.csv, worst_errors.csv and the report's figures as PNG); paths.metrics/analyze.json
 """
 
+import functools
+
 from pipeline.core import config, files, runtime
 from pipeline.core.errors import run_cli
-from pipeline.evaluation import analysis, analysis_report, report, scoring
+from pipeline.evaluation import analysis, analysis_report, audit_report, report, scoring
+from pipeline.serving import classifier
 from pipeline.tracking import runs
 
 THUMBNAIL_PX = 200
+ACTIVATION_EXAMPLES = 3  # test images whose feature maps are shown
 
 
 def main() -> None:
@@ -39,6 +45,8 @@ def main() -> None:
             analysis_report.class_section(per_class, tables["confused_pairs"], rendered),
             analysis_report.confidence_section(predictions, rendered),
             *analysis_report.error_sections(worst, examples, rendered),
+            *data_sections(params, tables["confused_pairs"], rendered),
+            activation_section(params, predictions, rendered),
         ]
         notes = analysis_report.glyph_notes(rendered.missing_glyphs, classes)
         html = report.build_report(
@@ -68,6 +76,51 @@ def main() -> None:
         )
         run.record("worst_class", str(per_class["class"].iloc[0]))
         print(f"analyze: report with {len(sections)} sections → {params.paths.report}")
+
+
+def data_sections(params, confused, rendered) -> list[report.Section]:  # noqa: ANN001
+    """The audit stage's findings: label errors, near-duplicates, outliers and overlapping classes."""
+    audit = files.read_json(params.path("metrics") / "audit.json")
+    text = (
+        "path",
+        "split",
+        "label",
+        "suggested",
+        "kind",
+        "path_a",
+        "label_a",
+        "path_b",
+        "label_b",
+        "class_a",
+        "class_b",
+    )
+    read = functools.partial(files.read_csv, text_columns=text)
+    issues = read(params.path("label_issues"))
+    sizes = {name: int(audit[f"out_of_sample_images_{name}"]) for name in ("train", "val", "test")}
+    draw, root, shown = rendered.add, params.root, params.audit.shown
+    return [
+        audit_report.label_issue_section(issues, sizes, draw, root, shown),
+        audit_report.duplicate_section(
+            read(params.path("near_duplicates")),
+            audit["duplicate_threshold"],
+            audit["duplicate_threshold_source"],
+            draw,
+            root,
+            shown,
+        ),
+        audit_report.outlier_section(
+            read(params.path("outliers")), audit["outlier_limit"], params.audit.neighbours, draw, root, shown
+        ),
+        audit_report.overlap_section(read(params.path("plots") / "audit" / "overlapping_classes.csv"), confused),
+    ]
+
+
+def activation_section(params, predictions, rendered) -> report.Section:  # noqa: ANN001
+    """Feature maps at several depths for the most confident right answer of a few classes, and the first filters."""
+    model = classifier.load_model(params.path("model"))
+    shown = analysis_report.activation_examples(predictions, ACTIVATION_EXAMPLES)
+    views = analysis_report.model_views(model, [params.root / p for p in shown["path"]], params.backbone.crop)
+    return analysis_report.activation_section(model, views, analysis_report.example_captions(shown), rendered)
 
 
 def write_tables_and_figures(tables, rendered, params, run) -> None:  # noqa: ANN001

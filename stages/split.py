@@ -1,13 +1,15 @@
 """Split stage: verify every image and divide them into stratified, seeded train/val/test splits.
 
-Reads:  paths.raw; params ``split``, ``seed``
-Writes: paths.splits/{train,val,test}.csv (path, label, sha256), classes.json, report.json;
+Reads:  paths.raw; paths.review (a person's exclude / relabel decisions, pipeline/data/review.py); params
+        ``split``, ``seed``
+Writes: paths.splits/{train,val,test}.csv (path, label, sha256), classes.json, report.json (with what the
+        review file changed);
         paths.plots/split/class_counts.png; paths.metrics/split.json
 """
 
 from pipeline.core import config, figures, files
 from pipeline.core.errors import run_cli
-from pipeline.data import dataset, images, split
+from pipeline.data import dataset, images, review, split
 from pipeline.tracking import runs
 
 
@@ -17,8 +19,11 @@ def main() -> None:
         scan = dataset.scan_dataset(params.path("raw"))
         checks = images.inspect_images([scan.root / e.rel for e in scan.entries], params.split.max_image_pixels)
         items, excluded = split.collect_items(scan, checks, params.paths.raw)
+        decisions = review.read_review(params.path("review"))
+        review.check_entries(decisions, split.raw_paths(scan, params.paths.raw), scan.classes, params.paths.review)
+        items, reviewed = review.apply_entries(items, decisions)
         result = split.split_images(items, params.split, params.seed, scan.presplit)
-        report = split.build_report(result, scan, excluded, params.split)
+        report = split.build_report(result, scan, excluded, params.split, reviewed)
         with files.staged_dir(params.path("splits")) as staging:
             for name, members in result.items.items():
                 files.write_csv(staging / f"{name}.csv", split.split_frame(members))
@@ -36,10 +41,17 @@ def main() -> None:
                 "excluded_files": len(report["excluded"]),
                 "duplicate_groups": result.duplicate_groups,
                 "duplicate_copies": result.duplicate_copies,
+                "review_excluded": report["review"]["excluded"],
+                "review_relabelled": report["review"]["relabelled"],
             }
         )
         for entry in report["excluded"]:
             print(f"split: excluded {entry['path']}: {entry['reason']}")
+        for entry in reviewed:
+            change = (
+                f"relabelled {entry['label']} → {entry['relabelled_to']}" if "relabelled_to" in entry else "excluded"
+            )
+            print(f"split: {params.paths.review}: {change}: {entry['path']}")
         print(f"split: {report['images']} images in {report['classes']} classes → {params.paths.splits}")
 
 

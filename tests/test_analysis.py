@@ -136,6 +136,7 @@ def test_evaluate_and_analyze_through_dvc(tiny_run, tmp_path):
     tree.close()
     assert tree.stack == [] and tree.scripts == 0
     assert {"overview", "classes", "confidence", "errors", "gradcam"} <= tree.ids
+    assert {"label-issues", "near-duplicates", "outliers", "overlapping-classes", "activations"} <= tree.ids
     assert tree.sources and all(src.startswith("data:image/png;base64,") for src in tree.sources)
     assert "http://" not in page and "https://" not in page
     for name in ("猫", "sea lion", "cat"):

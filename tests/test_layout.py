@@ -35,7 +35,8 @@ LAYERS = {
     "tracking": {"core"},
     "training": {"core", "data", "features", "tracking"},
     "serving": {"core", "data", "features", "tracking"},
-    "evaluation": {"core", "data", "features", "serving"},
+    "audit": {"core", "data", "features"},
+    "evaluation": {"core", "data", "features", "serving", "audit"},
 }
 
 

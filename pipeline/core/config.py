@@ -146,6 +146,11 @@ class PathsParams(_Section):
     mlflow_db: RelPath
     mlflow_artifacts: RelPath
     tflite: RelPath
+    review: RelPath
+    label_issues: RelPath
+    near_duplicates: RelPath
+    outliers: RelPath
+    review_suggestions: RelPath
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -423,6 +428,16 @@ class AnalyzeParams(_Section):
 
 
 @dataclass(frozen=True, config=_SECTION)
+class AuditParams(_Section):
+    """The data-centric audit on the cached features (audit stage)."""
+
+    folds: Annotated[StrictInt, Field(ge=2, le=20), WholeNumber]
+    duplicate_threshold: Literal["auto"] | Annotated[StrictFloat, Field(gt=0, lt=1)]
+    neighbours: Annotated[StrictInt, Field(ge=1, le=100), WholeNumber]
+    shown: Shown
+
+
+@dataclass(frozen=True, config=_SECTION)
 class TrackingParams(_Section):
     """MLflow settings; MLFLOW_TRACKING_URI in the environment overrides the embedded store."""
 
@@ -447,6 +462,7 @@ class Params(_Section):
     evaluate: EvaluateParams
     registry: RegistryParams
     analyze: AnalyzeParams
+    audit: AuditParams
     export: ExportParams
     tracking: TrackingParams
     # The repository root, set by load(); not a key of params.yaml (internal: left out of messages and the schema).

@@ -194,8 +194,21 @@ def collect_items(
     return items, excluded
 
 
-def build_report(result: Splits, scan: Scan, excluded: list[dict[str, str]], params: SplitParams) -> dict[str, Any]:
-    """Everything a person needs to trust the split: counts, exclusions with reasons, duplicates."""
+def raw_paths(scan: Scan, prefix: str) -> list[str]:
+    """Every scanned file's path as the split CSVs write it (``prefix`` is the raw folder)."""
+    return [str(PurePosixPath(prefix) / entry.rel) for entry in scan.entries]
+
+
+def build_report(
+    result: Splits,
+    scan: Scan,
+    excluded: list[dict[str, str]],
+    params: SplitParams,
+    reviewed: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Everything a person needs to trust the split: counts, exclusions with reasons, duplicates, and what
+    the review file changed (``review.apply_entries``' records)."""
+    reviewed = reviewed or []
     counts = result.counts()
     all_excluded = sorted(excluded + result.excluded, key=lambda e: e["path"])
     return {
@@ -210,6 +223,11 @@ def build_report(result: Splits, scan: Scan, excluded: list[dict[str, str]], par
         "excluded_by_reason": dict(Counter(reason_kind(e["reason"]) for e in all_excluded)),
         "ignored": [{"path": p, "reason": r} for p, r in scan.ignored],
         "empty_class_folders": list(scan.empty_classes),
+        "review": {
+            "excluded": sum(r["action"] == "exclude" for r in reviewed),
+            "relabelled": sum(r["action"] == "relabel" for r in reviewed),
+            "applied": reviewed,
+        },
     }
 
 

@@ -1,4 +1,4 @@
-"""The analyze stage's report: which tables, charts, galleries and Grad-CAM heatmaps, in which order.
+"""The analyze stage's report: which tables, charts, galleries, Grad-CAM heatmaps and activations, in which order.
 
 ``build_sections`` turns the predictions and the evaluate stage's numbers into report sections; the
 figures are rendered once here and handed back too, so the stage can save and log the same PNGs.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pandas as pd
 
@@ -17,7 +19,7 @@ from pipeline.core import figures
 from pipeline.core.config import Params
 from pipeline.core.errors import UserError
 from pipeline.data import images
-from pipeline.evaluation import analysis, gallery, gradcam, report, scoring
+from pipeline.evaluation import activations, analysis, gallery, gradcam, report, scoring
 from pipeline.features import inputs
 from pipeline.serving import classifier
 
@@ -228,3 +230,84 @@ def load_examples(worst: pd.DataFrame, classes: Sequence[str], params: Params, t
         raise UserError(f"Grad-CAM: {error}; set analyze.gradcam: false to skip it") from None
     views = np.clip(np.round(views), 0, 255).astype(np.uint8)
     return Examples(originals, [gradcam.overlay(v, h) for v, h in zip(views, heatmaps, strict=True)], list(views))
+
+
+def activation_examples(predictions: pd.DataFrame, count: int) -> pd.DataFrame:
+    """Images for the activations section: the most confident right answers, one per class, up to ``count``.
+
+    Ties in confidence keep the predictions' order, so the choice is the same on every run. The
+    columns are those of ``analysis.worst_errors`` (``example_captions`` captions them).
+    """
+    right = predictions.loc[predictions["correct"].astype(bool)]
+    ranked = right.sort_values("confidence", ascending=False, kind="stable").drop_duplicates("label")
+    return ranked.head(count)[["path", "label", "predicted", "confidence", "loss"]].reset_index(drop=True)
+
+
+def model_views(model: keras.Model, paths: Sequence[Path], crop: inputs.Crop) -> list[np.ndarray]:
+    """Images as the model sees them: decoded, fitted to its input size (``crop``), uint8 RGB."""
+    if not paths:
+        return []
+    batches = inputs.image_dataset(list(paths), classifier.input_size(model), crop, 64)
+    views = np.concatenate([batch.numpy() for batch in batches])
+    return list(np.clip(np.round(views), 0, 255).astype(np.uint8))
+
+
+def activation_section(
+    model: keras.Model,
+    views: Sequence[np.ndarray],
+    captions: Sequence[str],
+    rendered: Rendered,
+    depths: int = 4,
+    channels: int = 8,
+) -> report.Section:
+    """Feature maps of a few images at several depths of the backbone, and its first convolution's filters.
+
+    Args:
+        model: the classifier (``classifier.load_model``), laid out as ``finetune.assemble`` builds it.
+        views: the images as the model saw them (``model_views``), uint8 RGB at its input size; one
+            figure each, ``activations_0``, ``activations_1``...
+        captions: one per view, the title of its figure (e.g. ``example_captions``).
+        rendered: collects the figures; the filters are ``first_conv_filters``.
+        depths: stages of the backbone shown (``activations.block_depths``).
+        channels: feature maps shown per depth, the most active ones.
+
+    Raises:
+        UserError: the model lacks the layers the activations need.
+    """
+    if len(captions) != len(views):
+        raise ValueError(f"activation_section: {len(views)} views but {len(captions)} captions")
+    try:
+        backbone = activations.backbone_of(model)
+        names = activations.block_depths(backbone, depths)
+        maps = activations.block_activations(model, np.stack(views), names) if len(views) else []
+        kernel = activations.first_conv_filters(backbone)[:, :, activations.rgb_channels(model), :]
+    except ValueError as error:
+        raise UserError(f"activations: {error}") from None
+    shown = []
+    for index, (view, caption) in enumerate(zip(views, captions, strict=True)):
+        by_layer = {name: layer_maps[index] for name, layer_maps in zip(names, maps, strict=True)}
+        shown.append(
+            rendered.add(
+                f"activations_{index}",
+                activations.activation_grid(view, by_layer, channels, title=caption),
+                f"The {channels} most active feature maps at {len(names)} depths of the backbone "
+                f"({caption.replace(chr(10), ', ')}).",
+            )
+        )
+    shown.append(
+        rendered.add(
+            "first_conv_filters",
+            activations.filter_grid(kernel),
+            "The weights of the backbone's first convolution, one colour patch per filter.",
+        )
+    )
+    return report.Section(
+        "activations",
+        "Activations and filters",
+        "Each image goes through the backbone, and the feature maps of a few of its blocks are drawn, the most "
+        "active channels of each, bright where a channel fires. Early blocks keep the image's layout and fire on "
+        "edges, colours and textures; deeper ones are coarser and more abstract, and fire on the parts that speak "
+        "for a class. The first convolution's filters, drawn as colour patches, are detectors of oriented edges and "
+        "colour contrasts.",
+        images=tuple(shown),
+    )

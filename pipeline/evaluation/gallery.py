@@ -60,8 +60,30 @@ def heatmap_grid(
     Returns:
         The figure; its height grows with the number of rows.
     """
+    return pair_grid(images, overlays, captions, title, ("image", "Grad-CAM"), columns)
+
+
+def pair_grid(
+    lefts: Sequence[np.ndarray],
+    rights: Sequence[np.ndarray],
+    captions: Sequence[str],
+    title: str,
+    titles: tuple[str, str],
+    columns: int = 4,
+) -> Figure:
+    """Pairs of images side by side (an image and its heatmap, two near-duplicates), a caption under each pair.
+
+    Args:
+        lefts: uint8 RGB arrays, the left image of each pair.
+        rights: the right image of each pair.
+        captions: one caption per pair.
+        title: the title above the grid.
+        titles: the titles above every left and every right image.
+        columns: pairs per row at most.
+    """
+    images, overlays = lefts, rights
     if len(overlays) != len(images):
-        raise ValueError(f"{len(images)} images but {len(overlays)} overlays")
+        raise ValueError(f"{len(images)} left images but {len(overlays)} right ones")
     rows, columns = _grid_shape(len(images), len(captions), columns)
     with unicode_fonts():
         cell_height = 1.75 + _CAPTION_LINE_INCHES * _caption_lines(captions)
@@ -70,8 +92,8 @@ def heatmap_grid(
         # the grid may have more cells than images: the spare cells of the last row stay empty
         for cell, image, overlay, caption in zip(cells, images, overlays, captions, strict=False):
             original_axes, overlay_axes = cell.subplots(1, 2)
-            _show(original_axes, image, "image")
-            _show(overlay_axes, overlay, "Grad-CAM")
+            _show(original_axes, image, titles[0])
+            _show(overlay_axes, overlay, titles[1])
             cell.supxlabel(plain_text(caption), fontsize=_CAPTION_FONTSIZE)
         figure.suptitle(plain_text(title))
     return figure

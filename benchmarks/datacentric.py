@@ -1,0 +1,186 @@
+"""Benchmark: the data-centric audit (pipeline/audit) for speed at 70,000 images and for what it finds.
+
+Parts (each adds its key to ``benchmarks/results/datacentric.json``; the others are kept):
+
+* ``speed``: ``python -m stages.audit`` on this workspace's cached features (the default run's 70,000
+  Fashion-MNIST images x 1,280 features; run ``make run`` first), wall seconds, the stage's own phases and
+  the peak resident memory of the process. Goal: at most 60 s on 2 cores.
+* ``flips``: flowers and hymenoptera (``../shared/datasets``), the pipeline's split and Lite0 features at the
+  ``auto`` size (as benchmarks/head_vs_probe.py makes them); 5% of the train labels flipped to another class
+  by a seeded draw; precision and recall of the train split's label-issue list against the flipped images
+  (an image the list names that was not flipped counts against precision, though some of those are the
+  sets' own label errors). On the unmodified sets: how many issues, and the 24 least likely given labels
+  drawn to ``benchmarks/results/datacentric_<set>_top24.png`` for a person to judge. Also each set's
+  nearest-neighbour distances (what the near-duplicate threshold is up against).
+* ``fashion``: from the default run's ``metrics/audit.json`` and ``metrics/evaluate.json``: how many
+  test images it flags. With ``--rerun``: every flagged train image written to the review file as
+  ``exclude``, ``dvc repro``, the test accuracy then; the review file is put back and ``dvc repro`` restores
+  the default outputs from DVC's run cache.
+
+    python -m benchmarks.datacentric [--parts speed flips fashion] [--rerun]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import machine
+from benchmarks.backbones import DATASETS, SEED, split_dataset
+from benchmarks.extract import RESULTS
+
+WORK = Path("benchmarks/work/datacentric")
+FLIP_SHARE = 0.05
+
+
+def speed() -> dict[str, Any]:
+    """The audit stage on this workspace's features, timed, with the child process's peak memory."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "stages.audit"], check=True)
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    audit = json.loads(Path("metrics/audit.json").read_text(encoding="utf-8"))
+    meta = json.loads(Path("data/features/meta.json").read_text(encoding="utf-8"))
+    return {
+        "images": sum(meta["counts"].values()),
+        "feature_width": meta["feature_width"],
+        "wall_seconds": round(seconds, 1),
+        "stage_seconds": audit["seconds"],
+        "phases_seconds": audit["seconds_by_phase"],
+        "peak_rss_mib": round(peak_kib / 1024),
+        "goal_seconds": 60,
+        "goal_met": seconds <= 60,
+    }
+
+
+def features_of(name: str) -> dict[str, Any]:
+    """The set's split and Lite0 features at the auto size, cached under ``WORK``."""
+    from benchmarks.head_vs_probe import write_features
+    from pipeline.features import extraction
+
+    folder, val, test = DATASETS[name]
+    out = WORK / name
+    splits = split_dataset(folder, val, test)
+    if not (out / "test.npz").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        write_features(splits, out)
+    return {split: extraction.read_feature_set(out / f"{split}.npz") for split in splits}
+
+
+def flips(name: str) -> dict[str, Any]:
+    """Precision and recall on 5% flipped train labels; the issues of the unmodified set."""
+    from pipeline.audit import labels, neighbours, probabilities
+
+    sets = features_of(name)
+    train = sets["train"]
+    classes = len(train.classes)
+    rng = np.random.default_rng(SEED)
+    flipped = rng.choice(len(train.labels), size=round(FLIP_SHARE * len(train.labels)), replace=False)
+    given = train.labels.copy()
+    given[flipped] = (given[flipped] + rng.integers(1, classes, size=len(flipped))) % classes
+    probs = probabilities.out_of_fold_probabilities(train.features, given, classes, 5, SEED)
+    found = labels.label_issues(np.arange(len(given)).astype(str), given, probs, train.classes, "train")
+    named = set(found["path"].astype(int))
+    truth = set(flipped.tolist())
+    clean = probabilities.out_of_fold_probabilities(train.features, train.labels, classes, 5, SEED)
+    issues = labels.label_issues(train.paths, train.labels, clean, train.classes, "train")
+    draw_top(issues.head(24), RESULTS / f"datacentric_{name}_top24.png")
+    unit = neighbours.unit_rows(train.features)
+    nearest = neighbours.nearest(unit, unit, 1, np.arange(len(unit))).distances[:, 0]
+    return {
+        "train_images": len(given),
+        "flipped": len(truth),
+        "listed": len(named),
+        "precision": round(len(named & truth) / max(1, len(named)), 4),
+        "recall": round(len(named & truth) / len(truth), 4),
+        "unmodified_train_issues": len(issues),
+        "unmodified_top24": issues.head(24)[["path", "label", "suggested", "score"]].to_dict("records"),
+        "nearest_neighbour_distance_quantiles": {
+            str(q): round(float(np.quantile(nearest, q)), 4) for q in (0.001, 0.01, 0.1, 0.5)
+        },
+    }
+
+
+def draw_top(issues: Any, path: Path) -> None:
+    """The listed images with given → suggested, for a person to judge."""
+    from pipeline.core import files
+    from pipeline.data import images
+    from pipeline.evaluation import gallery
+
+    pictures = [images.load_thumbnail(Path(p), 160) for p in issues["path"]]
+    captions = [f"{i + 1}. given {r.label}\n→ {r.suggested} ({r.score:.2f})" for i, r in enumerate(issues.itertuples())]
+    files.save_figure(gallery.image_grid(pictures, captions, path.stem, 6), path)
+
+
+def fashion(rerun: bool) -> dict[str, Any]:
+    """Flagged test images on the default run and, with ``rerun``, the accuracy without the flagged train images."""
+    audit = json.loads(Path("metrics/audit.json").read_text(encoding="utf-8"))
+    before = json.loads(Path("metrics/evaluate.json").read_text(encoding="utf-8"))["finetuned"]
+    result: dict[str, Any] = {
+        "test_images": audit["out_of_sample_images_test"],
+        "flagged_test_label_issues": audit["label_issues_test"],
+        "flagged_test_outliers": audit["outliers_test"],
+        "train_test_near_duplicates": audit["near_duplicates_train_test"],
+        "flagged_train_label_issues": audit["label_issues_train"],
+        "test_accuracy": before["accuracy"],
+    }
+    if not rerun:
+        return result
+    import pandas as pd
+
+    review = Path("data/review.yaml")
+    original = review.read_text(encoding="utf-8")
+    issues = pd.read_csv("reports/label_issues.csv", dtype=str)
+    train = issues[issues["split"] == "train"]["path"]
+    try:
+        review.write_text(original + "".join(f"- path: {p}\n  exclude: true\n" for p in train), encoding="utf-8")
+        start = time.perf_counter()
+        subprocess.run(["dvc", "repro"], check=True)
+        after = json.loads(Path("metrics/evaluate.json").read_text(encoding="utf-8"))["finetuned"]
+        result["rerun"] = {
+            "excluded_train_images": len(train),
+            "test_accuracy": after["accuracy"],
+            "test_images": after["n"],
+            "difference": round(after["accuracy"] - before["accuracy"], 4),
+            "minutes": round((time.perf_counter() - start) / 60, 1),
+            "note": "same test split (only train images excluded); one run each, so the difference carries the "
+            "run-to-run noise of fine-tuning as well",
+        }
+    finally:
+        review.write_text(original, encoding="utf-8")
+        subprocess.run(["dvc", "repro"], check=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--parts", nargs="+", default=["speed", "flips", "fashion"], choices=["speed", "flips", "fashion"]
+    )
+    parser.add_argument(
+        "--rerun", action="store_true", help="fashion: re-run the pipeline without the flagged train images"
+    )
+    args = parser.parse_args()
+    out = RESULTS / "datacentric.json"
+    results = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+    results["machine"] = machine.describe()
+    if "speed" in args.parts:
+        results["speed"] = speed()
+    if "flips" in args.parts:
+        results["flips"] = {name: flips(name) for name in DATASETS}
+    if "fashion" in args.parts:
+        results["fashion"] = fashion(args.rerun)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps(results, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
