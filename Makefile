@@ -61,7 +61,7 @@ docs-images: setup ## the docs' screenshots of the last run (report, MLflow runs
 	python docs/screenshots.py
 
 bench: setup ## benchmarks on ../shared/datasets → benchmarks/results/*.json, one table → benchmarks/RESULTS.md
-	python -m benchmarks.report --run extract formats tuning backbones finetune_speed head_vs_probe accuracy repro memory default_run
+	python -m benchmarks.report --run extract formats tuning backbones finetune_speed head_vs_probe accuracy repro memory default_run datacentric
 
 lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
 	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock

@@ -38,7 +38,8 @@ BENCHMARKS = (
     "repro",
     "memory",
     "default_run",
-)  # make bench's order
+    "datacentric",
+)  # make bench's order (datacentric reads the default run's outputs)
 Row = tuple[str, str, str]  # what was measured, the result, on what data
 
 
@@ -224,6 +225,47 @@ def default_run_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def datacentric_rows(result: dict[str, Any]) -> list[Row]:
+    rows = []
+    speed = result.get("speed")
+    if speed:
+        rows.append(
+            (
+                "Data audit speed",
+                f"{speed['wall_seconds']:.0f} s, peak {speed['peak_rss_mib']} MiB (goal ≤ 60 s)",
+                f"{speed['images']:,} x {speed['feature_width']} features (the default run)",
+            )
+        )
+    for name, found in result.get("flips", {}).items():
+        rows.append(
+            (
+                f"Label errors found ({name}, 5% flipped)",
+                f"precision {found['precision']:.2f}, recall {found['recall']:.2f} "
+                f"({found['listed']} listed, {found['flipped']} flipped; {found['unmodified_train_issues']} "
+                "listed on the unmodified set)",
+                f"{name}: {found['train_images']} train images, Lite0 features",
+            )
+        )
+    fashion = result.get("fashion")
+    if fashion:
+        rerun = fashion.get("rerun")
+        after = (
+            f"; without the {rerun['excluded_train_images']} flagged train images: {rerun['test_accuracy']:.4f} "
+            f"({rerun['difference']:+.4f})"
+            if rerun
+            else ""
+        )
+        rows.append(
+            (
+                "Data audit on Fashion-MNIST",
+                f"{fashion['flagged_test_label_issues']} test label issues, {fashion['train_test_near_duplicates']} "
+                f"train-test near-duplicates; test accuracy {fashion['test_accuracy']:.4f}{after}",
+                "the default run",
+            )
+        )
+    return rows
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "extract": extract_rows,
     "formats": formats_rows,
@@ -235,6 +277,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "repro": repro_rows,
     "memory": memory_rows,
     "default_run": default_run_rows,
+    "datacentric": datacentric_rows,
 }
 
 

@@ -17,7 +17,7 @@ import yaml
 from pipeline.core import files
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
+PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/review.yaml")
 
 
 @contextlib.contextmanager
@@ -43,6 +43,7 @@ def create_workspace(root: Path, params: dict[str, Any]) -> None:
         if source.is_dir():
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
     write_params(root, params)
     weights = REPO / params["paths"]["weights"]

@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore")
+PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/review.yaml")
 
 
 def write_image(path: Path, seed: int | str, size: tuple[int, int] = (32, 32), fmt: str = "PNG") -> Path:
@@ -125,6 +125,7 @@ def create_project(base: Path, params: dict[str, Any]) -> Project:
         if source.is_dir():
             shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
     params = copy.deepcopy(params)
     params["data"].update({"source": "folder", "folder": str(base / "source")})

@@ -56,8 +56,8 @@ def label_issues(
             "split": split,
             "label": [classes[i] for i in labels[rows]],
             "suggested": [classes[i] for i in suggested[rows]],
-            "score": np.round(scores[rows].astype(float), 6),
-            "suggested_probability": np.round(probabilities[rows, suggested[rows]].astype(float), 6),
+            "score": [_significant(v) for v in scores[rows]],
+            "suggested_probability": [_significant(v) for v in probabilities[rows, suggested[rows]]],
         },
         columns=COLUMNS,
     )
@@ -81,6 +81,11 @@ def overlapping_classes(labels: np.ndarray, probabilities: np.ndarray, classes: 
         columns=columns,
     )
     return frame[frame["overlapping_images"] > 0].reset_index(drop=True)
+
+
+def _significant(value: float) -> float:
+    """Four significant digits: a confident model's tiny probabilities stay distinguishable in the CSV."""
+    return float(f"{float(value):.4g}")
 
 
 def _complete(probabilities: np.ndarray) -> np.ndarray:

@@ -57,8 +57,8 @@ def suggest(label_issues: pd.DataFrame, duplicates: pd.DataFrame, outliers: pd.D
             row.path,
             review.RELABEL,
             row.suggested,
-            f"likely label error ({row.split}): filed as {row.label}, p({row.label}) {row.score:.3f}, "
-            f"p({row.suggested}) {row.suggested_probability:.3f}",
+            f"likely label error ({row.split}): filed as {row.label}, p({row.label}) {row.score:.2g}, "
+            f"p({row.suggested}) {row.suggested_probability:.2g}",
         )
         for row in label_issues.itertuples()
     ]
