@@ -145,8 +145,12 @@ def fashion(rerun: bool) -> dict[str, Any]:
         return result
     import pandas as pd
 
+    from benchmarks.report import sampling_noise
+    from pipeline.evaluation import scoring
+
     review = Path("data/review.yaml")
     original = review.read_text(encoding="utf-8")
+    right_before = pd.read_csv("reports/predictions.csv", dtype={"path": str}).set_index("path")["correct"]
     issues = pd.read_csv("reports/label_issues.csv", dtype=str)
     train = issues[issues["split"] == "train"]["path"]
     try:
@@ -154,14 +158,23 @@ def fashion(rerun: bool) -> dict[str, Any]:
         start = time.perf_counter()
         subprocess.run(["dvc", "repro"], check=True)
         after = json.loads(Path("metrics/evaluate.json").read_text(encoding="utf-8"))["finetuned"]
+        right_after = pd.read_csv("reports/predictions.csv", dtype={"path": str}).set_index("path")["correct"]
+        right_after = right_after.reindex(right_before.index)  # the same test images, paired
+        only_after = int((right_after & ~right_before).sum())
+        only_before = int((right_before & ~right_after).sum())
         result["rerun"] = {
             "excluded_train_images": len(train),
             "test_accuracy": after["accuracy"],
             "test_images": after["n"],
             "difference": round(after["accuracy"] - before["accuracy"], 4),
+            "only_right_after": only_after,
+            "only_right_before": only_before,
+            "mcnemar_p": scoring.mcnemar_exact_p(only_after, only_before),
+            "sampling_noise_95": round(sampling_noise(before["accuracy"], after["n"]), 4),
             "minutes": round((time.perf_counter() - start) / 60, 1),
-            "note": "same test split (only train images excluded); one run each, so the difference carries the "
-            "run-to-run noise of fine-tuning as well",
+            "note": "same test split (only train images excluded), paired image by image; one run each on one "
+            "CPU model, so the difference is the excluded images' effect together with the changed order of "
+            "training (no repeated runs to separate the two)",
         }
     finally:
         review.write_text(original, encoding="utf-8")

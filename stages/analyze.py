@@ -11,6 +11,8 @@ Writes: paths.report (images embedded; opens with no network); paths.plots/analy
 
 import functools
 
+import pandas as pd
+
 from pipeline.core import config, files, runtime
 from pipeline.core.errors import run_cli
 from pipeline.evaluation import analysis, analysis_report, audit_report, report, scoring
@@ -78,7 +80,9 @@ def main() -> None:
         print(f"analyze: report with {len(sections)} sections → {params.paths.report}")
 
 
-def data_sections(params, confused, rendered) -> list[report.Section]:  # noqa: ANN001
+def data_sections(
+    params: config.Params, confused: pd.DataFrame, rendered: analysis_report.Rendered
+) -> list[report.Section]:
     """The audit stage's findings: label errors, near-duplicates, outliers and overlapping classes."""
     audit = files.read_json(params.path("metrics") / "audit.json")
     text = (
@@ -109,13 +113,15 @@ def data_sections(params, confused, rendered) -> list[report.Section]:  # noqa: 
             shown,
         ),
         audit_report.outlier_section(
-            read(params.path("outliers")), audit["outlier_limit"], params.audit.neighbours, draw, root, shown
+            read(params.path("outliers")), audit["outlier_limit"], audit["outlier_neighbours"], draw, root, shown
         ),
         audit_report.overlap_section(read(params.path("plots") / "audit" / "overlapping_classes.csv"), confused),
     ]
 
 
-def activation_section(params, predictions, rendered) -> report.Section:  # noqa: ANN001
+def activation_section(
+    params: config.Params, predictions: pd.DataFrame, rendered: analysis_report.Rendered
+) -> report.Section:
     """Feature maps at several depths for the most confident right answer of a few classes, and the first filters."""
     model = classifier.load_model(params.path("model"))
     shown = analysis_report.activation_examples(predictions, ACTIVATION_EXAMPLES)

@@ -9,8 +9,6 @@ Writes: paths.label_issues, paths.near_duplicates, paths.outliers (CSV), paths.r
 
 import time
 
-import pandas as pd
-
 from pipeline.audit import findings, suggestions
 from pipeline.core import config, files, runtime
 from pipeline.core.errors import run_cli
@@ -39,7 +37,7 @@ def main() -> None:
         )
         plots = params.path("plots") / "audit"
         files.write_csv(plots / "overlapping_classes.csv", found.overlapping)
-        files.write_csv(plots / "out_of_sample_probabilities.csv", probability_table(found, sets))
+        files.write_csv(plots / "out_of_sample_probabilities.csv", findings.probability_table(found, sets))
         metrics, nested = findings.summarize(found, sets)
         metrics["seconds"] = round(time.perf_counter() - start, 3)
         run.log_metrics(metrics)
@@ -61,26 +59,6 @@ def main() -> None:
             f"threshold {found.duplicate_threshold:g}: {found.threshold_source}), {metrics['outliers']} outliers "
             f"in {metrics['seconds']:.1f} s → {params.paths.review_suggestions}"
         )
-
-
-def probability_table(found: findings.Findings, sets: dict) -> pd.DataFrame:  # noqa: ANN001
-    """Every image's out-of-sample probability of its given label and its most probable class (one row each)."""
-    frames = []
-    for name, subset in sets.items():
-        probs = found.probabilities[name]
-        rows = range(len(subset.labels))
-        frames.append(
-            pd.DataFrame(
-                {
-                    "path": subset.paths.astype(str),
-                    "split": name,
-                    "label": [subset.classes[i] for i in subset.labels],
-                    "given_probability": [round(float(probs[r, subset.labels[r]]), 6) for r in rows],
-                    "predicted": [subset.classes[i] for i in probs.argmax(axis=1)],
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
 
 
 if __name__ == "__main__":

@@ -146,13 +146,16 @@ def test_rgb_channels_find_where_the_preprocessing_puts_each_colour(kind, order)
     assert activations.rgb_channels(model) == order
 
 
-def test_the_most_active_channels_come_first_ties_in_channel_order():
-    activation = np.zeros((2, 2, 4), dtype=np.float32)
+def test_the_most_active_channels_come_first_ties_in_channel_order_flat_maps_last():
+    activation = np.zeros((2, 2, 5), dtype=np.float32)
     activation[..., 1] = 3.0
+    activation[0, 0, 1] = 4.0  # mean 3.25
     activation[0, 0, 2] = 8.0  # mean 2
     activation[..., 3] = 3.0
+    activation[0, 0, 3] = 4.0  # mean 3.25, a tie with channel 1
+    activation[..., 4] = 6.0  # the highest mean, but the same everywhere: nothing to see
     assert activations.most_active_channels(activation, 3).tolist() == [1, 3, 2]
-    assert activations.most_active_channels(activation, 10).tolist() == [1, 3, 2, 0]
+    assert activations.most_active_channels(activation, 10).tolist() == [1, 3, 2, 4, 0]
 
 
 def test_filter_tiles_are_min_max_normalised_per_filter():

@@ -32,6 +32,7 @@ VOLATILE_METRICS = {
     "split": ("mlflow",),
     "extract": ("mlflow", "seconds", "images_per_s"),
     "train_head": ("mlflow", "search_seconds", "seconds_per_trial"),
+    "audit": ("mlflow", "seconds", "seconds_by_phase"),
     "finetune": ("mlflow", "seconds"),
     "evaluate": ("mlflow",),
     "analyze": ("mlflow",),

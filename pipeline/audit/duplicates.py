@@ -26,7 +26,7 @@ from pipeline.features.extraction import FeatureSet
 DEFAULT_THRESHOLDS = {"efficientnet_lite0": 0.10, "efficientnet_lite1": 0.10, "efficientnet_lite2": 0.12}
 UNCALIBRATED_THRESHOLD = 0.10
 TYPICAL_SHARE = 0.3  # auto never exceeds this share of the median nearest-neighbour distance in train
-KINDS = ("train-val", "train-test", "val-test", "within train", "within val", "within test")
+KINDS = ("train-test", "val-test", "train-val", "within train", "within val", "within test")  # test leaks first
 COLUMNS = ["kind", "path_a", "label_a", "path_b", "label_b", "distance", "label_conflict", "identical_file"]
 
 

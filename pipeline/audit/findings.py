@@ -29,6 +29,7 @@ class Findings:
     threshold_source: str
     outliers: pd.DataFrame
     outlier_limit: float
+    outlier_neighbours: int
     suggestions: list[tuple[str, list]]
     seconds: dict[str, float]
 
@@ -85,6 +86,7 @@ def audit(
         threshold_source=source,
         outliers=far,
         outlier_limit=limit,
+        outlier_neighbours=params.neighbours,
         suggestions=suggestions.suggest(issues, pairs, far),
         seconds=seconds,
     )
@@ -100,6 +102,7 @@ def summarize(findings: Findings, sets: Mapping[str, FeatureSet]) -> tuple[dict[
         "outliers": len(findings.outliers),
         "duplicate_threshold": findings.duplicate_threshold,
         "outlier_limit": round(findings.outlier_limit, 6),
+        "outlier_neighbours": findings.outlier_neighbours,
         "suggestions": sum(len(entries) for _, entries in findings.suggestions),
     }
     for name, subset in sets.items():
@@ -123,3 +126,23 @@ def summarize(findings: Findings, sets: Mapping[str, FeatureSet]) -> tuple[dict[
         "seconds_by_phase": {k: round(v, 3) for k, v in findings.seconds.items()},
     }
     return metrics, nested
+
+
+def probability_table(found: Findings, sets: Mapping[str, FeatureSet]) -> pd.DataFrame:
+    """Every image's out-of-sample probability of its given label and its most probable class (one row each)."""
+    frames = []
+    for name, subset in sets.items():
+        probs = found.probabilities[name]
+        rows = range(len(subset.labels))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "path": subset.paths.astype(str),
+                    "split": name,
+                    "label": [subset.classes[i] for i in subset.labels],
+                    "given_probability": [round(float(probs[r, subset.labels[r]]), 6) for r in rows],
+                    "predicted": [subset.classes[i] for i in probs.argmax(axis=1)],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline.data import review
 
-LEAKS = ("train-val", "train-test", "val-test")
+LEAKS = ("train-test", "val-test", "train-val")
 _HEADER = """\
 # The audit's suggestions for {review_path}, every line commented out (docs/evaluation.md, "Data audit").
 # To accept one, copy its lines into {review_path} and remove the leading "# "; `dvc repro` then re-runs

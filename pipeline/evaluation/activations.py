@@ -254,7 +254,9 @@ def rgb_channels(model: keras.Model) -> list[int]:
 
 
 def most_active_channels(activation: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` channels of one feature map with the highest mean activation, highest first.
+    """The ``count`` channels of one feature map with the highest mean activation, highest first, among
+    those that vary across the image: a map that is one value everywhere (a ReLU6 saturated at 6 over a
+    2 x 2 map, say) shows nothing, so it comes after every map that varies.
 
     Args:
         activation: one image's map, shape ``(h, w, channels)``.
@@ -268,7 +270,8 @@ def most_active_channels(activation: np.ndarray, count: int) -> np.ndarray:
         raise ValueError(
             f"most_active_channels: needs an (h, w, channels) map and count >= 1; found {activation.shape}"
         )
-    return np.argsort(-activation.mean(axis=(0, 1)), kind="stable")[:count]
+    flat = np.ptp(activation, axis=(0, 1)) == 0
+    return np.lexsort((-activation.mean(axis=(0, 1)), flat))[:count]
 
 
 def activation_grid(

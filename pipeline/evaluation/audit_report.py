@@ -93,7 +93,7 @@ def duplicate_section(
             for kind in duplicates.KINDS
         ]
     )
-    leaks = pairs[pairs["kind"].isin(("train-val", "train-test", "val-test"))]
+    leaks = pairs[pairs["kind"].isin(("train-test", "val-test", "train-val"))]
     text = (
         f"Pairs of images whose features lie closer than a cosine distance of {threshold:g} ({source}): resized, "
         "re-encoded, flipped or cropped copies that the split stage's sha256 check cannot see. A copy of a training "
