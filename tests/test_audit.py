@@ -74,6 +74,13 @@ def test_a_class_missing_from_a_fold_gets_probability_zero_there_and_rows_still_
     assert probs[-1, 3] == 0  # its only image was held out when its class was missing
 
 
+def test_folds_with_no_more_images_than_classes_still_give_probabilities():
+    features, y = blobs(6, 3, 8, seed=9)  # two images per class: each fold trains on 3 images of 3 classes
+    probs = probabilities.out_of_fold_probabilities(features, y, 3, folds=2, seed=0)
+    assert probs.shape == (6, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert (probs.argmax(axis=1) == y).mean() >= 0.5  # separable clusters: the fallback still learns
+
+
 def test_temperature_undoes_overconfidence():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, size=3000)

@@ -23,7 +23,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 SHRINKAGE = 0.3  # towards the scaled identity: invertible with fewer images than feature dimensions
 
@@ -31,6 +34,12 @@ SHRINKAGE = 0.3  # towards the scaled identity: invertible with fewer images tha
 def linear_classifier() -> Any:
     """The per-fold classifier: shrunk-covariance LDA (any scikit-learn classifier with ``predict_log_proba``)."""
     return LinearDiscriminantAnalysis(solver="lsqr", shrinkage=SHRINKAGE)
+
+
+def tiny_classifier() -> Any:
+    """The classifier of a fold with no more images than classes, where LDA is undefined: a
+    regularised logistic regression (scikit-learn), which fits on one image per class."""
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
 
 
 def out_of_fold_probabilities(
@@ -49,7 +58,8 @@ def out_of_fold_probabilities(
         classes: the number of classes (columns of the result).
         folds: the number of folds; fewer when the rarest class has fewer images (at least 2).
         seed: the fold assignment's seed.
-        make_classifier: a fresh scikit-learn classifier per fold.
+        make_classifier: a fresh scikit-learn classifier per fold (``tiny_classifier`` where a fold's
+            training part has no more images than classes).
 
     Returns:
         ``(n, classes)`` float32 probabilities, temperature-scaled; a class missing from a fold's
@@ -67,7 +77,9 @@ def out_of_fold_probabilities(
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     log_probs = np.full((len(labels), classes), -np.inf, dtype=np.float64)
     for fit_rows, held_rows in splitter.split(features, labels):
-        model = make_classifier().fit(features[fit_rows], labels[fit_rows])
+        fit_labels = labels[fit_rows]
+        tiny = len(fit_rows) <= len(np.unique(fit_labels))  # LDA needs more images than classes
+        model = (tiny_classifier() if tiny else make_classifier()).fit(features[fit_rows], fit_labels)
         columns = np.asarray(model.classes_, dtype=int)
         log_probs[np.ix_(held_rows, columns)] = _log_probabilities(model, features[held_rows])
     temperature = fit_temperature(log_probs, labels)
