@@ -241,9 +241,12 @@ class ExtractParams(_Section):
 
 @dataclass(frozen=True, config=_SECTION)
 class ComputeParams(_Section):
-    """CPU threads; a fixed count makes CPU results bitwise repeatable."""
+    """CPU threads (a fixed count makes CPU results bitwise repeatable), the runtime of the frozen forward
+    passes, and how fine-tuning spreads over devices and machines."""
 
     threads: Annotated[StrictInt, Field(ge=0, le=1024), WholeNumber]
+    runtime: Literal["auto", "tensorflow", "tflite", "onnx"]
+    distribution: Literal["none", "mirrored", "multi_worker"]
 
 
 Activation = Literal["relu", "gelu", "swish", "tanh"]
