@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # DVC runs stage commands as `python -m stages.<name>`: make them find the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint format docs-images docs bench lock fashion-mnist fonts ui clean push pull
+.PHONY: setup run test lint format docs-images docs bench bench-gpu lock fashion-mnist fonts ui clean push pull
 
 setup: $(VENV)/.installed ## create .venv and install the locked dependencies
 
@@ -61,7 +61,10 @@ docs-images: setup ## the docs' screenshots of the last run (report, MLflow runs
 	python docs/screenshots.py
 
 bench: setup ## benchmarks on ../shared/datasets → benchmarks/results/*.json, one table → benchmarks/RESULTS.md
-	python -m benchmarks.report --run extract formats tuning backbones finetune_speed head_vs_probe accuracy repro memory default_run datacentric
+	python -m benchmarks.report --run extract runtimes formats tuning backbones finetune_speed training_speed head_vs_probe accuracy repro memory scale default_run datacentric
+
+bench-gpu: setup ## GPU figures at 224 px (extract, forward alone, fine-tune; mixed precision off and on) → benchmarks/results/gpu.json; refuses without a GPU
+	python -m benchmarks.gpu && python -m benchmarks.report
 
 lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
 	rm -rf $(VENV).lock && $(PYTHON) -m venv $(VENV).lock

@@ -29,17 +29,23 @@ REPORT = HERE / "RESULTS.md"
 TIMINGS = RESULTS / "timings.json"
 BENCHMARKS = (
     "extract",
+    "runtimes",
     "formats",
     "tuning",
     "backbones",
     "finetune_speed",
+    "training_speed",
     "head_vs_probe",
     "accuracy",
     "repro",
     "memory",
+    "scale",
     "default_run",
     "datacentric",
 )  # make bench's order (datacentric reads the default run's outputs)
+OPTIONAL = ("gpu",)  # shown only once measured: `make bench-gpu` needs a GPU machine
+# Results kept under a key of another benchmark's file: name -> (file stem, key).
+SECTIONS = {"training_speed": ("runtimes", "training"), "runtimes": ("runtimes", "inference")}
 Row = tuple[str, str, str]  # what was measured, the result, on what data
 
 
@@ -70,6 +76,32 @@ def extract_rows(result: dict[str, Any]) -> list[Row]:
         )
         for size, rates in result["sizes"].items()
     ]
+
+
+RUNTIME_NAMES = {"tensorflow": "TensorFlow", "tflite": "TFLite (XNNPACK)", "onnx": "ONNX Runtime"}
+
+
+def runtimes_rows(result: dict[str, Any]) -> list[Row]:
+    rows = []
+    for label, run in result["runs"].items():
+        isa = "" if label == "native" else f", oneDNN limited to {run['onednn_max_cpu_isa']}"
+        for size, measured in run["sizes"].items():
+            worst = max(d["max_rel"] for d in measured["difference_vs_tensorflow"].values())
+            for batch, speeds in measured["batches"].items():
+                others = ", ".join(
+                    f"{RUNTIME_NAMES[name]} {s['vs_tensorflow']:.2f}×"
+                    for name, s in speeds.items()
+                    if name != "tensorflow"
+                )
+                rows.append(
+                    (
+                        f"Frozen forward pass, {size} px, batch {batch}{isa}",
+                        f"TensorFlow {speeds['tensorflow']['images_per_s']:.0f} images/s; {others}"
+                        + (f"; auto chose {measured['auto']['runtime']}" if batch == "64" else ""),
+                        f"Lite0, {result['threads']} threads, in memory; features within {worst:.1g} of TF's, relative",
+                    )
+                )
+    return rows
 
 
 def formats_rows(result: dict[str, Any]) -> list[Row]:
@@ -139,15 +171,35 @@ def accuracy_rows(result: dict[str, Any]) -> list[Row]:
 
 
 def repro_rows(result: dict[str, Any]) -> list[Row]:
-    ran = ", ".join(result["head_change_stages"]) or "no stage"
-    return [
-        (
-            "`dvc repro`",
-            f"full run {result['full_s']:.0f} s · nothing changed {result['noop_s']:.1f} s · "
-            f"{result['head_change']}: {result['head_change_s']:.0f} s (ran: {ran})",
-            result["data"],
+    rows = []
+    if "full_s" in result:
+        ran = ", ".join(result["head_change_stages"]) or "no stage"
+        rows.append(
+            (
+                "`dvc repro`",
+                f"full run {result['full_s']:.0f} s · nothing changed {result['noop_s']:.1f} s · "
+                f"{result['head_change']}: {result['head_change_s']:.0f} s (ran: {ran})",
+                result["data"],
+            )
         )
-    ]
+    what = "`dvc repro`, nothing changed, at the default project's size"
+    if "noop_70k_s" in result:
+        cpu = result["noop_70k_machine"]
+        slowest = sorted(result["status_70k_by_stage_s"].items(), key=lambda item: -item[1])[:2]
+        rows.append(
+            (
+                what,
+                f"{result['images_70k']:,} images: `{result['noop_70k_command']}` {result['noop_70k_s']:.1f} s "
+                f"({result['noop_70k_cpu_s']:.1f} s CPU) · `dvc status` {result['status_70k_s']:.1f} s "
+                f"(best of {len(result['noop_70k_runs_s'])}; `dvc status <stage>` alone: "
+                + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in slowest)
+                + f"; {cpu['cpu']}, {cpu['cpu_isa']}, measured {str(cpu['date'])[:10]})",
+                result["noop_70k_data"],
+            )
+        )
+    elif "noop_70k_skipped" in result:
+        rows.append((what, f"not measured: {result['noop_70k_skipped']}", ""))
+    return rows
 
 
 def memory_rows(result: dict[str, Any]) -> list[Row]:
@@ -157,6 +209,24 @@ def memory_rows(result: dict[str, Any]) -> list[Row]:
             f"{result['n']} images: {result['peak_rss_mb_n']:.0f} MiB · {4 * result['n']} images: "
             f"{result['peak_rss_mb_4n']:.0f} MiB ({result['growth_mb']:+.0f} MiB; the 4N feature array is "
             f"{result['feature_array_mb_4n']:.0f} MiB)",
+            result["data"],
+        )
+    ]
+
+
+def scale_rows(result: dict[str, Any]) -> list[Row]:
+    small = result["small_epoch_s"]
+    return [
+        (
+            "train_head beyond memory",
+            f"{result['rows']:,} x 1280 float32 ({result['features_gb']} GB on disk), {result['trials']} trial + "
+            f"1 epoch: peak at most {result['train_head_peak_rss_mb']:.0f} MiB (goal ≤ 3 GB), "
+            f"{result['train_head_s']:.0f} s; "
+            f"one epoch {result['epoch_s']:.0f} s (peak at most {result['fit_peak_rss_mb']:.0f} MiB), standardisation "
+            f"statistics {result['feature_scale_s']:.0f} s; at {result['small_rows']:,} rows an epoch from "
+            f"memory-mapped files {min(small['stream']):.1f} s vs arrays in memory {min(small['arrays']):.1f} s; "
+            f"audit on {result['audit_rows']:,} train rows: peak at most {result['audit_peak_rss_mb']:.0f} MiB, "
+            f"{result['audit_s']:.0f} s",
             result["data"],
         )
     ]
@@ -182,6 +252,42 @@ def backbones_rows(result: dict[str, Any]) -> list[Row]:
             )
         )
     return rows
+
+
+def training_speed_rows(result: dict[str, Any]) -> list[Row]:
+    """The CPU training switches: each one's median speed-up (over 1: faster) and its largest effect on results."""
+    cells = []
+    for name, entry in result["comparisons"].items():
+        accuracy = entry.get("max_val_accuracy_difference")
+        effect = f"Δloss {entry['max_loss_difference']:.1g}" + ("" if accuracy is None else f", Δacc {accuracy:.3f}")
+        cells.append(f"{name} ×{entry['speedup']:.2f} ({effect})")
+    blocked = ", ".join(result.get("finetune_layers_without_xla", [])) or "none"
+    return [
+        (
+            "Training switches on CPU (speed-up, on vs off)",
+            " · ".join(cells) + f"; XLA refused for the finetune model by: {blocked}",
+            f"{result['head_data']}; fine-tuning batches of {result['finetune_batch_size']} random images; "
+            f"{result['rounds']} interleaved rounds, median ratio, under load",
+        )
+    ]
+
+
+def gpu_rows(result: dict[str, Any]) -> list[Row]:
+    """Extract and fine-tuning images/s on the GPU, per dtype policy, and extract's share of the bare forward pass."""
+    cells = [
+        f"{policy}: extract {n['extract_images_per_s']:.0f}/s, forward alone {n['forward_images_per_s']:.0f}/s "
+        f"(ratio {n['extract_to_forward']:.2f}, goal ≥ {result['goal_extract_to_forward']}), "
+        f"fine-tune {n['finetune_images_per_s']:.0f}/s"
+        for policy, n in result["policies"].items()
+    ]
+    return [
+        (
+            f"GPU speed ({result['machine']['device']})",
+            " · ".join(cells),
+            f"{result['backbone']} at {result['image_size']} px, batches of {result['batch_size']}, "
+            f"{result['images']} synthetic JPEGs extracted, TensorFlow {result['tensorflow']}",
+        )
+    ]
 
 
 def finetune_speed_rows(result: dict[str, Any]) -> list[Row]:
@@ -268,16 +374,20 @@ def datacentric_rows(result: dict[str, Any]) -> list[Row]:
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "extract": extract_rows,
+    "runtimes": runtimes_rows,
     "formats": formats_rows,
     "tuning": tuning_rows,
     "backbones": backbones_rows,
     "finetune_speed": finetune_speed_rows,
+    "training_speed": training_speed_rows,
     "head_vs_probe": head_vs_probe_rows,
     "accuracy": accuracy_rows,
     "repro": repro_rows,
     "memory": memory_rows,
+    "scale": scale_rows,
     "default_run": default_run_rows,
     "datacentric": datacentric_rows,
+    "gpu": gpu_rows,
 }
 
 
@@ -295,8 +405,10 @@ def build_table(results: dict[str, dict[str, Any]], timings: dict[str, dict[str,
         timings: benchmark name -> ``{"seconds": ...}`` from ``--run``; otherwise the JSON's own ``seconds``.
     """
     lines = ["| Benchmark | Result | Data | Measured | Took |", "|---|---|---|---|---|"]
-    for name in BENCHMARKS:
+    for name in (*BENCHMARKS, *OPTIONAL):
         result = results.get(name)
+        if result is None and name in OPTIONAL:
+            continue
         if result is None:
             lines.append(f"| {name} | not run: `python -m benchmarks.{name}` | | | |")
             continue
@@ -322,6 +434,16 @@ def describe_machines(results: dict[str, dict[str, Any]]) -> str:
     return "Measured on different machines: " + "; ".join(f"{k} ({', '.join(v)})" for k, v in seen.items()) + "."
 
 
+def read_result(name: str) -> dict[str, Any] | None:
+    """A benchmark's results: ``results/<name>.json``, or its key in another file (``SECTIONS``); None if not run."""
+    stem, key = SECTIONS.get(name, (name, None))
+    path = RESULTS / f"{stem}.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if key is None else data.get(key)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -334,11 +456,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         run_benchmarks(args.run)
-    results = {
-        name: json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
-        for name in BENCHMARKS
-        if (RESULTS / f"{name}.json").exists()
-    }
+    results = {name: result for name in (*BENCHMARKS, *OPTIONAL) if (result := read_result(name)) is not None}
     timings = files.read_json(TIMINGS) if TIMINGS.exists() else {}
     table = build_table(results, timings)
     timed = [name for name in BENCHMARKS if name in timings]

@@ -1,6 +1,6 @@
 """audit stage: which of the model's mistakes are the data's, from the cached features alone.
 
-Reads:  paths.features/{train,val,test}.npz and meta.json, paths.head_model (its probabilities for val and
+Reads:  paths.features/{train,val,test}.{npy,npz} and meta.json, paths.head_model (its probabilities for val and
         test: a model that never trained on them); params ``audit``, ``seed``, ``compute``
 Writes: paths.label_issues, paths.near_duplicates, paths.outliers (CSV), paths.review_suggestions (review-file
         entries, commented out); paths.plots/audit/ (overlapping_classes.csv, out_of_sample_probabilities.csv);

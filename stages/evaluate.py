@@ -31,13 +31,15 @@ def main() -> None:
         classes = list(test.classes)
         cached = extraction.read_feature_set(params.path("features") / "test.npz")
         classifier.check_same_rows(test.rel_paths, cached.paths, "the cached test features")
+        model = classifier.load_model(params.path("model"))
+        runtime_used, forward = classifier.compile_on_runtime(
+            model, params.compute.runtime, params.evaluate.batch_size, params.compute.threads
+        )
+        run.set_tags({"runtime": runtime_used})
+        run.record("runtime", runtime_used)  # the probabilities' last bits depend on it
         probabilities = {
             "finetuned": classifier.predict_probabilities(
-                classifier.load_model(params.path("model")),
-                test.paths,
-                params.backbone.crop,
-                params.evaluate.batch_size,
-                "evaluate",
+                model, test.paths, params.backbone.crop, params.evaluate.batch_size, "evaluate", forward
             ),
             "head_only": classifier.head_probabilities(finetune.load_head(params.path("head_model")), cached.features),
         }

@@ -1,6 +1,7 @@
 """Extract stage: run the frozen pretrained backbone once over every image and cache its features.
 
-Reads:  paths.splits/{train,val,test}.csv, classes.json; the images; params ``backbone``, ``extract``, ``compute``
+Reads:  paths.splits/{train,val,test}.csv, classes.json; the images; params ``backbone``, ``extract``, ``compute``;
+        ~/.cache/headstart/runtimes.json (``compute.runtime: auto``'s remembered choice, written on first use)
 Writes: paths.features/{train,val,test}.npz, meta.json (the same bytes on every run on one CPU model
         at a fixed ``compute.threads``); paths.metrics/extract.json (the timings, the CPU model and
         its instruction set)
@@ -35,6 +36,8 @@ def main() -> None:
         images_per_s = round(images / seconds, 1) if seconds else 0.0
         cpu = runtime.describe_cpu()
         run.record("cpu", {**cpu, "threads": params.compute.threads})  # beside the timings, and why bits differ
+        run.set_tags({"runtime": meta["runtime"]})  # compute.runtime as it was resolved (auto: runtimes.choose)
+        run.record("runtime", meta["runtime"])
         run.log_dict(meta, "features_meta.json")
         run.log_metrics(
             {
@@ -47,7 +50,8 @@ def main() -> None:
         )
         print(
             f"extract: {images} images → {meta['feature_width']} features each "
-            f"({backbone.name}, {size_rule}, {images_per_s:.0f} images/s on {cpu['model']}, {cpu['isa']}) "
+            f"({backbone.name}, {size_rule}, {images_per_s:.0f} images/s with {meta['runtime']} on {cpu['model']}, "
+            f"{cpu['isa']}) "
             f"→ {params.paths.features}"
         )
 

@@ -1,6 +1,7 @@
 """train_head stage: sweep the classifier head on the cached features with Keras Tuner, train the best.
 
-Reads:  paths.features/{train,val}.npz; params ``train_head``, ``tune``, ``compute``, ``seed``
+Reads:  paths.features/{train,val}.{npy,npz} (the features memory-mapped, streamed in blocks); params
+        ``train_head``, ``tune``, ``compute``, ``seed``
 Writes: paths.head_model, paths.best_hparams, paths.tuner (the search's trials);
         paths.plots/train_head/{trials,history}.csv; paths.metrics/train_head.json
 

@@ -22,7 +22,9 @@ SPLITS = ("train", "val", "test")
 
 
 def _digests(folder) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.npz"))}
+    found = sorted([*folder.glob("*.npz"), *folder.glob("*.npy")])
+    assert {p.suffix for p in found} == {".npz", ".npy"}  # the rows and the features of each split
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in found}
 
 
 def _small(project, **backbone) -> None:

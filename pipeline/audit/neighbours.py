@@ -25,6 +25,8 @@ import faiss
 import numpy as np
 from sklearn.decomposition import PCA
 
+from pipeline.features import store
+
 EXACT_BUDGET = 1e11  # multiply-adds of one exact search
 PROJECTED_DIMS = 128
 EXTRA_CANDIDATES = 10  # candidates fetched beyond k from the projection, re-scored exactly
@@ -49,10 +51,19 @@ class Graph:
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
-    """Each row scaled to length 1 (float32); an all-zero row stays zero."""
-    values = np.asarray(features, dtype=np.float32)
-    norms = np.linalg.norm(values, axis=1, keepdims=True)
-    return values / np.where(norms > 0, norms, 1)
+    """Each row scaled to length 1 (float32); an all-zero row stays zero.
+
+    Memory-mapped features are read a block of rows at a time (``store.iter_blocks``), so only the
+    result is held, not the file's pages as well.
+    """
+    out = np.empty(features.shape, dtype=np.float32)
+    start = 0
+    for block in store.iter_blocks(features):
+        values = np.asarray(block, dtype=np.float32)
+        norms = np.linalg.norm(values, axis=1, keepdims=True)
+        out[start : start + len(values)] = values / np.where(norms > 0, norms, 1)
+        start += len(values)
+    return out
 
 
 def nearest(queries: np.ndarray, index: np.ndarray, k: int, own: np.ndarray | None = None, seed: int = 0) -> Neighbours:

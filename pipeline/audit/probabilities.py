@@ -28,7 +28,11 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pipeline.features import store
+
 SHRINKAGE = 0.3  # towards the scaled identity: invertible with fewer images than feature dimensions
+FIT_MOST = 200_000  # rows a fold's classifier fits on at most (a seeded sample above): bounds memory on large sets
+_PREDICT_ROWS = 65_536  # held-out rows read and predicted at a time
 
 
 def linear_classifier() -> Any:
@@ -53,7 +57,8 @@ def out_of_fold_probabilities(
     """Each row's class probabilities from a classifier fitted without it.
 
     Args:
-        features: ``(n, width)`` features.
+        features: ``(n, width)`` features, in memory or memory-mapped (read a fold at a time; a fold's
+            classifier fits on a seeded sample of ``FIT_MOST`` rows where it has more).
         labels: ``(n,)`` class indices in ``range(classes)``.
         classes: the number of classes (columns of the result).
         folds: the number of folds; fewer when the rarest class has fewer images (at least 2).
@@ -76,12 +81,17 @@ def out_of_fold_probabilities(
     n_folds = int(max(2, min(folds, present.min())))
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     log_probs = np.full((len(labels), classes), -np.inf, dtype=np.float64)
-    for fit_rows, held_rows in splitter.split(features, labels):
+    rng = np.random.default_rng(seed)
+    for fit_rows, held_rows in splitter.split(np.zeros((len(labels), 1)), labels):
+        if len(fit_rows) > FIT_MOST:
+            fit_rows = np.sort(rng.choice(fit_rows, FIT_MOST, replace=False))
         fit_labels = labels[fit_rows]
         tiny = len(fit_rows) <= len(np.unique(fit_labels))  # LDA needs more images than classes
-        model = (tiny_classifier() if tiny else make_classifier()).fit(features[fit_rows], fit_labels)
+        model = (tiny_classifier() if tiny else make_classifier()).fit(store.take_rows(features, fit_rows), fit_labels)
         columns = np.asarray(model.classes_, dtype=int)
-        log_probs[np.ix_(held_rows, columns)] = _log_probabilities(model, features[held_rows])
+        for start in range(0, len(held_rows), _PREDICT_ROWS):
+            rows = held_rows[start : start + _PREDICT_ROWS]
+            log_probs[np.ix_(rows, columns)] = _log_probabilities(model, store.take_rows(features, rows))
     temperature = fit_temperature(log_probs, labels)
     return np.exp(log_softmax(log_probs / temperature, axis=1)).astype(np.float32)
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,37 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
                 member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
                 with archive.open(member, "w", force_zip64=True) as stream:
                     np.lib.format.write_array(stream, np.asanyarray(array), allow_pickle=False)
+        _publish(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_npy_blocks(path: Path, blocks: Iterable[np.ndarray], rows: int, width: int, dtype: str) -> None:
+    """Write a ``rows`` x ``width`` array as a ``.npy`` file atomically, block of rows by block of rows.
+
+    The header goes first, then each block's bytes as it comes, so memory holds one block at a
+    time, never the array; the bytes equal ``numpy.save``'s of the whole array.
+
+    Raises:
+        ValueError: the blocks do not add up to ``rows`` rows of ``width`` values.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (rows, width)}
+            np.lib.format.write_array_header_1_0(stream, header)
+            written = 0
+            for block in blocks:
+                values = np.ascontiguousarray(block, dtype=dtype)
+                if values.ndim != 2 or values.shape[1] != width:
+                    raise ValueError(f"{path.name}: a block of shape {values.shape}, expected (n, {width})")
+                stream.write(values.data)
+                written += len(values)
+        if written != rows:
+            raise ValueError(f"{path.name}: {written} rows written, {rows} expected")
         _publish(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

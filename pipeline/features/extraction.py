@@ -1,31 +1,30 @@
 """Cached backbone features: computing them batch by batch, and their on-disk format.
 
-``<split>.npz`` holds ``features`` (rows x width), ``labels`` (class indices into ``classes``),
-``paths`` and ``sha256`` (the split CSV's rows, in its order) and ``classes``. ``meta.json`` says
-how the features were made, so a head trained on them knows what backbone to put back under it.
-Both are a function of the images and the params alone (no timings, no dates): two runs at the same
-``compute.threads`` write the same bytes.
+``<split>.npy`` holds the features (rows x width, a plain NumPy array file written batch by batch,
+read memory-mapped: see ``store``); ``<split>.npz`` holds the rows they belong to: ``labels`` (class
+indices into ``classes``), ``paths`` and ``sha256`` (the split CSV's rows, in its order) and
+``classes``. ``meta.json`` says how the features were made, so a head trained on them knows what
+backbone to put back under it. All are a function of the images and the params alone (no timings,
+no dates): two runs at the same ``compute.threads`` write the same bytes.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import (
-    convert_variables_to_constants_v2,
-)  # what TF's own converters use
 
 from pipeline.core import files, progress
 from pipeline.core.config import Params
 from pipeline.core.errors import UserError
 from pipeline.data import split
-from pipeline.features import backbones, inputs, sizing
+from pipeline.features import backbones, inputs, runtimes, sizing, store
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val", "test")
@@ -33,7 +32,7 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """One split's features with the rows they came from."""
+    """One split's features with the rows they came from (``features`` memory-mapped when read from disk)."""
 
     features: np.ndarray
     labels: np.ndarray
@@ -43,18 +42,15 @@ class FeatureSet:
 
 
 def compile_forward(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """The frozen extractor as one constant-folded graph for any batch size (``training=False``).
+    """The frozen extractor as one constant-folded TensorFlow graph for any batch size (``training=False``).
 
-    The backbone's weights never change here, so they are baked into the graph as constants; TF's
-    graph optimiser then folds each BatchNormalization into the convolution before it, which makes
-    the forward pass about 1.4 times faster on CPU (measured with ``benchmarks/extract.py``). The
-    result differs from the Keras model's only by float rounding (about 1e-5) and is the same on
-    every run. Tracing once, not per split, also keeps graph building out of the per-image cost.
+    ``runtimes.freeze`` bakes the weights in as constants, so TF's graph optimiser folds each
+    BatchNormalization into the convolution before it (about 1.4 times faster on CPU,
+    ``benchmarks/extract.py``). The result differs from the Keras model's only by float rounding
+    (about 1e-5) and is the same on every run. This is ``compute.runtime: tensorflow``, and the
+    reference the other runtimes are checked against (``pipeline/features/runtimes.py``).
     """
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    traced = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
-    frozen = convert_variables_to_constants_v2(traced)
-    return lambda images: frozen(images)[0]
+    return runtimes.compile_tensorflow(runtimes.freeze(model))
 
 
 def compute_features(
@@ -78,38 +74,107 @@ def compute_features(
     out: np.ndarray | None = None
     start = time.perf_counter()
     row = 0
-    with progress.bar(total=count, desc=desc, unit="img", unit_scale=True) as bar:
-        for batch in batches:
-            values = forward(batch).numpy()
-            if out is None:
-                out = np.empty((count, values.shape[1]), dtype=dtype)
-            out[row : row + len(values)] = values
-            row += len(values)
-            bar.update(len(values))
-    if row != count:
-        raise RuntimeError(f"expected {count} images, the input pipeline gave {row}")
+    for values in _forward_batches(forward, batches, count, desc):
+        if out is None:
+            out = np.empty((count, values.shape[1]), dtype=dtype)
+        out[row : row + len(values)] = values
+        row += len(values)
     if out is None:
         raise UserError(f"{desc}: no images to extract")
     return out, time.perf_counter() - start
 
 
-def write_feature_set(path: Path, subset: FeatureSet) -> None:
-    """Write one split's features (reproducible bytes, no pickle)."""
+def write_features(
+    forward: Callable[[tf.Tensor], tf.Tensor],
+    batches: Iterable[tf.Tensor],
+    count: int,
+    dtype: str,
+    desc: str,
+    path: Path,
+) -> float:
+    """Run the frozen extractor over every batch, appending each batch's features to ``path`` (``.npy``).
+
+    Memory holds one batch, whatever ``count`` is; the file's bytes equal those of
+    ``compute_features``'s array saved whole.
+
+    Args:
+        forward: from ``compile_forward``.
+        batches: image batches in row order.
+        count: total number of images.
+        dtype: stored precision.
+        desc: label for the progress bar.
+        path: the features file to write.
+
+    Returns:
+        The seconds spent.
+    """
+    start = time.perf_counter()
+    blocks = _forward_batches(forward, batches, count, desc)
+    first = next(blocks, None)
+    if first is None:
+        raise UserError(f"{desc}: no images to extract")
+    files.write_npy_blocks(path, itertools.chain([first], blocks), count, first.shape[1], dtype)
+    return time.perf_counter() - start
+
+
+def _forward_batches(
+    forward: Callable[[tf.Tensor], tf.Tensor], batches: Iterable[tf.Tensor], count: int, desc: str
+) -> Iterator[np.ndarray]:
+    """Each batch's features as NumPy, with a progress bar; checks that ``count`` images came."""
+    row = 0
+    with progress.bar(total=count, desc=desc, unit="img", unit_scale=True) as bar:
+        for batch in batches:
+            values = forward(batch).numpy()
+            row += len(values)
+            bar.update(len(values))
+            yield values
+    if row != count:
+        raise RuntimeError(f"expected {count} images, the input pipeline gave {row}")
+
+
+def features_path(path: Path) -> Path:
+    """The features file (``<split>.npy``) beside a split's rows file (``<split>.npz``)."""
+    return Path(path).with_suffix(".npy")
+
+
+def write_rows(path: Path, labels: np.ndarray, paths: np.ndarray, sha256: np.ndarray, classes: Iterable[str]) -> None:
+    """Write one split's rows (``<split>.npz``: labels, paths, sha256, classes; reproducible, no pickle)."""
     files.write_npz(
         path,
-        features=subset.features,
-        labels=subset.labels,
-        paths=subset.paths.astype(str),
-        sha256=subset.sha256.astype(str),
-        classes=np.asarray(subset.classes, dtype=str),
+        labels=labels,
+        paths=np.asarray(paths).astype(str),
+        sha256=np.asarray(sha256).astype(str),
+        classes=np.asarray(tuple(classes), dtype=str),
     )
 
 
+def write_feature_set(path: Path, subset: FeatureSet) -> None:
+    """Write one split: its rows to ``path`` (``<split>.npz``), its features beside it (``<split>.npy``).
+
+    The features are copied a block of rows at a time, so a memory-mapped set is never loaded whole.
+    """
+    width = subset.features.shape[1]
+    blocks = store.iter_blocks(subset.features)
+    files.write_npy_blocks(features_path(path), blocks, len(subset.features), width, str(subset.features.dtype))
+    write_rows(path, subset.labels, subset.paths, subset.sha256, subset.classes)
+
+
 def read_feature_set(path: Path) -> FeatureSet:
-    """Read a split written by ``write_feature_set``."""
+    """Read a split written by ``write_feature_set`` (or extract): the rows into memory, the features
+    memory-mapped (nothing of them is read yet; ``store`` reads them in blocks).
+
+    Args:
+        path: the split's rows file, ``<split>.npz``; its features are ``<split>.npy`` beside it.
+
+    Raises:
+        UserError: the features file is missing (features cached by a version that kept them in the ``.npz``).
+    """
+    features = features_path(path)
+    if not features.is_file():
+        raise UserError(f"{features} is missing: the features were cached in an older format; run `dvc repro extract`")
     with np.load(path, allow_pickle=False) as data:
         return FeatureSet(
-            features=data["features"],
+            features=store.open_features(features),
             labels=data["labels"],
             paths=data["paths"],
             sha256=data["sha256"],
@@ -168,25 +233,28 @@ def extract_splits(
         size_rule: why this size (``sizing.describe_choice``), recorded beside it.
 
     Returns:
-        The metadata written to ``meta.json``, and the seconds the backbone's passes took (a
-        metric, kept out of the files so that they repeat bytewise).
+        The metadata written to ``meta.json`` (with the ``runtime`` that ran the backbone, chosen
+        by ``runtimes.choose`` from ``compute.runtime``), and the seconds the backbone's passes took
+        (a metric, kept out of the files so that they repeat bytewise).
     """
-    forward = compile_forward(model)
+    runtime, forward, _ = runtimes.choose(
+        model, params.compute.runtime, params.extract.batch_size, params.compute.threads, runtimes.choices_dir()
+    )
     counts: dict[str, int] = {}
     seconds = 0.0
     for name in SPLITS:
         rows = split.read_split_files(params.path("splits"), name, params.root)
         batches = inputs.image_dataset(rows.paths, size, params.backbone.crop, params.extract.batch_size)
         try:
-            values, spent = compute_features(forward, batches, len(rows.paths), params.extract.dtype, f"extract {name}")
+            spent = write_features(
+                forward, batches, len(rows.paths), params.extract.dtype, f"extract {name}", out / f"{name}.npy"
+            )
         except tf.errors.OpError as error:
             raise UserError(
                 f"extract: reading the {name} images failed: {error.message.splitlines()[0]}; "
                 "the images changed after the split stage? run `dvc repro` to redo the split"
             ) from None
-        write_feature_set(
-            out / f"{name}.npz", FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes)
-        )
+        write_rows(out / f"{name}.npz", rows.labels, rows.rel_paths, rows.sha256, rows.classes)
         counts[name] = len(rows.paths)
         seconds += spent
     classes = list(rows.classes)
@@ -204,7 +272,8 @@ def extract_splits(
         "counts": counts,
         "batch_size": params.extract.batch_size,
         "threads": params.compute.threads,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "runtime": runtime,  # the features' last bits depend on it (runtimes.py)
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, **runtimes.versions(runtime)},
     }
     files.write_json(out / META_FILE, meta)
     return meta, seconds

@@ -19,10 +19,11 @@ import tensorflow as tf
 
 from pipeline.core.errors import UserError
 from pipeline.data import images
-from pipeline.features import extraction, inputs
+from pipeline.features import extraction, inputs, runtimes
 
 _CLIP = 1e-15  # probabilities are clipped before the log, so a confident miss has a finite loss
 IMAGE_SUFFIXES = images.SUFFIXES  # what a folder is searched for
+Forward = Callable[[tf.Tensor], tf.Tensor]
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,9 @@ def predict_probabilities(
         crop: ``center``, ``pad`` or ``stretch``, as the model was trained.
         batch_size: images per forward pass.
         desc: the progress bar's label.
-        forward: ``extraction.compile_forward(model)`` when the caller keeps one (a server predicting
-            many requests); compiled here otherwise.
+        forward: ``extraction.compile_forward(model)`` or ``compile_on_runtime``'s when the caller
+            keeps one (a server predicting many requests, a stage on ``compute.runtime``); TensorFlow's
+            compiled here otherwise.
 
     Returns:
         ``(len(paths), classes)`` float32 probabilities.
@@ -81,6 +83,22 @@ def predict_probabilities(
     batches = inputs.image_dataset(paths, input_size(model), crop, batch_size)
     probabilities, _ = extraction.compute_features(forward, batches, len(paths), "float32", desc)
     return probabilities
+
+
+def compile_on_runtime(model: keras.Model, requested: str, batch_size: int, threads: int) -> tuple[str, Forward]:
+    """The classifier's frozen forward pass on ``compute.runtime`` (``auto``: the one measured fastest here).
+
+    Args:
+        model: a classifier from ``load_model``.
+        requested: ``compute.runtime``.
+        batch_size: images per forward pass (what ``auto`` measures, and remembers the choice for).
+        threads: ``compute.threads``.
+
+    Returns:
+        The runtime used and the ``forward`` for ``predict_probabilities``.
+    """
+    name, forward, _ = runtimes.choose(model, requested, batch_size, threads, runtimes.choices_dir())
+    return name, forward
 
 
 def head_probabilities(head: keras.Model, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:

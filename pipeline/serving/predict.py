@@ -24,10 +24,12 @@ import pandas as pd
 from pipeline.core import config, files, runtime
 from pipeline.core.errors import UserError, run_cli
 from pipeline.data import split
+from pipeline.features import runtimes
 from pipeline.serving.classifier import (
     IMAGE_SUFFIXES,
     Classifier,
     check_images,
+    compile_on_runtime,
     find_images,
     load_model,
     predict_probabilities,
@@ -96,6 +98,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", type=Path, help="a .csv or .json file (default: CSV on stdout)")
     parser.add_argument("--batch-size", type=int, help="images per forward pass (default: evaluate.batch_size)")
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", *runtimes.RUNTIMES),
+        help="what runs the model's forward pass (default: compute.runtime; `mlflow models serve` always "
+        "runs on TensorFlow)",
+    )
     args = parser.parse_args(argv)
     if args.output is not None and args.output.suffix.lower() not in (".csv", ".json"):
         parser.error(f"--output {args.output}: the name must end in .csv or .json")
@@ -116,9 +124,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{path}: {reason}", file=sys.stderr)
     if not good:
         raise UserError(f"none of the {len(bad)} file(s) is a usable image")
-    probabilities = predict_probabilities(
-        classifier.model, good, classifier.crop, args.batch_size or params.evaluate.batch_size
+    batch_size = args.batch_size or params.evaluate.batch_size
+    _, forward = compile_on_runtime(
+        classifier.model, args.runtime or params.compute.runtime, batch_size, params.compute.threads
     )
+    probabilities = predict_probabilities(classifier.model, good, classifier.crop, batch_size, forward=forward)
     write_predictions(predictions_frame([str(p) for p in good], None, probabilities, classifier.classes), args.output)
     where = f" → {args.output}" if args.output else ""
     print(f"predict: {len(good)} image(s) predicted{where}, {len(bad)} left out", file=sys.stderr)

@@ -9,13 +9,18 @@ out probabilities.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from pipeline.core.config import TrainHeadParams
+from pipeline.features import store
 from pipeline.features.extraction import FeatureSet
 from pipeline.training import fitting
 
@@ -59,9 +64,20 @@ class FeatureScale:
 
 
 def feature_scale(features: np.ndarray) -> FeatureScale:
-    """The train features' per-feature mean and variance (computed in float64, so the same on every run)."""
-    values = np.asarray(features, dtype=np.float64)
-    return FeatureScale(values.mean(axis=0), values.var(axis=0))
+    """The train features' per-feature mean and variance, in two passes over blocks of rows.
+
+    Float64 accumulators (the mean first, then the squared deviations from it), so the result is the
+    same on every run and as exact as NumPy's over the whole array, without holding more than a
+    block in memory (``features`` may be memory-mapped and larger than memory).
+    """
+    total = np.zeros(features.shape[1], dtype=np.float64)
+    for block in store.iter_blocks(features):
+        total += block.sum(axis=0, dtype=np.float64)
+    mean = total / len(features)
+    squares = np.zeros_like(total)
+    for block in store.iter_blocks(features):
+        squares += np.square(block.astype(np.float64) - mean).sum(axis=0)
+    return FeatureScale(mean, squares / len(features))
 
 
 def build_head(
@@ -102,6 +118,7 @@ def fit_head(
     params: TrainHeadParams,
     objective: str,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    seed: int = 0,
     **fit_options: Any,
 ) -> keras.callbacks.History:
     """Train a head on cached features; stops early on ``objective`` and keeps the best epoch.
@@ -114,6 +131,7 @@ def fit_head(
         params: epochs, patience and class weighting.
         objective: the monitored val metric.
         callbacks: more callbacks (the tuner's, logging).
+        seed: the seed of the train rows' order (a new order each epoch; ``stream_batches``).
         **fit_options: passed to ``model.fit`` (the tuner sets ``epochs`` and ``initial_epoch``).
 
     Returns:
@@ -122,14 +140,47 @@ def fit_head(
     fit_options.setdefault("epochs", params.epochs)
     fit_options.setdefault("verbose", 0)
     return model.fit(
-        as_inputs(train.features),
-        train.labels,
-        validation_data=(as_inputs(val.features), val.labels),
-        batch_size=settings.batch_size,
+        stream_batches(train.features, train.labels, settings.batch_size, seed),
+        validation_data=stream_batches(val.features, val.labels, settings.batch_size),
         class_weight=fitting.class_weights(train.labels, len(train.classes), params.class_weight),
         callbacks=[fitting.KeepBest(objective, params.patience), *(callbacks or [])],
         **fit_options,
     )
+
+
+def stream_batches(
+    features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int | None = None
+) -> tf.data.Dataset:
+    """Features and labels as a ``tf.data`` stream of batches read window by window (``store.iter_windows``).
+
+    With a seed, each pass over the dataset (each epoch of ``fit``) visits the rows in a new order,
+    the same for the same seed and epoch; without one, in row order (validation). Memory holds a
+    shuffle window, never the whole set, whether ``features`` is memory-mapped or in memory.
+
+    Args:
+        features: ``(n, width)`` features.
+        labels: their labels.
+        batch_size: rows per batch.
+        seed: shuffles with this seed; None: no shuffling.
+    """
+    epochs = itertools.count()
+
+    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        epoch = next(epochs)
+        for values, targets in store.iter_windows(features, labels, seed, epoch):
+            yield as_inputs(values), targets.astype(np.int64)
+
+    signature = (
+        tf.TensorSpec((None, features.shape[1]), tf.float32),
+        tf.TensorSpec((None,), tf.int64),
+    )
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    # Windows in, batches out: rebatch cuts them in TensorFlow (and carries a window's last rows into
+    # the next batch), where a generator yielding every batch costs a Python call per step.
+    batches = dataset.rebatch(batch_size).apply(
+        tf.data.experimental.assert_cardinality(math.ceil(len(features) / batch_size))
+    )
+    return batches.prefetch(2)
 
 
 def as_inputs(features: np.ndarray) -> np.ndarray:

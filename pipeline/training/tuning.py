@@ -23,6 +23,7 @@ import pandas as pd
 
 from pipeline.core import console, files, runtime
 from pipeline.core.config import FloatRange, Params, SearchSpace, TrainHeadParams, TuneParams
+from pipeline.features import store
 from pipeline.features.extraction import FeatureSet
 from pipeline.tracking import runs
 from pipeline.training import fitting, head
@@ -270,7 +271,8 @@ def search_sample(train: FeatureSet, most: int | None, seed: int) -> FeatureSet:
             ]
         )
     )
-    return FeatureSet(train.features[keep], train.labels[keep], train.paths[keep], train.sha256[keep], train.classes)
+    features = store.take_rows(train.features, keep)  # row by row: the sample only, never the whole file
+    return FeatureSet(features, train.labels[keep], train.paths[keep], train.sha256[keep], train.classes)
 
 
 def run_search(tuner: kt.Tuner, train: FeatureSet, val: FeatureSet, params: Params) -> None:
@@ -321,7 +323,9 @@ class HeadHyperModel(kt.HyperModel):
         if self.trial_log is not None:
             callbacks.append(fitting.EpochLog(self.trial_log.log_epoch))
         settings = head.HeadSettings.from_values(hp.values)
-        return head.fit_head(model, train, val, settings, self.params, self.objective, callbacks, **kwargs)
+        return head.fit_head(
+            model, train, val, settings, self.params, self.objective, callbacks, seed=self.seed, **kwargs
+        )
 
 
 class _LoggedTrials:
@@ -571,6 +575,13 @@ def train_chosen(
     fitting.seed_everything(params.seed)
     model = head.build_head(train.features.shape[1], len(train.classes), settings, head.feature_scale(train.features))
     fitted = head.fit_head(
-        model, train, val, settings, params.train_head, params.tune.objective, [fitting.EpochLog(run.log_metrics)]
+        model,
+        train,
+        val,
+        settings,
+        params.train_head,
+        params.tune.objective,
+        [fitting.EpochLog(run.log_metrics)],
+        seed=params.seed,
     )
     return HeadResult(settings, model, fitting.history_frame(fitted.history), results, params.tune.objective, runs)
