@@ -9,14 +9,14 @@ Writes: paths.model (raw 0-255 RGB images in, class probabilities out); paths.pl
         of these: it trains in step with the chief and exits.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
 import tempfile
 import time
 from pathlib import Path
-
-import keras
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pipeline.core import config, files, runtime
 from pipeline.core.errors import run_cli
@@ -24,6 +24,10 @@ from pipeline.data import split
 from pipeline.features import backbones, extraction
 from pipeline.tracking import runs
 from pipeline.training import finetune, fitting, strategy
+
+if TYPE_CHECKING:  # imported by pipeline/ at run time, after pipeline/__init__.py has quieted TensorFlow's start-up
+    import keras
+    import pandas as pd
 
 
 def main() -> None:
