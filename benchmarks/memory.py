@@ -4,9 +4,9 @@ Extract streams the images (decoded a few batches ahead of the network) and writ
 one preallocated array, so only that array should grow with the number of images (4N x 1280
 float32: 10 MB for 2,000 images). In a throw-away copy of the project on the flower photos
 (``shared/datasets/flowers``, ``data.max_per_class`` = N / 5, params.yaml's values otherwise),
-``dvc repro split`` prepares the split, then ``python -m stages.extract`` runs as a child process
-whose peak resident memory the kernel reports when it ends (``wait4``'s ``ru_maxrss``); then again
-with 4N images. Writes ``benchmarks/results/memory.json``::
+``dvc repro split`` prepares the split, then ``python -m stages.extract`` runs as a child process that
+reports its own peak resident memory as it exits (``run_measured``); then again with 4N images.
+Writes ``benchmarks/results/memory.json``::
 
     python -m benchmarks.memory [--n 500] [--keep DIR]
 """
@@ -29,24 +29,54 @@ from pipeline.core import files
 CLASSES = 5  # the flower photos' classes
 
 
-def peak_rss_mb(root: Path, module: str) -> tuple[float, float]:
-    """Run ``python -m <module>`` in ``root``; its peak resident memory in MiB and its wall seconds.
+# Runs a module as ``python -m`` does and, as the interpreter exits, writes the peak resident memory of
+# this process's own address space (``VmHWM``, KiB) to the file named first. ``wait4``'s ``ru_maxrss``
+# would not do: Linux carries the high-water mark of the address space replaced at ``exec`` into it, so
+# a child forked from a large parent (a benchmark holding arrays, a pytest worker holding TensorFlow)
+# reports at least the parent's size.
+_LAUNCHER = """
+import atexit, runpy, sys
+out, module = sys.argv.pop(1), sys.argv.pop(1)
+def report():
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(out, "w") as answer:
+        answer.write(peak)
+atexit.register(report)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def run_measured(root: Path, module: str, *args: str, log: Path | None = None) -> tuple[float, float]:
+    """Run ``python -m <module> <args>`` in ``root``; its own peak resident memory in MiB and its wall seconds.
+
+    Args:
+        root: the working directory (a project workspace).
+        module: what ``python -m`` would run.
+        args: its command-line arguments.
+        log: where its output goes (default ``root/<module>.log``).
 
     Raises:
         SystemExit: the command failed (its output is shown).
     """
+    log = log or root / f"{module}.log"
+    peak_file = log.with_suffix(".peak")
+    peak_file.unlink(missing_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.perf_counter()
-    with open(root / f"{module}.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        _, status, usage = os.wait4(process.pid, 0)
+    with open(log, "w") as stream:
+        command = [sys.executable, "-c", _LAUNCHER, str(peak_file), module, *args]
+        status = subprocess.run(command, cwd=root, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - started
-    if status != 0:
-        raise SystemExit(f"{module} failed in {root}:\n{(root / f'{module}.log').read_text()[-4000:]}")
-    return round(usage.ru_maxrss / 1024, 1), round(seconds, 1)  # ru_maxrss is in KiB on Linux
+    if status != 0 or not peak_file.is_file():
+        raise SystemExit(f"{module} failed in {root} (exit {status}):\n{log.read_text()[-4000:]}")
+    return round(int(peak_file.read_text()) / 1024, 1), round(seconds, 1)
+
+
+def peak_rss_mb(root: Path, module: str) -> tuple[float, float]:
+    """Run ``python -m <module>`` in ``root``; its peak resident memory in MiB and its wall seconds."""
+    return run_measured(root, module)
 
 
 def measure_at(root: Path, params: dict, images: int) -> dict[str, float]:

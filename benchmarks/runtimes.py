@@ -11,7 +11,7 @@ choose. With ``--emulate-avx2`` the whole measurement is repeated in a child pro
 have no such switch and keep their AVX-512 kernels). Writes the key ``inference`` of
 ``benchmarks/results/runtimes.json``, leaving the file's other keys as they are::
 
-    python -m benchmarks.runtimes [--sizes 96 224] [--batches 64 1] [--threads 2] [--emulate-avx2]
+    python -m benchmarks.runtimes [--sizes 64 96 224] [--batches 64 1] [--threads 2] [--emulate-avx2]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def measure_all(sizes: list[int], batch_sizes: list[int], threads: int) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 224])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 224])
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 1], choices=sorted(IMAGES_PER_ROUND))
     parser.add_argument("--threads", type=int, default=THREADS, help="compute.threads for every runtime")
     parser.add_argument("--emulate-avx2", action="store_true", help="repeat with ONEDNN_MAX_CPU_ISA=AVX2")

@@ -2,9 +2,8 @@
 
 Synthetic features (class centres plus noise, float32, 1,280 wide) are written block by block into
 the extract stage's on-disk format (``<split>.npy`` features + ``<split>.npz`` rows) in a throw-away
-copy of the project. Then, each as a child process whose peak resident memory the kernel reports
-when it ends (``wait4``'s ``ru_maxrss``, the high-water mark of VmRSS, page-cache pages mapped into
-the process included):
+copy of the project. Then, each as a child process that reports its own peak resident memory as it
+exits (``benchmarks.memory.run_measured``: ``VmHWM``, page-cache pages mapped into the process included):
 
 - ``python -m stages.train_head`` on ``--rows`` train rows (default 1,000,000: 5 GB of features)
   with one trial (on ``tune.search_samples`` rows) and one epoch of the chosen head on all rows;
@@ -24,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +33,7 @@ import yaml
 
 from benchmarks import machine
 from benchmarks.extract import RESULTS
-from benchmarks.memory import peak_rss_mb
+from benchmarks.memory import peak_rss_mb, run_measured
 from benchmarks.workspace import REPO, create_workspace, scratch_folder
 from pipeline.core import files
 
@@ -141,19 +138,12 @@ def compare_small(folder: Path) -> dict[str, list[float]]:
 
 
 def run_child(root: Path, mode: str, folder: Path) -> tuple[dict[str, Any], float]:
-    """This module in ``mode`` (``--epoch`` / ``--small``) as a child process: its JSON answer and peak MiB.
-
-    Raises:
-        SystemExit: the child failed (its output is shown).
-    """
-    answer, log = root / f"{mode.strip('-')}.json", root / f"{mode.strip('-')}.log"
-    command = [sys.executable, "-m", "benchmarks.scale", mode, str(folder), "--answer", str(answer)]
-    with open(log, "w") as stream:
-        process = subprocess.Popen(command, cwd=REPO, stdout=stream, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise SystemExit(f"benchmarks.scale {mode} failed:\n{log.read_text()[-4000:]}")
-    return files.read_json(answer), round(usage.ru_maxrss / 1024, 1)  # ru_maxrss is in KiB on Linux
+    """This module in ``mode`` (``--epoch`` / ``--small``) as a child process: its JSON answer and peak MiB."""
+    answer = root / f"{mode.strip('-')}.json"
+    peak, _ = run_measured(  # run from the repository (the workspace has no benchmarks package), logged in root
+        REPO, "benchmarks.scale", mode, str(folder), "--answer", str(answer), log=root / f"{mode.strip('-')}.log"
+    )
+    return files.read_json(answer), peak
 
 
 def main() -> None:

@@ -315,7 +315,7 @@ def main() -> None:
         "threads": params.compute.threads,
         "rounds": args.rounds,
         "quick": args.quick,
-        "under_load": "measured while other jobs shared the machine: settings interleaved, median ratio",
+        "pairing": "settings interleaved round by round in one run; the median per-round ratio",
         "head_data": f"{ROWS:,} x {WIDTH:,} synthetic features, {CLASSES} classes, {VAL_ROWS:,} val rows",
         "head_epochs": 3 if args.quick else HEAD_EPOCHS,
         "finetune_batch_size": params.finetune.batch_size,

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks import memory
 from pipeline.core import runtime
+from pipeline.core.errors import UserError
 from pipeline.features import efficientnet_lite, extraction
 
 pytestmark = pytest.mark.slow
@@ -105,16 +104,10 @@ def test_only_what_shapes_the_features_reruns_extract(project, image_tree):
 
 
 def _peak_rss_mb(project, stage: str) -> float:
-    """Run a stage's entry point and return its peak resident memory (from the kernel, via wait4)."""
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with open(project.root / "stage.log", "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"stages.{stage}"], cwd=project.root, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-    assert status == 0, (project.root / "stage.log").read_text()
-    return usage.ru_maxrss / 1024
+    """Run a stage's entry point and return its own peak resident memory (VmHWM, reported as it exits: a pytest
+    worker's size would hide in ``wait4``'s figure, which keeps the parent's high-water mark across ``exec``)."""
+    peak, _ = memory.run_measured(project.root, f"stages.{stage}")
+    return peak
 
 
 def test_extract_memory_does_not_grow_with_the_number_of_images(project, image_tree):
@@ -129,3 +122,13 @@ def test_extract_memory_does_not_grow_with_the_number_of_images(project, image_t
     peak_4n = _peak_rss_mb(project, "extract")
     feature_array_mb = 3 * 240 * 1280 * 4 / 2**20
     assert peak_4n - peak_n < feature_array_mb + 100, (peak_n, peak_4n)
+
+
+def test_a_model_built_on_features_that_were_never_extracted_is_told_what_to_run(tmp_path):
+    with pytest.raises(UserError, match=r"meta.json is missing: no features are cached yet; run `dvc repro extract`"):
+        extraction.read_image_size(tmp_path / "features", "efficientnet_lite0")
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / extraction.META_FILE).write_text('{"backbone": "mobilenet_v2", "image_size": 96}')
+    with pytest.raises(UserError, match="come from mobilenet_v2, params.yaml names efficientnet_lite0"):
+        extraction.read_image_size(tmp_path / "features", "efficientnet_lite0")
+    assert extraction.read_image_size(tmp_path / "features", "mobilenet_v2") == 96

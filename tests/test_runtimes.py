@@ -67,7 +67,9 @@ def test_auto_measures_once_then_remembers_its_choice(extractor: keras.Model, tm
     name, forward, how = runtimes.choose(extractor, "auto", 4, 2, tmp_path)
     assert name in runtimes.RUNTIMES and how["rule"] == "measured"
     assert set(how["images_per_s"]) == set(runtimes.RUNTIMES) and min(how["images_per_s"].values()) > 0
-    assert name == runtimes.pick_fastest(how["images_per_s"])
+    assert all(len(speeds) == runtimes.MEASURE_ROUNDS for speeds in how["rounds"].values())
+    assert how["images_per_s"] == {r: max(speeds) for r, speeds in how["rounds"].items()}
+    assert name == runtimes.pick_fastest(how["rounds"])
     remembered: dict[str, Any] = json.loads((tmp_path / runtimes.CHOICES_FILE).read_text())
     key = runtimes.choice_key(extractor, 4, 2)
     assert remembered[key]["runtime"] == name
@@ -83,10 +85,21 @@ def test_auto_measures_once_then_remembers_its_choice(extractor: keras.Model, tm
 
 
 def test_tensorflow_is_kept_unless_another_runtime_is_clearly_faster() -> None:
-    assert runtimes.pick_fastest({"tensorflow": 100.0, "tflite": 105.0, "onnx": 108.0}) == "tensorflow"
-    assert runtimes.pick_fastest({"tensorflow": 100.0, "tflite": 150.0, "onnx": 120.0}) == "tflite"
-    assert runtimes.pick_fastest({"tensorflow": 100.0, "tflite": 90.0, "onnx": 111.0}) == "onnx"
-    assert runtimes.pick_fastest({"tensorflow": 100.0}) == "tensorflow"
+    assert runtimes.pick_fastest({"tensorflow": [100.0], "tflite": [105.0], "onnx": [108.0]}) == "tensorflow"
+    assert runtimes.pick_fastest({"tensorflow": [100.0], "tflite": [150.0], "onnx": [120.0]}) == "tflite"
+    assert runtimes.pick_fastest({"tensorflow": [100.0], "tflite": [90.0], "onnx": [111.0]}) == "onnx"
+    assert runtimes.pick_fastest({"tensorflow": [100.0]}) == "tensorflow"
+
+
+def test_a_runtime_must_win_every_round_not_only_its_best() -> None:
+    # Round two was slowed for TensorFlow alone (another process woke up): TFLite's best ratio is 2x,
+    # but it lost round one, so TensorFlow stays.
+    assert runtimes.pick_fastest({"tensorflow": [300.0, 100.0], "tflite": [170.0, 200.0]}) == "tensorflow"
+    # Ratios are taken round by round: a whole round slowed for both does not hide a steady 1.3x.
+    assert runtimes.pick_fastest({"tensorflow": [100.0, 50.0], "tflite": [130.0, 65.0]}) == "tflite"
+    # The runtime with the best worst-round ratio wins, not the one with the best single round.
+    rounds = {"tensorflow": [100.0, 100.0], "tflite": [200.0, 112.0], "onnx": [130.0, 130.0]}
+    assert runtimes.pick_fastest(rounds) == "onnx"
 
 
 def test_the_choice_depends_on_the_machine_threads_and_shapes(extractor: keras.Model) -> None:

@@ -201,8 +201,10 @@ def read_image_size(folder: Path, backbone: str) -> int:
     """The input size the cached features were computed at (meta.json), for a model built on them.
 
     Raises:
-        UserError: the features come from another backbone than params.yaml names.
+        UserError: there are no cached features, or they come from another backbone than params.yaml names.
     """
+    if not (folder / META_FILE).is_file():
+        raise UserError(f"{folder / META_FILE} is missing: no features are cached yet; run `dvc repro extract` first")
     meta = files.read_json(folder / META_FILE)
     if meta["backbone"] != backbone:
         raise UserError(

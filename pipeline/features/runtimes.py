@@ -10,7 +10,7 @@ magnitude 1-10, ``tests/test_runtimes.py``) and repeat bit for bit on one machin
 count, but differ in the last bits between runtimes: the runtime is recorded beside the features.
 
 ``auto`` converts the model for every runtime, times a few batches of the real input shape on each,
-in turns, and keeps TensorFlow unless another is faster by ``MARGIN``. The choice is written to a
+in turns, and keeps TensorFlow unless another is faster by ``MARGIN`` in every round. The choice is written to a
 small JSON file outside the project (``choices_dir``), keyed by CPU model, instruction set, threads,
 model, input size, batch size and library versions, and read back on the next run: two runs on one
 machine choose the same runtime, so they write the same bytes.
@@ -44,8 +44,9 @@ RUNTIMES: tuple[Runtime, ...] = ("tensorflow", "tflite", "onnx")  # the referenc
 AUTO = "auto"
 CHOICES_FILE = "runtimes.json"  # in the cache folder given to ``choose``
 MARGIN = 1.10  # another runtime must be this much faster than TensorFlow to be chosen
-MEASURE_BATCHES = 2  # timed batches per runtime and round, after one untimed warm-up
-MEASURE_ROUNDS = 2
+MEASURE_BATCHES = 2  # timed batches per runtime and round
+WARM_UP_BATCHES = 2  # untimed, first: after one, ONNX Runtime's next two calls ran up to 2x slower (runtimes.json)
+MEASURE_ROUNDS = 3  # a runtime must beat TensorFlow in each (``pick_fastest``)
 ONNX_OPSET = 17
 Forward = Callable[[tf.Tensor], tf.Tensor]
 # What the TFLite converter and interpreter print on every conversion and load, telling the user nothing.
@@ -170,35 +171,49 @@ def versions(name: str) -> dict[str, str]:
     return {}
 
 
-def measure_speeds(forwards: dict[str, Forward], batch: np.ndarray) -> dict[str, float]:
-    """Images per second of each forward function on one batch, taken in turns; the best round counts.
+def measure_speeds(forwards: dict[str, Forward], batch: np.ndarray) -> dict[str, list[float]]:
+    """Images per second of each forward function on one batch, per round; the runtimes take turns.
 
     Args:
         forwards: one per runtime.
         batch: images of the real input shape (their content does not change the speed).
+
+    Returns:
+        Per runtime, one speed per round (``MEASURE_ROUNDS``), in the order measured.
     """
     images = tf.constant(batch)
     for forward in forwards.values():
-        forward(images).numpy()  # warm-up: allocation, first-call set-up
-    best = dict.fromkeys(forwards, float("inf"))
+        for _ in range(WARM_UP_BATCHES):
+            forward(images).numpy()  # allocation, first-call set-up
+    rounds: dict[str, list[float]] = {name: [] for name in forwards}
     for _ in range(MEASURE_ROUNDS):
         for name, forward in forwards.items():
             start = time.perf_counter()
             for _ in range(MEASURE_BATCHES):
                 forward(images).numpy()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: MEASURE_BATCHES * len(batch) / seconds for name, seconds in best.items()}
+            rounds[name].append(MEASURE_BATCHES * len(batch) / (time.perf_counter() - start))
+    return rounds
 
 
-def pick_fastest(speeds: dict[str, float], margin: float = MARGIN) -> Runtime:
-    """TensorFlow, unless another runtime is faster by ``margin``; then the fastest of the others."""
-    others = {name: speed for name, speed in speeds.items() if name != "tensorflow"}
-    if not others:
+def pick_fastest(rounds: dict[str, list[float]], margin: float = MARGIN) -> Runtime:
+    """TensorFlow, unless another runtime beat it by ``margin`` in every round; then the one that beat it most.
+
+    Each round compares runtimes measured seconds apart, so a burst of load from another process
+    slows one round for all of them; a runtime must win every round, not only its best one, so a
+    noisy machine keeps TensorFlow (today's behaviour) rather than flip to a slower runtime.
+    """
+    reference = rounds.get("tensorflow")
+    if not reference:
         return "tensorflow"
-    fastest = max(others, key=others.__getitem__)
-    if others[fastest] >= margin * speeds.get("tensorflow", 0.0):
-        return fastest  # type: ignore[return-value]
-    return "tensorflow"
+    worst_ratio = {
+        name: min(speed / base for speed, base in zip(speeds, reference, strict=True))
+        for name, speeds in rounds.items()
+        if name != "tensorflow"
+    }
+    if not worst_ratio:
+        return "tensorflow"
+    best = max(worst_ratio, key=worst_ratio.__getitem__)
+    return best if worst_ratio[best] >= margin else "tensorflow"  # type: ignore[return-value]
 
 
 def choices_dir() -> Path:
@@ -266,9 +281,15 @@ def _measure_choice(model: keras.Model, batch_size: int, threads: int) -> tuple[
         "onnx": compile_onnx(frozen, threads),
     }
     pixels = np.random.default_rng(0).uniform(0, 255, (batch_size, *model.input_shape[1:])).astype(np.float32)
-    speeds = {name: round(speed, 1) for name, speed in measure_speeds(forwards, pixels).items()}
-    name = pick_fastest(speeds)
-    return name, forwards[name], {"runtime": name, "images_per_s": speeds, "margin": MARGIN}
+    rounds = measure_speeds(forwards, pixels)
+    name = pick_fastest(rounds)
+    entry = {
+        "runtime": name,
+        "images_per_s": {runtime_name: round(max(speeds), 1) for runtime_name, speeds in rounds.items()},
+        "rounds": {runtime_name: [round(speed, 1) for speed in speeds] for runtime_name, speeds in rounds.items()},
+        "margin": MARGIN,
+    }
+    return name, forwards[name], entry
 
 
 @contextlib.contextmanager
