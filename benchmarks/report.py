@@ -220,12 +220,12 @@ def scale_rows(result: dict[str, Any]) -> list[Row]:
         (
             "train_head beyond memory",
             f"{result['rows']:,} x 1280 float32 ({result['features_gb']} GB on disk), {result['trials']} trial + "
-            f"1 epoch: peak at most {result['train_head_peak_rss_mb']:.0f} MiB (goal ≤ 3 GB), "
+            f"1 epoch: peak RSS {result['train_head_peak_rss_mb']:.0f} MiB (goal ≤ 3 GB), "
             f"{result['train_head_s']:.0f} s; "
-            f"one epoch {result['epoch_s']:.0f} s (peak at most {result['fit_peak_rss_mb']:.0f} MiB), standardisation "
+            f"one epoch {result['epoch_s']:.0f} s (peak {result['fit_peak_rss_mb']:.0f} MiB), standardisation "
             f"statistics {result['feature_scale_s']:.0f} s; at {result['small_rows']:,} rows an epoch from "
             f"memory-mapped files {min(small['stream']):.1f} s vs arrays in memory {min(small['arrays']):.1f} s; "
-            f"audit on {result['audit_rows']:,} train rows: peak at most {result['audit_peak_rss_mb']:.0f} MiB, "
+            f"audit on {result['audit_rows']:,} train rows: peak {result['audit_peak_rss_mb']:.0f} MiB, "
             f"{result['audit_s']:.0f} s",
             result["data"],
         )
@@ -267,7 +267,7 @@ def training_speed_rows(result: dict[str, Any]) -> list[Row]:
             "Training switches on CPU (speed-up, on vs off)",
             " · ".join(cells) + f"; XLA refused for the finetune model by: {blocked}",
             f"{result['head_data']}; fine-tuning batches of {result['finetune_batch_size']} random images; "
-            f"{result['rounds']} interleaved rounds, median ratio, under load",
+            f"{result['rounds']} interleaved rounds, median ratio; adopted: steps_per_execution for the head",
         )
     ]
 

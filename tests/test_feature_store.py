@@ -149,6 +149,28 @@ def test_each_epoch_sees_every_row_once_in_a_seeded_order_that_differs_between_e
     np.testing.assert_array_equal(in_order, labels)
 
 
+def test_rows_stored_class_by_class_still_give_every_window_the_set_s_class_mix(tmp_path):
+    # Extract writes rows in the split's order, which is class by class; a window must not be a few classes.
+    classes, per_class, width = 10, 4000, 8
+    labels = np.repeat(np.arange(classes), per_class)
+    rows = len(labels) + 3  # a short last block
+    labels = np.concatenate([labels, [9, 9, 9]])
+    values = np.random.default_rng(0).normal(size=(rows, width)).astype(np.float32)
+    values[:, 0] = np.arange(rows)  # the first feature names the row
+    files.write_npy_blocks(tmp_path / "train.npy", iter([values]), rows, width, "float32")
+    mapped = store.open_features(tmp_path / "train.npy")
+    seen = []
+    for window, window_labels in store.iter_windows(mapped, labels, seed=5, epoch=0):
+        seen.append(window_labels)
+        window_rows = window[:, 0].astype(np.int64)
+        np.testing.assert_array_equal(window, values[window_rows])  # whole rows, read from the file
+        np.testing.assert_array_equal(window_labels, labels[window_rows])  # each with its label
+        if len(window_labels) == store.WINDOW_ROWS:
+            shares = np.bincount(window_labels, minlength=classes) / len(window_labels)
+            assert np.abs(shares - 0.1).max() < 0.03, shares
+    assert sorted(np.concatenate(seen)) == sorted(labels) and len(seen) >= 2
+
+
 def test_the_training_stream_gives_full_batches_and_a_new_order_each_pass():
     subset = _features(store.WINDOW_ROWS + 1000)
     labels = np.arange(len(subset.labels))

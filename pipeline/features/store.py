@@ -26,8 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-BLOCK_ROWS = 512  # contiguous rows read at once: 2.5 MiB at 1,280 float32 features
-WINDOW_ROWS = 16_384  # rows shuffled together (32 blocks: 80 MiB at 1,280 float32 features)
+# Contiguous rows read at once (80 KiB at 1,280 float32 features). Small, because the rows are stored in
+# the split's order, which is class by class: a window of 512-row blocks held 32 single-class blocks, so
+# its class mix wandered from window to window, and the default head on Fashion-MNIST ended its epochs
+# biased to whatever came last (val accuracy 0.84 against 0.89 from a full shuffle). 1,024 blocks per
+# window give each window close to the set's class mix.
+BLOCK_ROWS = 16
+WINDOW_ROWS = 16_384  # rows shuffled together (80 MiB at 1,280 float32 features)
 
 
 def open_features(path: Path) -> np.ndarray:
@@ -59,6 +64,28 @@ def read_rows(features: np.ndarray, start: int, stop: int) -> np.ndarray:
         filename, dtype=features.dtype, count=count * width, offset=offset + start * width * features.dtype.itemsize
     )
     return values.reshape(count, width)
+
+
+def read_blocks(features: np.ndarray, starts: np.ndarray, rows: int) -> np.ndarray:
+    """The blocks of ``rows`` rows beginning at ``starts`` (the last may be short), one after another, as a
+    fresh array: one ``pread`` per block for a memory-mapped set."""
+    backing = _backing(features)
+    if backing is None:
+        return np.concatenate([features[start : start + rows] for start in starts])
+    filename, offset = backing
+    row_bytes = features.shape[1] * features.dtype.itemsize
+    lengths = [min(int(start) + rows, len(features)) - int(start) for start in starts]
+    out = np.empty((sum(lengths), features.shape[1]), dtype=features.dtype)
+    handle = os.open(filename, os.O_RDONLY)
+    try:
+        at = 0
+        for start, length in zip(starts, lengths, strict=True):
+            data = os.pread(handle, length * row_bytes, offset + int(start) * row_bytes)
+            out[at : at + length] = np.frombuffer(data, dtype=features.dtype).reshape(length, -1)
+            at += length
+    finally:
+        os.close(handle)
+    return out
 
 
 def take_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -125,6 +152,6 @@ def iter_windows(
     rng = np.random.default_rng([seed, epoch, 1])
     for starts in epoch_windows(len(features), seed, epoch):
         rows = np.concatenate([np.arange(s, min(s + BLOCK_ROWS, len(features))) for s in starts])
-        values = np.concatenate([read_rows(features, s, s + BLOCK_ROWS) for s in starts])
+        values = read_blocks(features, starts, BLOCK_ROWS)
         order = rng.permutation(len(rows))
         yield np.take(values, order, axis=0), np.asarray(labels[rows[order]])  # take: 5x faster than values[order]
