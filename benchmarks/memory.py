@@ -66,7 +66,7 @@ def run_measured(root: Path, module: str, *args: str, log: Path | None = None) -
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.perf_counter()
     with open(log, "w") as stream:
-        command = [sys.executable, "-c", _LAUNCHER, str(peak_file), module, *args]
+        command = [sys.executable, "-c", _LAUNCHER, str(peak_file.resolve()), module, *args]
         status = subprocess.run(command, cwd=root, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - started
     if status != 0 or not peak_file.is_file():
