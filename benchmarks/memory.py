@@ -74,11 +74,6 @@ def run_measured(root: Path, module: str, *args: str, log: Path | None = None) -
     return round(int(peak_file.read_text()) / 1024, 1), round(seconds, 1)
 
 
-def peak_rss_mb(root: Path, module: str) -> tuple[float, float]:
-    """Run ``python -m <module>`` in ``root``; its peak resident memory in MiB and its wall seconds."""
-    return run_measured(root, module)
-
-
 def measure_at(root: Path, params: dict, images: int) -> dict[str, float]:
     """Split ``images`` flower photos in the workspace, then extract them; peak memory and seconds."""
     params["data"]["max_per_class"] = images // CLASSES
@@ -86,7 +81,7 @@ def measure_at(root: Path, params: dict, images: int) -> dict[str, float]:
     started = time.perf_counter()
     run_in(root, ("dvc", "repro", "split"))
     split_s = round(time.perf_counter() - started, 1)
-    peak, extract_s = peak_rss_mb(root, "stages.extract")
+    peak, extract_s = run_measured(root, "stages.extract")
     counts = files.read_json(root / params["paths"]["features"] / "meta.json")["counts"]
     print(f"{sum(counts.values())} images: extract peak RSS {peak} MiB ({extract_s} s)", flush=True)
     return {"images": sum(counts.values()), "peak_rss_mb": peak, "extract_s": extract_s, "split_s": split_s}

@@ -33,7 +33,7 @@ import yaml
 
 from benchmarks import machine
 from benchmarks.extract import RESULTS
-from benchmarks.memory import peak_rss_mb, run_measured
+from benchmarks.memory import run_measured
 from benchmarks.workspace import REPO, create_workspace, scratch_folder
 from pipeline.core import files
 
@@ -168,7 +168,7 @@ def main() -> None:
         write_synthetic(features, "train", args.rows, 1)
         write_synthetic(features, "val", VAL_ROWS, 2)
         files.write_json(features / "meta.json", {"backbone": params["backbone"]["name"], "feature_width": WIDTH})
-        stage_peak, stage_s = peak_rss_mb(root, "stages.train_head")
+        stage_peak, stage_s = run_measured(root, "stages.train_head")
         print(f"train_head on {args.rows} x {WIDTH}: peak RSS {stage_peak} MiB, {stage_s} s", flush=True)
         epoch, epoch_peak = run_child(root, "--epoch", features)
         print(f"fit_head one epoch: {epoch}, peak RSS {epoch_peak} MiB", flush=True)
@@ -178,7 +178,7 @@ def main() -> None:
         write_synthetic(features, "train", args.audit_rows, 1)
         write_synthetic(features, "val", args.audit_rows // 10, 2)
         write_synthetic(features, "test", args.audit_rows // 10, 3)
-        audit_peak, audit_s = peak_rss_mb(root, "stages.audit")
+        audit_peak, audit_s = run_measured(root, "stages.audit")
         print(f"audit on {args.audit_rows} train rows: peak RSS {audit_peak} MiB, {audit_s} s", flush=True)
     result = {
         "benchmark": "scale",

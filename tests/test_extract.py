@@ -103,23 +103,17 @@ def test_only_what_shapes_the_features_reruns_extract(project, image_tree):
     assert project.run("dvc", "status", "extract").stdout.strip() == "Data and pipelines are up to date."
 
 
-def _peak_rss_mb(project, stage: str) -> float:
-    """Run a stage's entry point and return its own peak resident memory (VmHWM, reported as it exits: a pytest
-    worker's size would hide in ``wait4``'s figure, which keeps the parent's high-water mark across ``exec``)."""
-    peak, _ = memory.run_measured(project.root, f"stages.{stage}")
-    return peak
-
-
 def test_extract_memory_does_not_grow_with_the_number_of_images(project, image_tree):
     folder = project.params["data"]["folder"]
     _small(project, weights="none", image_size=64)
     image_tree(folder, {"a": 60, "b": 60, "c": 60})
     project.run("dvc", "repro", "split")
-    peak_n = _peak_rss_mb(project, "extract")
+    # The stage's own peak (VmHWM as it exits): wait4's figure would keep this pytest worker's size.
+    peak_n, _ = memory.run_measured(project.root, "stages.extract")
 
     image_tree(folder, {"a": 180, "b": 180, "c": 180}, prefix="more")  # 4x the images
     project.run("dvc", "repro", "split")
-    peak_4n = _peak_rss_mb(project, "extract")
+    peak_4n, _ = memory.run_measured(project.root, "stages.extract")
     feature_array_mb = 3 * 240 * 1280 * 4 / 2**20
     assert peak_4n - peak_n < feature_array_mb + 100, (peak_n, peak_4n)
 
