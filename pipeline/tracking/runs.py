@@ -24,14 +24,16 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from pipeline.core import files, runtime
 from pipeline.core.config import PARAMS_FILE, Params
-from pipeline.tracking import store
+from pipeline.tracking import store, summary
+
+if TYPE_CHECKING:  # only a type here: the record stage runs without loading pandas
+    import pandas as pd
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"
 # MLflow 3 records an experiment's kind (GenAI development or model training) in this tag; headstart's
@@ -185,23 +187,20 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
     Raises:
         UserError: the tracking store is unreachable (raised before any work).
     """
-    uri = store.tracking_uri(params)
-    store.check_reachable(uri, params)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    import mlflow  # imported here: it is slow, and only needed once a stage really runs
+    _, uri, experiment = open_store(params)
+    import mlflow
 
     from pipeline.tracking import lineage  # imported here: lineage's command line uses this module
 
-    mlflow.set_tracking_uri(uri)
-    experiment_id = _experiment_id(mlflow, params, uri)
+    mlflow.set_tracking_uri(uri)  # the stage logs through the active run
     tags = run_tags(stage, params)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(stage), tags=tags)
-    handle = StageRun(mlflow, active.info.run_id, experiment_id, tags)
+    active = mlflow.start_run(experiment_id=experiment, run_name=_run_name(stage), tags=tags)
+    handle = StageRun(mlflow, active.info.run_id, experiment, tags)
     try:
         mlflow.log_params(stage_params(stage, params))
         lineage.log_inputs(mlflow, stage, params)
         yield handle
-        record = {**handle.metrics, "mlflow": {"run_id": handle.run_id, "experiment_id": experiment_id}}
+        record = {**handle.metrics, "mlflow": {"run_id": handle.run_id, "experiment_id": experiment}}
         files.write_json(store.metrics_file(params, stage), record)
         lineage.log_outputs(mlflow, stage, params)  # after the metrics JSON: it is an out too
     except KeyboardInterrupt:
@@ -215,7 +214,26 @@ def stage_run(stage: str, params: Params) -> Iterator[StageRun]:
         "http",
         "https",
     ):  # MLflow's own link is an INFO line (pipeline.core.console)
-        print(f"{stage}: MLflow run {store.run_url(uri, experiment_id, handle.run_id)}", flush=True)
+        print(f"{stage}: MLflow run {store.run_url(uri, experiment, handle.run_id)}", flush=True)
+
+
+def open_store(params: Params) -> tuple[Any, str, str]:
+    """Check the tracking store answers, then import MLflow and open a client on it.
+
+    Returns:
+        An ``mlflow.MlflowClient`` of the store, its URI and the id of ``tracking.experiment`` (created on
+        first use).
+
+    Raises:
+        UserError: the tracking store is unreachable (raised before MLflow's slow import).
+    """
+    uri = store.tracking_uri(params)
+    store.check_reachable(uri, params)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import mlflow  # imported here: it is slow, and only needed once a stage really runs
+
+    client = mlflow.MlflowClient(uri)
+    return client, uri, experiment_id(client, params, uri)
 
 
 def stage_params(stage: str, params: Params) -> dict[str, Any]:
@@ -227,7 +245,7 @@ def stage_params(stage: str, params: Params) -> dict[str, Any]:
             value = getattr(value, part)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a params section
             value = dataclasses.asdict(value)
-        flat.update(_flatten(key, value))
+        flat.update({name: summary.param_text(inner) for name, inner in summary.flatten(value, key).items()})
     return flat
 
 
@@ -255,38 +273,46 @@ def _run_name(stage: str) -> str:
     return f"{stage} ({experiment})" if experiment else stage
 
 
-def _experiment_id(mlflow: Any, params: Params, uri: str) -> str:
+def experiment_id(client: Any, params: Params, uri: str) -> str:
     """The experiment's id; created on first use with artifacts under the repository for local stores,
     and marked as a model-training experiment (``EXPERIMENT_KIND``), existing ones too."""
+    from mlflow.exceptions import MlflowException
+
     name = params.tracking.experiment
-    found = mlflow.get_experiment_by_name(name)
+    found = client.get_experiment_by_name(name)
     if found is None:
         local = urllib.parse.urlparse(uri).scheme not in ("http", "https", "databricks")
         location = store.store_path(params, "mlflow_artifacts").resolve().as_uri() if local else None
         try:
-            return mlflow.create_experiment(
+            return client.create_experiment(
                 name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
             )
-        except mlflow.exceptions.MlflowException:
-            found = mlflow.get_experiment_by_name(name)  # created concurrently by another stage
+        except MlflowException:
+            found = client.get_experiment_by_name(name)  # created concurrently by another stage
     if found.tags.get(EXPERIMENT_KIND_TAG) not in TRAINING_KINDS:
-        mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return found.experiment_id
+
+
+def dvc_stages(root: Path) -> list[str]:
+    """The stage names of the repository's dvc.yaml, in its order (none when it is missing or unreadable)."""
+    try:
+        return list(_read_dvc_yaml(root)["stages"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return []
+
+
+def _read_dvc_yaml(root: Path) -> Any:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML has it: 20x faster
+    return yaml.load((root / "dvc.yaml").read_text(encoding="utf-8"), Loader=loader)
 
 
 def _declared_params(root: Path, stage: str) -> list[str]:
     try:
-        spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))
-        declared = spec["stages"][stage].get("params", [])
+        declared = _read_dvc_yaml(root)["stages"][stage].get("params", [])
     except (OSError, KeyError, TypeError, AttributeError):
         return [stage] if stage in Params.__dataclass_fields__ else []
     return [p for p in declared if isinstance(p, str)]
-
-
-def _flatten(prefix: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, inner in value.items() for k, v in _flatten(f"{prefix}.{key}", inner).items()}
-    return {prefix: "null" if value is None else value}
 
 
 def _git_state(root: Path) -> tuple[str | None, bool]:

@@ -1,11 +1,14 @@
-"""``python -m pipeline.tracking.ui`` (``make ui``): the MLflow UI on the embedded store, opened on the training runs.
+"""``python -m pipeline.tracking.ui`` (``make ui``): the MLflow UI on the embedded store, opened on the pipeline runs.
 
 MLflow 3's UI starts in its GenAI view (traces, token usage, an assistant) in a browser that has not
 chosen otherwise, whatever the experiment; the ``workflowType=machine_learning`` query of a page's
-address switches it to the model-training view. This command prints the address of the headstart
-experiment's runs in that view, then becomes ``mlflow ui`` on ``paths.mlflow_db``::
+address switches it to the model-training view. This command writes the saved view of the pipeline runs
+(``pipeline.tracking.views``: one row per result, its scores and settings as columns), prints its address and
+that of every run, stage runs nested under their pipeline run, then becomes ``mlflow ui`` on
+``paths.mlflow_db``::
 
-    MLflow UI: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning
+    MLflow UI: http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=headstart-pipeline-runs&workflowTyp…
+    MLflow UI: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning (every run of …
 
 Checked in headless Chromium against MLflow 3.17: the plain address of the experiment opens on its
 GenAI overview even with the experiment's ``mlflow.experimentKind`` tag set (``pipeline.tracking.runs``
@@ -21,9 +24,9 @@ from collections.abc import Sequence
 
 from pipeline.core import config
 from pipeline.core.errors import run_cli
-from pipeline.tracking import store
+from pipeline.tracking import store, views
 
-TRAINING_VIEW = "workflowType=machine_learning"
+TRAINING_VIEW = views.TRAINING_VIEW
 
 
 def experiment_url(base: str, experiment_id: str | None) -> str:
@@ -43,18 +46,20 @@ def find_experiment(tracking_uri: str, name: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Print the address of the training runs, then run ``mlflow ui`` on the embedded store."""
+    """Print the address of the pipeline runs (else of the training runs), then run ``mlflow ui`` on the
+    embedded store."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.tracking.ui", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
     params = config.load()
     uri = f"sqlite:///{store.store_path(params, 'mlflow_db')}"
-    experiment = find_experiment(uri, params.tracking.experiment)
-    url = experiment_url(f"http://{args.host}:{args.port}", experiment)
-    what = f"the training runs of experiment '{params.tracking.experiment}'" if experiment else "no runs yet"
-    print(f"MLflow UI: {url} ({what})", flush=True)
+    base = f"http://{args.host}:{args.port}"
+    for line in describe_addresses(params, uri, base):
+        print(line, flush=True)
     command = [
+        sys.executable,  # this environment's MLflow, whatever PATH says
+        "-m",
         "mlflow",
         "ui",
         "--backend-store-uri",
@@ -67,6 +72,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         str(args.port),
     ]
     os.execvp(command[0], command)
+
+
+def describe_addresses(params: config.Params, uri: str, base: str) -> list[str]:
+    """The lines ``make ui`` prints: the pipeline runs' view when there are pipeline runs (written anew, so its
+    columns follow the latest runs), and the experiment's whole runs table."""
+    experiment = find_experiment(uri, params.tracking.experiment)
+    if experiment is None:
+        return [f"MLflow UI: {experiment_url(base, None)} (no runs yet)"]
+    name = params.tracking.experiment
+    everything = f"MLflow UI: {experiment_url(base, experiment)} (every run of experiment '{name}'"
+    found = count_pipeline_runs(uri, experiment)
+    if not found:
+        return [everything + ": the training runs)"]
+    views.publish_pipeline_view(uri, experiment)
+    return [
+        f"MLflow UI: {views.view_address(base, experiment)} ({found} pipeline runs: one row per result, "
+        "its scores and settings)",
+        everything + ", the stage runs nested under their pipeline run)",
+    ]
+
+
+def count_pipeline_runs(tracking_uri: str, experiment_id: str) -> int:
+    """How many pipeline runs the experiment holds (up to ``views.RECENT_RUNS``)."""
+    import mlflow
+
+    found = mlflow.MlflowClient(tracking_uri).search_runs(
+        [experiment_id], views.PIPELINE_FILTER, max_results=views.RECENT_RUNS
+    )
+    return len(found)
 
 
 if __name__ == "__main__":
