@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # DVC runs stage commands as `python -m stages.<name>`: make them find the venv's python.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint format docs-images docs bench bench-gpu lock fashion-mnist fonts ui clean push pull
+.PHONY: setup run test lint format docs-images docs bench bench-gpu lock fashion-mnist fonts browser ui clean push pull
 
 setup: $(VENV)/.installed ## create .venv and install the locked dependencies
 
@@ -39,10 +39,14 @@ fonts: ## install a font with CJK glyphs when possible, so class names in any sc
 	@if fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then echo "CJK font: installed"; \
 	else $(call apt_install,fonts-wqy-zenhei,figures will note the glyphs they cannot draw); fi
 
+browser: ## install Debian's chromium when possible: the tests and docs-images drive it headless (Playwright)
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	else $(call apt_install,chromium,the browser tests will fail and docs-images cannot take screenshots); fi
+
 run: setup fashion-mnist fonts ## dvc repro the default pipeline (STAGE=split: only up to that stage)
 	dvc repro $(STAGE)
 
-test: setup fashion-mnist fonts ## the whole test suite, in parallel (PYTEST_ARGS="-n 0" for one process)
+test: setup fashion-mnist fonts browser ## the whole test suite, in parallel (PYTEST_ARGS="-n 0" for one process)
 	pytest -n auto --dist load --durations=20 $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint and format check) and mypy: zero findings, rules in pyproject.toml
@@ -57,11 +61,11 @@ format: setup ## apply ruff's formatting and safe fixes
 docs: setup ## build the docs site into site/ (mkdocs build --strict: a broken link fails)
 	$(BIN)/mkdocs build --strict --site-dir site
 
-docs-images: setup ## the docs' screenshots of the last run (report, MLflow runs table) and dvc dag (needs chromium)
+docs-images: setup browser ## the docs' screenshots of the last run (report, MLflow runs table) and dvc dag (needs chromium)
 	python docs/screenshots.py
 
 bench: setup ## benchmarks on ../shared/datasets → benchmarks/results/*.json, one table → benchmarks/RESULTS.md
-	python -m benchmarks.report --run extract runtimes formats tuning backbones finetune_speed training_speed head_vs_probe accuracy repro memory scale default_run datacentric
+	python -m benchmarks.report --run extract runtimes formats tuning backbones finetune_speed training_speed head_vs_probe accuracy repro pipeline_run memory scale default_run datacentric
 
 bench-gpu: setup ## GPU figures at 224 px (extract, forward alone, fine-tune; mixed precision off and on) → benchmarks/results/gpu.json; refuses without a GPU
 	python -m benchmarks.gpu && python -m benchmarks.report

@@ -23,6 +23,8 @@ import pytest
 import yaml
 from PIL import Image
 
+import processes
+
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("pipeline", "stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore", "data/review.yaml")
 
@@ -228,25 +230,90 @@ def make_tiny_run(base: Path) -> TinyRun:
     return TinyRun(project.root, pristine, result.stdout, result.stderr)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
-    """The whole pipeline, run once per ``make test``: under pytest-xdist the first worker to need it makes it
-    (holding a file lock) in the temporary folder the workers share, and the others wait for it and read it."""
-    shared = tmp_path_factory.getbasetemp()
+def made_once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], dict[str, str]]) -> dict[str, Any]:
+    """Run ``make(base)`` once per ``make test``: under pytest-xdist the first worker to need it makes it (holding a
+    file lock) in the temporary folder the workers share, and the others wait for it and read its record.
+
+    Returns:
+        ``make``'s record, plus ``base``: the folder it worked in.
+    """
+    shared = factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # each worker's basetemp lies in the session's one
-    base, record = shared / "tiny_run", shared / "tiny_run.json"
-    with filelock.FileLock(shared / "tiny_run.lock"):
+    base, record = shared / name, shared / f"{name}.json"
+    with filelock.FileLock(shared / f"{name}.lock"):
         if not record.is_file():
             shutil.rmtree(base, ignore_errors=True)
             base.mkdir()
             try:
-                run = make_tiny_run(base)
+                made = make(base)
             except BaseException as error:
                 record.write_text(json.dumps({"error": str(error)}), encoding="utf-8")
                 raise
-            record.write_text(json.dumps({"stdout": run.stdout, "stderr": run.stderr}), encoding="utf-8")
+            record.write_text(json.dumps(made), encoding="utf-8")
         made = json.loads(record.read_text(encoding="utf-8"))
     if "error" in made:
-        pytest.fail(f"the shared tiny run failed in another worker:\n{made['error']}")
+        pytest.fail(f"{name}, shared by the tests, failed in another worker:\n{made['error']}")
+    return {**made, "base": str(base)}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """The whole pipeline, run once per ``make test`` (``made_once``)."""
+
+    def make(base: Path) -> dict[str, str]:
+        run = make_tiny_run(base)
+        return {"stdout": run.stdout, "stderr": run.stderr}
+
+    made = made_once(tmp_path_factory, "tiny_run", make)
+    base = Path(made["base"])
     return TinyRun(base / "repo", base / "pristine", made["stdout"], made["stderr"])
+
+
+# ------------------------------------------------------------------------------------------------
+# One queued sweep of two DVC experiments, shared by the tests that compare experiments
+# ------------------------------------------------------------------------------------------------
+
+#: The swept setting and its values: one experiment per value.
+SWEEP_PARAM, SWEEP_VALUES = "backbone.image_size", (32, 40)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """``dvc exp run --queue -S backbone.image_size=32,40`` then ``--run-all -j 1``, on two classes of six
+    random images, an untrained backbone, one trial and one epoch. ``root`` is never changed: work on a copy."""
+
+    root: Path
+    output: str
+    param: str = SWEEP_PARAM
+    values: tuple[int, ...] = SWEEP_VALUES
+
+    def copy(self, base: Path) -> Project:
+        """A private copy at ``base/repo``: experiments, DVC cache and MLflow store."""
+        return copy_project(self.root, base / "repo")
+
+
+def make_sweep(base: Path) -> dict[str, str]:
+    """Queue one experiment per ``SWEEP_VALUES`` in a new project under ``base`` and run them one at a time."""
+    project = create_project(base, yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
+    for label in ("cat", "dog"):
+        for index in range(6):
+            write_image(base / "source" / label / f"img{index:03d}.png", f"{label}/{index}")
+    project.shrink(head_epochs=1)
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "tiny pipeline")
+    values = ",".join(str(value) for value in SWEEP_VALUES)
+    queued = project.run("dvc", "exp", "run", "--queue", "-S", f"{SWEEP_PARAM}={values}")
+    status = project.run("dvc", "queue", "status").stdout
+    try:
+        ran = project.run("dvc", "exp", "run", "--run-all", "-j", "1")
+    finally:
+        processes.wait_for_queue_workers(project.root)
+    return {"output": "\n".join([queued.stdout, status, ran.stdout, ran.stderr])}
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    """The two-experiment sweep, run once per ``make test`` (``made_once``)."""
+    made = made_once(tmp_path_factory, "sweep", make_sweep)
+    return Sweep(Path(made["base"]) / "repo", made["output"])

@@ -1,5 +1,6 @@
 """Servers that tests start and stop: free loopback ports, a command run in its own session until a block ends
-(then stopped with everything it started), and a real ``mlflow server``.
+(then stopped with everything it started), a real ``mlflow server`` and ``make ui``'s MLflow UI; DVC's queue
+workers waited for.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import signal
 import socket
@@ -188,3 +190,51 @@ def mlflow_server(folder: Path) -> Iterator[MlflowServer]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
     with serving(command, folder / "server.log", f"{server.url}/health", env=env, cwd=folder):
         yield server
+
+
+@dataclasses.dataclass(frozen=True)
+class MlflowUi:
+    """``python -m pipeline.tracking.ui`` (``make ui``) serving a project's embedded store: the addresses it
+    printed, first the one it asks people to open."""
+
+    url: str
+    addresses: list[str]
+
+
+@contextlib.contextmanager
+def mlflow_ui(project_root: Path, log: Path) -> Iterator[MlflowUi]:
+    """Run ``make ui``'s command in a project on a free port of 127.0.0.1 until the block ends."""
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline.tracking.ui", "--host", HOST, "--port", str(port)]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_")}
+    url = f"http://{HOST}:{port}"
+    with serving(command, log, f"{url}/health", env=env, cwd=project_root):
+        printed = log.read_text(encoding="utf-8").splitlines()
+        yield MlflowUi(url, [line.split()[2] for line in printed if line.startswith("MLflow UI: ")])
+
+
+def wait_for_queue_workers(root: Path, timeout_s: float = 120.0) -> None:
+    """Wait for DVC's queue workers to exit: each stops itself once the queue has stayed empty a while,
+    and a test leaves no process behind.
+
+    Raises:
+        RuntimeError: a worker was still running after ``timeout_s`` (it is then sent SIGTERM).
+    """
+    pid_files = root.glob(".dvc/tmp/exps/celery/dvc-exp-worker-*.json")
+    pids = [json.loads(file.read_text(encoding="utf-8"))["pid"] for file in pid_files]
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while process_exists(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGTERM)
+                raise RuntimeError(f"the DVC queue worker {pid} did not stop by itself")
+            time.sleep(1)
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this id is still running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

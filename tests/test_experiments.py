@@ -1,13 +1,10 @@
-"""DVC experiments: a queued sweep runs each experiment in a temporary copy of the repository, and
-every stage run lands in the one MLflow store at the original repository root, tagged with its
-experiment's name."""
+"""DVC experiments: a queued sweep runs each experiment in a temporary copy of the repository; every stage run
+lands in the one MLflow store at the original repository root, tagged with its experiment's name, and each
+experiment's result is one pipeline run that carries its settings and scores, its stage runs nested under it."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -18,9 +15,10 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-SIZES = (32, 40)
 # Downstream of backbone.image_size: these stages must run again in every experiment of the sweep.
-REDONE = ("extract", "train_head", "finetune", "evaluate", "analyze")
+REDONE = ("extract", "train_head", "audit", "finetune", "evaluate", "analyze", "export")
+REUSED = ("download", "split")  # the second experiment takes them from DVC's cache
+PIPELINE_FILTER = "tags.stage = 'pipeline'"
 
 
 def pipeline_stages(root: Path) -> list[str]:
@@ -39,54 +37,31 @@ def shown_experiments(project) -> dict[str, dict[str, Any]]:
     return found
 
 
-def wait_for_queue_workers(root: Path, timeout_s: float = 120.0) -> None:
-    """Wait for DVC's queue workers to exit: each stops itself once the queue has stayed empty a while,
-    and a test leaves no process behind."""
-    pid_files = root.glob(".dvc/tmp/exps/celery/dvc-exp-worker-*.json")
-    pids = [json.loads(file.read_text(encoding="utf-8"))["pid"] for file in pid_files]
-    deadline = time.monotonic() + timeout_s
-    for pid in pids:
-        while process_exists(pid):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGTERM)
-                pytest.fail(f"the DVC queue worker {pid} did not stop by itself")
-            time.sleep(1)
+def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """params.yaml's values by dotted name, as ``dvc exp show`` names its columns."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    return {k: v for key, inner in value.items() for k, v in flat(inner, f"{prefix}.{key}".lstrip(".")).items()}
 
 
-def process_exists(pid: int) -> bool:
-    """Whether a process with this id is still running."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def recorded_runs(data: dict[str, Any], stages: list[str]) -> dict[str, str]:
+    """The run id each stage's metrics JSON names in one experiment."""
+    return {stage: data["metrics"][f"metrics/{stage}.json"]["data"]["mlflow"]["run_id"] for stage in stages}
 
 
-def test_queued_sweep_runs_each_experiment_into_the_repository_mlflow_store(project, image_tree) -> None:
-    image_tree(project.params["data"]["folder"], {"cat": 6, "dog": 6})
-    project.shrink(head_epochs=1)
-    project.run("git", "add", "-A")
-    project.run("git", "commit", "-qm", "tiny pipeline")
-
-    # One Hydra choice override queues one experiment per value.
-    sizes = ",".join(str(size) for size in SIZES)
-    project.run("dvc", "exp", "run", "--queue", "-S", f"backbone.image_size={sizes}")
-    queued = project.run("dvc", "queue", "status").stdout
-    assert queued.count("Queued") == len(SIZES), queued
-    try:
-        ran = project.run("dvc", "exp", "run", "--run-all", "-j", "1")
-    finally:
-        wait_for_queue_workers(project.root)
-    assert "Failed to reproduce" not in ran.stdout + ran.stderr, ran.stdout + ran.stderr
+def test_a_queued_sweep_runs_each_experiment_into_the_repository_mlflow_store(sweep, tmp_path) -> None:
+    project = sweep.copy(tmp_path)
+    assert sweep.output.count("Queued experiment") == len(sweep.values), sweep.output
+    assert "Failed to reproduce" not in sweep.output, sweep.output
 
     experiments = shown_experiments(project)
-    assert len(experiments) == len(SIZES), experiments.keys()
+    assert len(experiments) == len(sweep.values), experiments.keys()
     by_size = {
         data["params"]["params.yaml"]["data"]["backbone"]["image_size"]: name for name, data in experiments.items()
     }
-    assert set(by_size) == set(SIZES)
+    assert set(by_size) == set(sweep.values)
 
-    stages = pipeline_stages(project.root)
+    stages = [stage for stage in pipeline_stages(project.root) if stage != "record"]
     store = project.root / "mlflow.db"
     client = mlflow.MlflowClient(f"sqlite:///{store}")
     experiment = client.get_experiment_by_name(project.params["tracking"]["experiment"])
@@ -95,7 +70,7 @@ def test_queued_sweep_runs_each_experiment_into_the_repository_mlflow_store(proj
     by_id = {run.info.run_id: run for run in runs}
     for size, name in by_size.items():
         metrics = experiments[name]["metrics"]
-        recorded = {stage: metrics[f"metrics/{stage}.json"]["data"]["mlflow"]["run_id"] for stage in stages}
+        recorded = recorded_runs(experiments[name], stages)
         assert set(recorded.values()) <= set(by_id), f"{name}: runs missing from {store}"
         # Stages the run-cache restored point at the run that made their outputs: some experiment's.
         assert {by_id[run_id].data.tags.get("dvc.exp_name") for run_id in recorded.values()} <= set(by_size.values())
@@ -123,3 +98,48 @@ def test_queued_sweep_runs_each_experiment_into_the_repository_mlflow_store(proj
 
     diff = project.run("dvc", "exp", "diff", *by_size.values()).stdout
     assert "backbone.image_size" in diff
+
+
+def test_each_experiment_is_one_pipeline_run_with_its_settings_scores_and_stage_runs(sweep, tmp_path) -> None:
+    project = sweep.copy(tmp_path)
+    experiments = shown_experiments(project)
+    stages = [stage for stage in pipeline_stages(project.root) if stage != "record"]
+    client = mlflow.MlflowClient(f"sqlite:///{project.root / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name(project.params["tracking"]["experiment"]).experiment_id
+    pipeline_runs = client.search_runs([experiment_id], PIPELINE_FILTER)
+    # Exactly one per experiment, named after it, the run its metrics/record.json names.
+    assert sorted(run.info.run_name for run in pipeline_runs) == sorted(experiments)
+    by_name = {run.info.run_name: run for run in pipeline_runs}
+    swept = {name: by_name[name].data.params[sweep.param] for name in experiments}
+    assert sorted(swept.values()) == sorted(str(value) for value in sweep.values)
+
+    holders: dict[str, set[str]] = {stage: set() for stage in stages}
+    reused: dict[str, set[str]] = {}
+    for name, data in experiments.items():
+        run = by_name[name]
+        assert run.info.status == "FINISHED" and run.data.tags["dvc.exp_name"] == name
+        assert data["metrics"]["metrics/record.json"]["data"]["mlflow"]["run_id"] == run.info.run_id
+        # Every value of the experiment's params.yaml (as `dvc exp show` reads it), under the same name.
+        settings = flat(data["params"]["params.yaml"]["data"])
+        assert {key: run.data.params.get(key) for key in settings} == {
+            key: "null" if value is None else str(value) for key, value in settings.items()
+        }
+        assert run.data.params[f"{sweep.param}.resolved"] == run.data.params[sweep.param]
+        evaluated = data["metrics"]["metrics/evaluate.json"]["data"]
+        assert run.data.metrics["finetuned.accuracy"] == evaluated["finetuned"]["accuracy"]
+        assert run.data.metrics["head_only.accuracy"] == evaluated["head_only"]["accuracy"]
+        # Each stage's run is listed; it is nested under this pipeline run or, reused, under the one that made it.
+        for stage, stage_run_id in recorded_runs(data, stages).items():
+            assert run.data.tags[f"stages.{stage}.run_id"] == stage_run_id
+            parent = client.get_run(stage_run_id).data.tags["mlflow.parentRunId"]
+            assert run.data.tags.get(f"stages.{stage}.made_by", run.info.run_id) == parent
+            holders[stage].add(parent)
+        reused[run.info.run_id] = {stage for stage in stages if run.data.tags.get(f"stages.{stage}.made_by")}
+    # The experiment that ran first made download and split; the other lists them, reused, and logs them not again.
+    (maker,) = holders["download"]
+    assert {run_id: stages for run_id, stages in reused.items()} == {
+        run.info.run_id: set() if run.info.run_id == maker else set(REUSED) for run in pipeline_runs
+    }
+    assert all(len(holders[stage]) == 1 for stage in REUSED)
+    assert all(len(holders[stage]) == len(experiments) for stage in REDONE)
+    assert len(client.search_runs([experiment_id], "tags.stage = 'download'")) == 1

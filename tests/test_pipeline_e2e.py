@@ -43,7 +43,18 @@ def test_repro_download_and_split_then_nothing_to_do(project, image_tree) -> Non
 
 
 def test_the_whole_pipeline_runs_then_nothing_is_left_to_do(tiny_run, tmp_path) -> None:
-    stages = ("download", "split", "extract", "train_head", "audit", "finetune", "evaluate", "analyze", "export")
+    stages = (
+        "download",
+        "split",
+        "extract",
+        "train_head",
+        "audit",
+        "finetune",
+        "evaluate",
+        "analyze",
+        "export",
+        "record",
+    )
     assert all(f"Running stage '{stage}'" in tiny_run.stdout for stage in stages)
     # The console: each stage's own lines, none of the libraries' chatter (pipeline/core/console.py).
     console = tiny_run.stdout + tiny_run.stderr

@@ -96,9 +96,17 @@ def test_pipeline_logs_runs_trials_artifacts_and_model_to_a_tracking_server(proj
         "runs"
     ]
 
-    # One run per stage, each the run its metrics JSON points at.
+    # One pipeline run at the top, the run record.json names, printed with its page on the server; one run per
+    # stage nested under it, each the run its metrics JSON points at.
+    (pipeline,) = [run for run in runs if tag(run, "mlflow.parentRunId") is None]
+    pipeline_id = pipeline["info"]["run_id"]
+    assert tag(pipeline, "stage") == "pipeline" and pipeline["info"]["status"] == "FINISHED"
+    recorded = json.loads((project.root / "metrics" / "record.json").read_text(encoding="utf-8"))
+    assert recorded["mlflow"]["run_id"] == pipeline_id
+    assert store.run_url(mlflow_server.url, experiment["experiment_id"], pipeline_id) in result.stdout
     stages = list(yaml.safe_load((project.root / "dvc.yaml").read_text(encoding="utf-8"))["stages"])
-    stage_runs = [run for run in runs if tag(run, "mlflow.parentRunId") is None]
+    stages.remove("record")
+    stage_runs = [run for run in runs if tag(run, "mlflow.parentRunId") == pipeline_id]
     assert sorted(tag(run, "stage") for run in stage_runs) == sorted(stages)
     by_stage = {tag(run, "stage"): run for run in stage_runs}
     for stage, run in by_stage.items():  # each stage names its run's page on the server
@@ -108,12 +116,21 @@ def test_pipeline_logs_runs_trials_artifacts_and_model_to_a_tracking_server(proj
         recorded = json.loads((project.root / "metrics" / f"{stage}.json").read_text(encoding="utf-8"))
         assert by_stage[stage]["info"]["run_id"] == recorded["mlflow"]["run_id"]
         assert by_stage[stage]["info"]["status"] == "FINISHED"
+        assert tag(pipeline, f"stages.{stage}.run_id") == recorded["mlflow"]["run_id"]
+    # The pipeline run carries the settings and the scores (tests/test_pipeline_run.py checks them in full).
+    settings, scores = values(pipeline, "params"), values(pipeline, "metrics")
+    assert settings["tune.max_trials"] == str(trials) and settings["backbone.image_size.resolved"] == "32"
+    evaluated = json.loads((project.root / "metrics" / "evaluate.json").read_text(encoding="utf-8"))
+    assert scores["finetuned.accuracy"] == evaluated["finetuned"]["accuracy"]
+    assert {"report.html", "params.yaml", "plots/evaluate/confusion_matrix.png"} <= artifact_paths(
+        mlflow_server, pipeline_id
+    )
 
     # The tuner's trials are nested under train_head, one per trial, with hyperparameters and scores.
     head_run_id = by_stage["train_head"]["info"]["run_id"]
     children = [run for run in runs if tag(run, "mlflow.parentRunId") == head_run_id]
     assert len(children) == trials == project.params["tune"]["max_trials"]
-    assert len(children) == len(runs) - len(stage_runs)
+    assert len(children) == len(runs) - len(stage_runs) - 1  # all but the stage runs and the pipeline run
     assert len({tag(run, "tuner.trial_id") for run in children}) == trials
     objective = project.params["tune"]["objective"]
     for child in children:
@@ -146,4 +163,6 @@ def test_pipeline_logs_runs_trials_artifacts_and_model_to_a_tracking_server(proj
     assert champion["status"] == "READY" and champion["run_id"] == evaluate_run_id
     recorded = json.loads((project.root / "metrics" / "evaluate.json").read_text(encoding="utf-8"))
     assert str(recorded["registry"]["version"]) == number
+    linked = mlflow_server.get("model-versions/get", name=name, version=number)["model_version"]
+    assert {"key": "pipeline.run_id", "value": pipeline_id} in linked["tags"] and pipeline_id in linked["description"]
     assert list(mlflow_server.artifacts.rglob("MLmodel")), "the registered model's files went elsewhere"

@@ -1,4 +1,5 @@
-"""MLflow: where the store is, one run per stage, lineage between runs, the UI command.
+"""MLflow: where the store is, one run per stage, one pipeline run per result, lineage between runs, the UI's
+saved view and command.
 
 Imports only ``pipeline.core``.
 """

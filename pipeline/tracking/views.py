@@ -9,8 +9,8 @@ a view saved in MLflow 3.17's UI, and opened by tests/test_compare_in_ui.py in a
 headstart keeps one view, ``VIEW_KEY``, rewritten by every pipeline run and by ``make ui``:
 
 - the rows: the pipeline runs only (``tags.stage = 'pipeline'``), newest first;
-- the columns: the test scores, the main settings (their resolved values beside the ``auto`` ones), and every
-  setting whose value differs between the pipeline runs (a sweep's swept settings);
+- the columns: the test scores, every setting whose value differs between the pipeline runs (a sweep's swept
+  settings), then the main settings (their resolved values beside the ``auto`` ones) and the commit;
 - the charts: what differs between the runs (params and metrics side by side), test accuracy against each
   differing setting, and test accuracy per run.
 """
@@ -65,7 +65,7 @@ def view_state(varying: list[str]) -> dict[str, Any]:
     shown = [name for name in varying if name not in SETTING_COLUMNS][:MAX_VARYING]
     columns = [
         *(_column("metrics", name) for name in SCORE_COLUMNS),
-        *(_column("params", name) for name in (*SETTING_COLUMNS, *shown)),
+        *(_column("params", name) for name in (*shown, *SETTING_COLUMNS)),
         _column("tags", "git.commit"),
     ]
     return {
