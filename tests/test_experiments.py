@@ -13,6 +13,8 @@ import mlflow
 import pytest
 import yaml
 
+from pipeline.tracking import views
+
 pytestmark = pytest.mark.slow
 
 # Downstream of backbone.image_size: these stages must run again in every experiment of the sweep.
@@ -140,6 +142,9 @@ def test_each_experiment_is_one_pipeline_run_with_its_settings_scores_and_stage_
     assert {run_id: stages for run_id, stages in reused.items()} == {
         run.info.run_id: set() if run.info.run_id == maker else set(REUSED) for run in pipeline_runs
     }
+    # The saved view the second experiment's record wrote shows the swept setting (make ui not run yet).
+    state = views.read_view_state(client.get_experiment(experiment_id).tags[views.VIEW_TAG + views.VIEW_KEY])
+    assert f"params.`{sweep.param}`" in state["selectedColumns"], state["selectedColumns"]
     assert all(len(holders[stage]) == 1 for stage in REUSED)
     assert all(len(holders[stage]) == len(experiments) for stage in REDONE)
     assert len(client.search_runs([experiment_id], "tags.stage = 'download'")) == 1

@@ -127,6 +127,7 @@ def test_the_saved_view_shows_the_pipeline_runs_with_the_settings_that_differ() 
     kind, packed = value["state"].split(";", 1)
     state = json.loads(zlib.decompress(base64.b64decode(packed)))  # what MLflow's UI inflates
     assert kind == "deflate" and state["searchFilter"] == "tags.stage = 'pipeline'"
+    assert views.read_view_state(json.dumps(value)) == state and views.read_view_state("not a view") == {}
     columns = state["selectedColumns"]
     assert columns[0] == "metrics.`finetuned.accuracy`"
     assert {"params.`backbone.name`", "params.`backbone.image_size`", "params.`tune.max_trials`"} <= set(columns)

@@ -130,7 +130,7 @@ def link_stages(
 
     Args:
         outputs: ``{stage: metrics JSON}``.
-        found: ``{stage: _run_facts(...)}``; None for a run the store does not hold.
+        found: ``{stage: facts}`` from ``_find_stage_runs``; None for a run the store does not hold.
         run_id: the new pipeline run.
     """
     links = []

@@ -40,6 +40,7 @@ SETTING_COLUMNS = (
     "finetune.learning_rate" + summary.RESOLVED_SUFFIX,
     "finetune.epochs" + summary.RESOLVED_SUFFIX,
 )
+VARYING_KEY = "headstartVaryingSettings"
 RECENT_RUNS = 200  # the pipeline runs whose settings are compared for the columns
 MAX_VARYING = 12  # differing settings shown as columns, at most
 COLUMN_WIDTH = (110, 270)  # pixels, the least and the most: a column fits its dotted name in between
@@ -83,6 +84,7 @@ def view_state(varying: list[str]) -> dict[str, Any]:
         "compareRunCharts": _charts(varying),
         "compareRunSections": [_section(name) for name in (_SECTION, _MODEL_METRICS, _SYSTEM_METRICS)],
         "isAccordionReordered": False,
+        VARYING_KEY: varying,  # headstart's own: what the next pipeline run adds to (the UI ignores it)
     }
 
 
@@ -92,8 +94,25 @@ def saved_view(state: Mapping[str, Any], now_ms: int) -> str:
     return json.dumps({"name": VIEW_NAME, "createdAt": now_ms, "updatedAt": now_ms, "state": f"deflate;{packed}"})
 
 
-def publish_pipeline_view(tracking_uri: str, experiment_id: str) -> str:
+def read_view_state(value: str) -> dict[str, Any]:
+    """The state inside a saved view's tag value (``saved_view``'s inverse); empty when it is not one."""
+    try:
+        kind, packed = json.loads(value)["state"].split(";", 1)
+        state = json.loads(zlib.decompress(base64.b64decode(packed))) if kind == "deflate" else None
+    except (ValueError, KeyError, TypeError, AttributeError, zlib.error):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def publish_pipeline_view(tracking_uri: str, experiment_id: str, newest_run_id: str | None = None) -> str:
     """Write (or rewrite) the saved view on an experiment.
+
+    Args:
+        tracking_uri: the store.
+        experiment_id: the experiment.
+        newest_run_id: a pipeline run just made: the settings that differ are those the view already shows plus
+            those in which it differs from the pipeline run before it, so the cost does not grow with the runs.
+            None (``make ui``): compare the ``RECENT_RUNS`` newest pipeline runs afresh.
 
     Returns:
         The view's key.
@@ -101,11 +120,19 @@ def publish_pipeline_view(tracking_uri: str, experiment_id: str) -> str:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
+    tag = VIEW_TAG + VIEW_KEY
+    newest = 2 if newest_run_id else RECENT_RUNS
     found = client.search_runs(
-        [experiment_id], PIPELINE_FILTER, max_results=RECENT_RUNS, order_by=["attributes.start_time DESC"]
+        [experiment_id], PIPELINE_FILTER, max_results=newest, order_by=["attributes.start_time DESC"]
     )
-    state = view_state(varying_settings(run.data.params for run in found))
-    client.set_experiment_tag(experiment_id, VIEW_TAG + VIEW_KEY, saved_view(state, int(time.time() * 1000)))
+    if newest_run_id:  # the new run and the newest other
+        found = [client.get_run(newest_run_id), *[run for run in found if run.info.run_id != newest_run_id][:1]]
+    varying = set(varying_settings(run.data.params for run in found))
+    if newest_run_id:
+        shown = client.get_experiment(experiment_id).tags.get(tag, "")
+        varying |= set(read_view_state(shown).get(VARYING_KEY, []))
+    state = view_state(sorted(varying))
+    client.set_experiment_tag(experiment_id, tag, saved_view(state, int(time.time() * 1000)))
     return VIEW_KEY
 
 
