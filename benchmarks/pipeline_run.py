@@ -1,8 +1,9 @@
 """Benchmark: what the record stage (one MLflow pipeline run per result) adds to a ``dvc repro``.
 
 In a throw-away copy of the project on ``--per-class`` Fashion-MNIST images per class (Debian's
-``dataset-fashion-mnist``), params.yaml's values otherwise (export: float32 only), the whole pipeline runs once. Then, ``--repeat`` times
-each, interleaved:
+``dataset-fashion-mnist``), params.yaml's values otherwise (export: float32 only), the whole pipeline runs once,
+for each store: the embedded one (sqlite in the workspace) and a real ``mlflow server`` on 127.0.0.1 (sqlite
+behind it, ``MLFLOW_TRACKING_URI`` set), each in its own workspace. Then, ``--repeat`` times each, interleaved:
 
 - ``record_s``: ``dvc repro --force --single-item record``: DVC checks the stage, runs ``python -m stages.record``
   (a new pipeline run: MLflow's import, its settings, numbers, artifacts, nesting, the model version's link, the
@@ -10,10 +11,11 @@ each, interleaved:
 - ``check_s``: ``dvc repro --single-item record`` with nothing to do: DVC's start and its check of the stage;
 - ``added_s``: the median of ``record_s`` minus the median of ``check_s``: what the stage adds to a run that
   made a new result (the goal: at most 3 s on a 2-core CPU);
-- ``command_s``: ``python -m stages.record`` alone, and ``import_mlflow_s``: ``python -c "import mlflow"``, the
-  floor every stage that logs to MLflow pays (medians).
+- ``command_s``: ``python -m stages.record`` alone;
+- ``import_s``: what the command imports before its first request: MLflow, and for the embedded store its SQL
+  store module (SQLAlchemy, the schema): the floor every stage that logs to that store pays.
 
-The stage's check on a no-op ``dvc repro`` is part of ``check_s``. Writes ``benchmarks/results/pipeline_run.json``::
+Writes ``benchmarks/results/pipeline_run.json`` (``embedded`` and ``server``)::
 
     python -m benchmarks.pipeline_run [--per-class 30] [--repeat 7] [--keep DIR]
 """
@@ -21,21 +23,32 @@ The stage's check on a no-op ``dvc repro`` is part of ``check_s``. Writes ``benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import os
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
 from benchmarks import machine
-from benchmarks.workspace import create_workspace, run_in, scratch_folder
+from benchmarks.workspace import create_workspace, scratch_folder
 from pipeline.core import files
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RECORD = "record"
+IMPORTS = {
+    "embedded": "import mlflow, mlflow.store.tracking.sqlalchemy_store",
+    "server": "import mlflow",
+}
 
 
 def small_params(per_class: int) -> dict:
@@ -47,56 +60,99 @@ def small_params(per_class: int) -> dict:
     return params
 
 
-def timed(root: Path, command: tuple[str, ...]) -> float:
-    """Run ``command`` in ``root``; its wall seconds."""
+def timed(root: Path, command: tuple[str, ...], tracking_uri: str | None) -> float:
+    """Run ``command`` in ``root`` against a tracking store (None: the workspace's own); its wall seconds.
+
+    Raises:
+        SystemExit: the command failed (with the end of its output).
+    """
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     started = time.perf_counter()
-    run_in(root, command)
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed in {root}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
 
 
-def measure(root: Path, repeat: int) -> dict:
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port (sqlite, proxied artifacts) until the block ends."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    folder.mkdir(parents=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"]
+    command += ["--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    with (folder / "server.log").open("wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{url}/health", timeout=5).close()
+                break
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"mlflow server did not start: {folder / 'server.log'}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def measure(root: Path, store: str, tracking_uri: str | None, repeat: int) -> dict:
     """The interleaved timings in a finished workspace (see the module's docstring)."""
-    runs: dict[str, list[float]] = {"record_s": [], "check_s": [], "command_s": [], "import_mlflow_s": []}
     commands = {
         "record_s": ("dvc", "repro", "--force", "--single-item", RECORD),
         "check_s": ("dvc", "repro", "--single-item", RECORD),
         "command_s": (sys.executable, "-m", f"stages.{RECORD}"),
-        "import_mlflow_s": (sys.executable, "-c", "import mlflow"),
+        "import_s": (sys.executable, "-c", IMPORTS[store]),
     }
+    runs: dict[str, list[float]] = {name: [] for name in commands}
     for round_ in range(repeat):
         for name, command in commands.items():
-            runs[name].append(round(timed(root, command), 2))
-        print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in runs.items()), flush=True)
+            runs[name].append(round(timed(root, command, tracking_uri), 2))
+        print(f"{store}, round {round_ + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in runs.items()), flush=True)
     medians = {name: round(statistics.median(values), 2) for name, values in runs.items()}
-    return {
-        **medians,
-        "added_s": round(medians["record_s"] - medians["check_s"], 2),
-        "runs_s": runs,
-    }
+    return {**medians, "added_s": round(medians["record_s"] - medians["check_s"], 2), "runs_s": runs}
+
+
+def measure_store(scratch: Path, store: str, per_class: int, repeat: int) -> dict:
+    """A workspace whose runs go to ``store``: the whole pipeline once, then the timings."""
+    root = scratch / store
+    create_workspace(root, small_params(per_class))
+    with contextlib.ExitStack() as stack:
+        uri = stack.enter_context(mlflow_server(scratch / "mlflow-server")) if store == "server" else None
+        full = timed(root, ("dvc", "repro"), uri)
+        print(f"{store}: the whole pipeline {full:.0f} s", flush=True)
+        return {"full_s": round(full, 1), **measure(root, store, uri, repeat)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=30, help="Fashion-MNIST images per class")
     parser.add_argument("--repeat", type=int, default=7, help="interleaved rounds of each timing")
-    parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (default: a temporary folder)")
+    parser.add_argument(
+        "--keep", type=Path, help="build the workspaces here and keep them (default: a temporary folder)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
+    result = {
+        "benchmark": "pipeline_run",
+        "machine": machine.describe(),
+        "data": f"Fashion-MNIST, {args.per_class} images per class, params.yaml otherwise (export: float32)",
+    }
     with scratch_folder(args.keep, "headstart-pipeline-run-") as scratch:
-        root = scratch / "workspace"
-        create_workspace(root, small_params(args.per_class))
-        full = timed(root, ("dvc", "repro"))
-        print(f"the whole pipeline: {full:.0f} s", flush=True)
-        result = {
-            "benchmark": "pipeline_run",
-            "machine": machine.describe(),
-            "data": f"Fashion-MNIST, {args.per_class} images per class, params.yaml otherwise (export: float32)",
-            "full_s": round(full, 1),
-            **measure(root, args.repeat),
-        }
+        for store in IMPORTS:
+            result[store] = measure_store(scratch, store, args.per_class, args.repeat)
     result["seconds"] = round(time.perf_counter() - started, 1)
     files.write_json(RESULTS / "pipeline_run.json", result)
-    print(f"record adds {result['added_s']} s (median of {args.repeat}; the command alone {result['command_s']} s)")
+    for store in IMPORTS:
+        print(f"{store} store: record adds {result[store]['added_s']} s (median of {args.repeat})")
 
 
 if __name__ == "__main__":

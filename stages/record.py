@@ -15,7 +15,7 @@ from pipeline.tracking import pipeline_run, views
 def main() -> None:
     params = config.load()
     result = pipeline_run.record_result(params)
-    views.publish_pipeline_view(result.tracking_uri, result.experiment_id, result.run_id)
+    views.publish_pipeline_view(result.tracking_uri, result.experiment_id, (result.run_id, result.params))
     print(f"record: {pipeline_run.describe_result(result)}")
 
 

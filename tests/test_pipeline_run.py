@@ -222,11 +222,19 @@ def test_the_shared_run_is_one_pipeline_run_with_its_settings_scores_artifacts_a
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     artifacts |= {
         item.path
-        for folder in ("plots/evaluate", "plots/analyze", "metrics")
+        for folder in ("plots/evaluate", "plots/analyze")
         for item in client.list_artifacts(run.info.run_id, folder)
     }
     assert {"params.yaml", "report.html", "plots/evaluate/confusion_matrix.png"} <= artifacts
-    assert {"plots/analyze/per_class_accuracy.csv", "metrics/evaluate.json"} <= artifacts
+    assert {"plots/analyze/per_class_accuracy.csv", "metrics.json"} <= artifacts
+    logged = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="metrics.json", tracking_uri=client.tracking_uri
+            )
+        ).read_text()
+    )
+    assert logged == {stage: metrics_json(root, stage) for stage in stages_of(root)}
     # The UI's view of the pipeline runs is on the experiment.
     experiment = client.get_experiment(run.info.experiment_id)
     assert json.loads(experiment.tags[views.VIEW_TAG + views.VIEW_KEY])["name"] == views.VIEW_NAME

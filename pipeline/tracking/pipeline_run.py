@@ -10,7 +10,7 @@ The pipeline run is tagged ``stage = pipeline`` and named after the DVC experime
 It carries every value of params.yaml and the values ``auto`` resolved to (``summary.setting_params``), each
 stage's headline numbers (``summary.headline_metrics``), the seconds of every stage run, the stage-run tags
 (git, params hash, CPU, experiment), the runtime and the registered model version, and as artifacts
-params.yaml, the metrics JSONs, the report, evaluate's charts and analyze's tables.
+params.yaml, the stages' metrics JSONs (one ``metrics.json``), the report, evaluate's charts and analyze's tables.
 
 Its children: a stage run that no live pipeline run holds yet gets ``mlflow.parentRunId`` set to this run, so
 the runs table nests it (with the tuner's trials under train_head). A stage run that an earlier pipeline run
@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from pipeline.core import config, files
@@ -76,7 +79,7 @@ def record_result(params: Params) -> PipelineRun:
     """
     outputs = read_outputs(params)
     client, uri, experiment = runs.open_store(params)
-    found = _find_stage_runs(client, _run_ids(outputs))
+    found = _find_stage_runs(client, _run_ids(outputs), experiment)
     tags = pipeline_tags(params, outputs)
     name = run_name(tags)
     # The run spans the stages that ran for it: the UI's Created and Duration are those of the `dvc repro`.
@@ -91,7 +94,8 @@ def record_result(params: Params) -> PipelineRun:
         _log_batch(client, run_id, logged_params, metrics, tags)
         _log_artifacts(client, run_id, params, outputs)
         _nest(client, links, run_id)
-        _link_model_version(client, outputs.get("evaluate", {}).get("registry"), experiment, run_id)
+        if any(link.stage == "evaluate" and link.made_by == run_id for link in links):  # else an earlier run's
+            _link_model_version(client, outputs["evaluate"].get("registry"), experiment, run_id)
         files.write_json(store.metrics_file(params, RECORD_STAGE), result_record(experiment, run_id, links))
     url = store.run_url(uri, experiment, run_id) if urllib.parse.urlparse(uri).scheme in ("http", "https") else None
     return PipelineRun(run_id, experiment, name, links, logged_params, metrics, uri, url)
@@ -216,16 +220,16 @@ def _run_ids(outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     return {stage: out["mlflow"]["run_id"] for stage, out in outputs.items() if out.get("mlflow", {}).get("run_id")}
 
 
-def _find_stage_runs(client: Any, run_ids: Mapping[str, str]) -> dict[str, dict[str, Any] | None]:
+def _find_stage_runs(client: Any, run_ids: Mapping[str, str], experiment_id: str) -> dict[str, dict[str, Any] | None]:
     """Per stage, its run's start (ms), seconds and the live pipeline run holding it (None: not in this store).
 
     Two searches, whatever the number of stages: the stage runs by id, then the pipeline runs they name.
     """
-    stage_runs = _runs_by_id(client, set(run_ids.values()))
+    stage_runs = _runs_by_id(client, set(run_ids.values()), experiment_id)
     parents = {run.data.tags.get("mlflow.parentRunId") for run in stage_runs.values()} - {None}
     live = {
         run_id
-        for run_id, run in _runs_by_id(client, parents).items()
+        for run_id, run in _runs_by_id(client, parents, experiment_id).items()
         if run.data.tags.get("stage") == PIPELINE and run.info.status not in ENDED
     }
     found: dict[str, dict[str, Any] | None] = {}
@@ -244,18 +248,22 @@ def _find_stage_runs(client: Any, run_ids: Mapping[str, str]) -> dict[str, dict[
     return found
 
 
-def _runs_by_id(client: Any, run_ids: set[str]) -> dict[str, Any]:
-    """The runs with these ids in any experiment of the store (deleted ones too), by id."""
-    if not run_ids:
-        return {}
+def _runs_by_id(client: Any, run_ids: set[str], experiment_id: str) -> dict[str, Any]:
+    """The runs with these ids (deleted ones too), by id: looked for in the experiment, then in every other."""
     from mlflow.entities import ViewType
 
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    quoted = ", ".join(f"'{run_id}'" for run_id in sorted(run_ids))
-    found = client.search_runs(
-        experiments, f"attributes.run_id IN ({quoted})", run_view_type=ViewType.ALL, max_results=len(run_ids)
-    )
-    return {run.info.run_id: run for run in found}
+    found: dict[str, Any] = {}
+    for where in ([experiment_id], None):
+        missing = sorted(run_ids - set(found))
+        if not missing:
+            break
+        experiments = where or [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        quoted = ", ".join(f"'{run_id}'" for run_id in missing)
+        runs = client.search_runs(
+            experiments, f"attributes.run_id IN ({quoted})", run_view_type=ViewType.ALL, max_results=len(missing)
+        )
+        found.update({run.info.run_id: run for run in runs})
+    return found
 
 
 def _log_batch(
@@ -274,16 +282,19 @@ def _log_batch(
 
 
 def _log_artifacts(client: Any, run_id: str, params: Params, outputs: Mapping[str, Any]) -> None:
-    """params.yaml, the metrics JSONs, the report, evaluate's charts and analyze's tables (those that exist)."""
-    client.log_artifact(run_id, str(params.root / config.PARAMS_FILE))
-    for stage in outputs:
-        if store.metrics_file(params, stage).is_file():
-            client.log_artifact(run_id, str(store.metrics_file(params, stage)), "metrics")
-    if params.path("report").is_file():
-        client.log_artifact(run_id, str(params.path("report")))
-    for stage, pattern in (("evaluate", "*.png"), ("analyze", "*.csv")):
-        for path in sorted((params.path("plots") / stage).glob(pattern)):
-            client.log_artifact(run_id, str(path), f"plots/{stage}")
+    """params.yaml, every stage's metrics JSON in one ``metrics.json``, the report, evaluate's charts and analyze's
+    tables (those that exist), staged in one folder and logged in one call."""
+    with tempfile.TemporaryDirectory(prefix="pipeline-run-") as folder:
+        staged = Path(folder)
+        shutil.copy2(params.root / config.PARAMS_FILE, staged / config.PARAMS_FILE)
+        files.write_json(staged / "metrics.json", dict(outputs))
+        if params.path("report").is_file():
+            shutil.copy2(params.path("report"), staged / params.path("report").name)
+        for stage, pattern in (("evaluate", "*.png"), ("analyze", "*.csv")):
+            for path in sorted((params.path("plots") / stage).glob(pattern)):
+                (staged / "plots" / stage).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, staged / "plots" / stage / path.name)
+        client.log_artifacts(run_id, folder)
 
 
 def _nest(client: Any, links: list[StageLink], run_id: str) -> None:
@@ -303,10 +314,7 @@ def _link_model_version(client: Any, registry: Any, experiment_id: str, run_id: 
     line = f"Pipeline run: [{run_id}](#/experiments/{experiment_id}/runs/{run_id}) (its settings, scores and report)"
     try:
         client.set_model_version_tag(name, version, MODEL_VERSION_TAG, run_id)
-        found = client.get_model_version(name, version)
-        if line not in (found.description or ""):
-            description = f"{found.description}\n\n{line}" if found.description else line
-            client.update_model_version(name, version, description=description)
+        client.update_model_version(name, version, description=line)  # evaluate registers it without one
     except MlflowException as error:  # the version was deleted, or registered in another store
         print(f"record: model version {name} v{version} not linked to the pipeline run: {error}", file=sys.stderr)
 

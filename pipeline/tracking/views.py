@@ -104,15 +104,17 @@ def read_view_state(value: str) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def publish_pipeline_view(tracking_uri: str, experiment_id: str, newest_run_id: str | None = None) -> str:
+def publish_pipeline_view(
+    tracking_uri: str, experiment_id: str, newest: tuple[str, Mapping[str, str]] | None = None
+) -> str:
     """Write (or rewrite) the saved view on an experiment.
 
     Args:
         tracking_uri: the store.
         experiment_id: the experiment.
-        newest_run_id: a pipeline run just made: the settings that differ are those the view already shows plus
-            those in which it differs from the pipeline run before it, so the cost does not grow with the runs.
-            None (``make ui``): compare the ``RECENT_RUNS`` newest pipeline runs afresh.
+        newest: the id and params of a pipeline run just made: the settings that differ are then those the view
+            already shows plus those in which it differs from the pipeline run before it, so the cost does not
+            grow with the runs. None (``make ui``): compare the ``RECENT_RUNS`` newest pipeline runs afresh.
 
     Returns:
         The view's key.
@@ -121,14 +123,15 @@ def publish_pipeline_view(tracking_uri: str, experiment_id: str, newest_run_id: 
 
     client = mlflow.MlflowClient(tracking_uri)
     tag = VIEW_TAG + VIEW_KEY
-    newest = 2 if newest_run_id else RECENT_RUNS
     found = client.search_runs(
-        [experiment_id], PIPELINE_FILTER, max_results=newest, order_by=["attributes.start_time DESC"]
+        [experiment_id],
+        PIPELINE_FILTER,
+        max_results=2 if newest else RECENT_RUNS,
+        order_by=["attributes.start_time DESC"],
     )
-    if newest_run_id:  # the new run and the newest other
-        found = [client.get_run(newest_run_id), *[run for run in found if run.info.run_id != newest_run_id][:1]]
-    varying = set(varying_settings(run.data.params for run in found))
-    if newest_run_id:
+    compared = [run.data.params for run in found if newest is None or run.info.run_id != newest[0]]
+    varying = set(varying_settings([newest[1], *compared[:1]] if newest else compared))
+    if newest:
         shown = client.get_experiment(experiment_id).tags.get(tag, "")
         varying |= set(read_view_state(shown).get(VARYING_KEY, []))
     state = view_state(sorted(varying))
