@@ -289,6 +289,13 @@ def test_a_no_op_adds_no_run_a_failed_stage_no_pipeline_run_and_the_next_result_
     assert {second.data.tags[f"stages.{stage}.made_by"] for stage in reused} == {first.info.run_id}
     assert second.data.metrics["seconds.run"] < second.data.metrics["seconds.total"]
 
+    # A deleted pipeline run holds nothing: the next one nests its stage runs, and leaves the first one's.
+    client.delete_run(second.info.run_id)
+    project.run("dvc", "repro", "--force", "--single-item", "record")
+    third = client.get_run(metrics_json(project.root, "record")["mlflow"]["run_id"])
+    assert {stage for stage in stages_of(project.root) if f"stages.{stage}.made_by" not in third.data.tags} == nested
+    assert client.get_run(evaluated.info.run_id).data.tags["mlflow.parentRunId"] == third.info.run_id
+
 
 @pytest.mark.slow
 def test_dvc_exp_run_temp_logs_its_pipeline_run_into_the_repository_store(tiny_run, tmp_path) -> None:

@@ -39,7 +39,7 @@ PIPELINE = "pipeline"  # the stage tag of a pipeline run
 RECORD_STAGE = "record"  # the dvc.yaml stage that makes it
 STAGE_TAG = "stages.{stage}.{field}"
 MODEL_VERSION_TAG = "pipeline.run_id"  # on the registered model version this result made
-ENDED = ("FAILED", "KILLED")  # a pipeline run in these states holds no stage runs: the next one nests them
+ENDED = ("FAILED", "KILLED")  # a pipeline run in these states, or deleted, holds no stage runs: the next one nests them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +130,7 @@ def link_stages(
     outputs: Mapping[str, Mapping[str, Any]], found: Mapping[str, dict[str, Any] | None], run_id: str
 ) -> list[StageLink]:
     """Which pipeline run holds each stage's run: the one its ``mlflow.parentRunId`` names while that run is a
-    pipeline run that did not fail, else ``run_id`` (the stage ran for this result).
+    pipeline run that did not fail and was not deleted, else ``run_id`` (the stage ran for this result).
 
     Args:
         outputs: ``{stage: metrics JSON}``.
@@ -230,7 +230,9 @@ def _find_stage_runs(client: Any, run_ids: Mapping[str, str], experiment_id: str
     live = {
         run_id
         for run_id, run in _runs_by_id(client, parents, experiment_id).items()
-        if run.data.tags.get("stage") == PIPELINE and run.info.status not in ENDED
+        if run.data.tags.get("stage") == PIPELINE
+        and run.info.status not in ENDED
+        and run.info.lifecycle_stage != "deleted"
     }
     found: dict[str, dict[str, Any] | None] = {}
     for stage, run_id in run_ids.items():
