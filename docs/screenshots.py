@@ -37,7 +37,7 @@ IMAGES = REPO / "docs" / "images"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0
 PAGE_TIMEOUT_MS = 120_000
-SWEEP = ("finetune.learning_rate", "0.0002,0.001")
+SWEEP = ("backbone.image_size", "48,96")
 SWEEP_IMAGES = 100  # per class: two experiments of the whole pipeline in a few minutes on 2 cores
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
@@ -126,7 +126,7 @@ def workspace_pictures() -> None:
     with browser_page(1280, 1600) as page:
         page.goto(report.as_uri())
         shoot(page, IMAGES / "report.png", "reports/report.html")
-    with mlflow_ui(REPO) as (_, addresses), browser_page(1600, 500) as page:
+    with mlflow_ui(REPO) as (_, addresses), browser_page(2200, 420) as page:
         open_runs(page, addresses[0], 1)
         shoot(page, IMAGES / "mlflow-runs-table.png", f"make ui: {addresses[0]}")
 
@@ -154,19 +154,27 @@ def run_sweep(base: Path) -> Path:
 
 def sweep_pictures(root: Path) -> None:
     """The runs table, the chart view and the compare page of the sweep's two pipeline runs."""
-    with mlflow_ui(root) as (base, addresses), browser_page(1600, 700) as page:
+    with mlflow_ui(root) as (base, addresses), browser_page(2200, 460) as page:
         open_runs(page, addresses[0], 2)
         shoot(page, IMAGES / "mlflow-sweep-table.png", "the sweep's pipeline runs")
-        page.set_viewport_size({"width": 1600, "height": 1000})
+        page.set_viewport_size({"width": 2200, "height": 1100})
         open_runs(page, addresses[0] + "&compareRunsMode=CHART", 2)
         shoot(page, IMAGES / "mlflow-sweep-chart.png", "the sweep's chart view")
         experiment = re.search(r"#/experiments/(\w+)/", addresses[0]).group(1)  # type: ignore[union-attr]
         runs = [row["run_id"] for row in pipeline_runs(root)]
-        query = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([experiment])})
+        query = urllib.parse.urlencode(
+            {"runs": json.dumps(runs), "experiments": json.dumps([experiment]), "workflowType": "machine_learning"}
+        )
+        page.set_viewport_size({"width": 1600, "height": 1000})
         page.goto(f"{base}/#/compare-runs?{query}")
         page.get_by_text("Run details").wait_for(timeout=PAGE_TIMEOUT_MS)
         with contextlib.suppress(Exception):
             page.get_by_role("button", name="Close").first.click(timeout=3000)
+        for switch in page.get_by_role("switch").all():  # "Show diff only" of the parameters, metrics and tags
+            switch.click()
+        page.get_by_text("Run details").scroll_into_view_if_needed()
+        page.mouse.wheel(0, 400)
+        time.sleep(1)
         shoot(page, IMAGES / "mlflow-sweep-compare.png", "the compare page of the two pipeline runs")
 
 

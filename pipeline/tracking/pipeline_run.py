@@ -184,7 +184,8 @@ def stage_metrics(links: list[StageLink], run_id: str) -> dict[str, float]:
     """``seconds.<stage>`` of every stage run, ``seconds.total`` of all, ``seconds.run`` of those this result ran."""
     seconds = {f"seconds.{link.stage}": link.seconds for link in links if link.seconds is not None}
     ran = [link.seconds for link in links if link.seconds is not None and not link.reused(run_id)]
-    return {**seconds, "seconds.total": sum(seconds.values()), "seconds.run": sum(ran)}
+    # to the millisecond the runs' times have: sums of floats would show 655.1179999 in the UI
+    return {**seconds, "seconds.total": round(sum(seconds.values()), 3), "seconds.run": round(sum(ran), 3)}
 
 
 def stage_tags(links: list[StageLink], run_id: str) -> dict[str, str]:
@@ -223,7 +224,8 @@ def _run_ids(outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
 def _find_stage_runs(client: Any, run_ids: Mapping[str, str], experiment_id: str) -> dict[str, dict[str, Any] | None]:
     """Per stage, its run's start (ms), seconds and the live pipeline run holding it (None: not in this store).
 
-    Two searches, whatever the number of stages: the stage runs by id, then the pipeline runs they name.
+    Two searches in the experiment, whatever the number of stages: the stage runs by id, then the pipeline runs
+    they name (runs it does not hold are looked for in the other experiments).
     """
     stage_runs = _runs_by_id(client, set(run_ids.values()), experiment_id)
     parents = {run.data.tags.get("mlflow.parentRunId") for run in stage_runs.values()} - {None}

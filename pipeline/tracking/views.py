@@ -145,7 +145,7 @@ def _column(kind: str, name: str) -> str:
 
 def _width(column: str) -> int:
     name = column.split("`")[1]
-    return max(COLUMN_WIDTH[0], min(COLUMN_WIDTH[1], 8 * len(name) + 30))
+    return max(COLUMN_WIDTH[0], min(COLUMN_WIDTH[1], 7 * len(name) + 24))
 
 
 def _section(name: str) -> dict[str, Any]:
