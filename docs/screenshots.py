@@ -126,7 +126,7 @@ def workspace_pictures() -> None:
     with browser_page(1280, 1600) as page:
         page.goto(report.as_uri())
         shoot(page, IMAGES / "report.png", "reports/report.html")
-    with mlflow_ui(REPO) as (_, addresses), browser_page(2200, 420) as page:
+    with mlflow_ui(REPO) as (_, addresses), browser_page(2200, 460) as page:
         open_runs(page, addresses[0], 1)
         shoot(page, IMAGES / "mlflow-runs-table.png", f"make ui: {addresses[0]}")
 

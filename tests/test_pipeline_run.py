@@ -120,8 +120,14 @@ def test_the_saved_view_shows_the_pipeline_runs_with_the_settings_that_differ() 
         {"backbone.image_size": "32", "backbone.image_size.resolved": "32", "seed": "42", "tune.max_trials": "6"},
         {"backbone.image_size": "40", "backbone.image_size.resolved": "40", "seed": "42"},
     ]
+    runs[0]["audit.duplicate_threshold.resolved"], runs[1]["audit.duplicate_threshold.resolved"] = "0.04", "0.06"
     varying = views.varying_settings(runs)
-    assert varying == ["backbone.image_size", "backbone.image_size.resolved", "tune.max_trials"]
+    assert varying == [
+        "audit.duplicate_threshold.resolved",
+        "backbone.image_size",
+        "backbone.image_size.resolved",
+        "tune.max_trials",
+    ]
     value = json.loads(views.saved_view(views.view_state(varying), now_ms=1_000))
     assert value["name"] == views.VIEW_NAME and value["createdAt"] == value["updatedAt"] == 1_000
     kind, packed = value["state"].split(";", 1)
@@ -133,8 +139,13 @@ def test_the_saved_view_shows_the_pipeline_runs_with_the_settings_that_differ() 
     assert {"params.`backbone.name`", "params.`backbone.image_size`", "params.`tune.max_trials`"} <= set(columns)
     assert "params.`seed`" not in columns and state["columnOrder"] == columns
     scatter = [chart for chart in state["compareRunCharts"] if chart["type"] == "SCATTER"]
-    # accuracy against the resolved size, not against both spellings of it
-    assert [chart["xaxis"]["key"] for chart in scatter] == ["backbone.image_size.resolved", "tune.max_trials"]
+    # accuracy against the swept settings first (the size as resolved, not both spellings of it), then against
+    # what differs only as a consequence
+    assert [chart["xaxis"]["key"] for chart in scatter] == [
+        "backbone.image_size.resolved",
+        "tune.max_trials",
+        "audit.duplicate_threshold.resolved",
+    ]
     assert {chart["metricSectionId"] for chart in state["compareRunCharts"]} <= {
         section["uuid"] for section in state["compareRunSections"]
     }

@@ -180,8 +180,11 @@ def _charts(varying: list[str]) -> list[dict[str, Any]]:
 
 
 def _plotted(varying: list[str]) -> list[str]:
-    """The settings to plot accuracy against: a resolved value rather than its ``auto`` setting."""
-    return [name for name in varying if name + summary.RESOLVED_SUFFIX not in varying]
+    """The settings to plot accuracy against: first those whose values in params.yaml differ (by the value they
+    resolved to, when they have one), then the resolved values that differ only as a consequence."""
+    suffix = summary.RESOLVED_SUFFIX
+    chosen = [name + suffix if name + suffix in varying else name for name in varying if not name.endswith(suffix)]
+    return [*chosen, *(name for name in varying if name.endswith(suffix) and name not in chosen)]
 
 
 def _uuid(name: str) -> str:
