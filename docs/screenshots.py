@@ -13,6 +13,7 @@ page is served by ``python -m pipeline.tracking.ui`` on a free loopback port, st
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -189,10 +190,14 @@ def pipeline_runs(root: Path) -> list[dict[str, str]]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-sweep", action="store_true", help="keep the sweep's pictures (it takes minutes)")
+    args = parser.parse_args()
     IMAGES.mkdir(parents=True, exist_ok=True)
     workspace_pictures()
-    with tempfile.TemporaryDirectory(prefix="headstart-sweep-", ignore_cleanup_errors=True) as base:
-        sweep_pictures(run_sweep(Path(base)))
+    if not args.skip_sweep:
+        with tempfile.TemporaryDirectory(prefix="headstart-sweep-", ignore_cleanup_errors=True) as base:
+            sweep_pictures(run_sweep(Path(base)))
     dag = subprocess.run(["dvc", "dag"], cwd=REPO, check=True, capture_output=True, text=True).stdout
     (IMAGES / "dag.txt").write_text(dag, encoding="utf-8")
     print(f"docs/images/dag.txt: dvc dag ({len(dag.splitlines())} lines)")

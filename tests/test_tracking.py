@@ -120,3 +120,18 @@ def test_make_ui_prints_the_address_of_the_training_runs(params, monkeypatch) ->
     assert ui.experiment_url("http://127.0.0.1:5000", experiment_id) == (
         f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     )
+
+
+def test_git_dirty_counts_code_and_params_not_the_outputs_dvc_rewrites(params) -> None:
+    """DVC deletes a stage's outputs before running it and rewrites dvc.lock after: those are no uncommitted work."""
+    assert runs.run_tags("split", params)["git.dirty"] == "false"  # the project fixture commits everything
+    (params.path("metrics") / "split.json").parent.mkdir(parents=True, exist_ok=True)
+    (params.path("metrics") / "split.json").write_text("{}", encoding="utf-8")
+    (params.path("plots") / "split").mkdir(parents=True, exist_ok=True)
+    (params.path("plots") / "split" / "class_counts.csv").write_text("class,n\n", encoding="utf-8")
+    (params.root / "dvc.lock").write_text("schema: '2.0'\n", encoding="utf-8")
+    assert runs.run_tags("split", params)["git.dirty"] == "false"
+    (params.root / "params.yaml").write_text(
+        (params.root / "params.yaml").read_text(encoding="utf-8") + "\n", encoding="utf-8"
+    )
+    assert runs.run_tags("split", params)["git.dirty"] == "true"

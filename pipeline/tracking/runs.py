@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # only a type here: the record stage runs without loading pan
     import pandas as pd
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"
+DVC_LOCK = "dvc.lock"
 # MLflow 3 records an experiment's kind (GenAI development or model training) in this tag; headstart's
 # experiments are model training. One already marked as a training kind keeps its mark. (Which page the
 # UI opens on is another matter: see pipeline.tracking.ui.)
@@ -251,7 +252,7 @@ def stage_params(stage: str, params: Params) -> dict[str, Any]:
 
 def run_tags(stage: str, params: Params) -> dict[str, str]:
     """Tags that tie a run to its code, params, DVC experiment and CPU."""
-    commit, dirty = _git_state(params.root)
+    commit, dirty = _git_state(params.root, (DVC_LOCK, params.paths.metrics, params.paths.plots))
     params_file = params.root / PARAMS_FILE
     cpu = runtime.describe_cpu()  # results repeat bit for bit on the same CPU model only (pipeline.core.runtime)
     tags = {
@@ -315,11 +316,16 @@ def _declared_params(root: Path, stage: str) -> list[str]:
     return [p for p in declared if isinstance(p, str)]
 
 
-def _git_state(root: Path) -> tuple[str | None, bool]:
+def _git_state(root: Path, outputs: tuple[str, ...]) -> tuple[str | None, bool]:
+    """The commit and whether anything differs from it, ``outputs`` left out: DVC rewrites dvc.lock, the metrics
+    JSONs and the plots as the stages run (and deletes a stage's outputs before running it), so counting them would
+    call every run dirty."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+        changed = git("status", "--porcelain", "--", ".", *(f":(exclude){path}" for path in outputs))
+        return git("rev-parse", "HEAD"), bool(changed)
     except (subprocess.CalledProcessError, FileNotFoundError):
         return None, False
