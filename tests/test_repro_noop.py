@@ -18,7 +18,7 @@ from conftest import REPO, write_image
 pytestmark = pytest.mark.slow
 
 IMAGE_READERS = ("extract", "finetune", "evaluate", "analyze", "export")
-AFTER_SPLIT = ("split", "extract", "train_head", "audit", "finetune", "evaluate", "analyze", "export")
+AFTER_SPLIT = ("split", "extract", "train_head", "audit", "finetune", "evaluate", "analyze", "export", "record")
 UP_TO_DATE = "Data and pipelines are up to date."
 _RUNNING = re.compile(r"Running stage '([^']+)'")
 
@@ -50,12 +50,13 @@ def test_only_split_lists_the_raw_images_and_every_image_reader_lists_the_splits
 def test_a_changed_source_image_reruns_split_and_every_stage_after_it(tiny_run, tmp_path) -> None:
     project = tiny_run.copy(tmp_path)
     # The copy's own source folder, so the shared run's images stay untouched; dvc.lock takes the new data.folder
-    # as download's param without running it (the same images: nothing else changed).
+    # as a param of download and of record (which reads every param) without running them (the same images:
+    # nothing else changed).
     source = tmp_path / "source"
     shutil.copytree(project.params["data"]["folder"], source)
     project.params["data"]["folder"] = str(source)
     project.write_params()
-    project.run("dvc", "commit", "--force", "download")
+    project.run("dvc", "commit", "--force", "download", "record")
     assert project.run("dvc", "status").stdout.strip() == UP_TO_DATE
     image = "sea lion/img003.png"
     raw = project.root / "data" / "raw" / image
