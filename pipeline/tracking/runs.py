@@ -32,7 +32,7 @@ from pipeline.core import files, runtime
 from pipeline.core.config import PARAMS_FILE, Params
 from pipeline.tracking import store, summary
 
-if TYPE_CHECKING:  # only a type here: the record stage runs without loading pandas
+if TYPE_CHECKING:  # only a type here: log_table calls the frame's own to_csv
     import pandas as pd
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"
@@ -304,7 +304,7 @@ def dvc_stages(root: Path) -> list[str]:
 
 
 def _read_dvc_yaml(root: Path) -> Any:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, when PyYAML has it: 20x faster
+X
     return yaml.load((root / "dvc.yaml").read_text(encoding="utf-8"), Loader=loader)
 
 
