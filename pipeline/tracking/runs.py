@@ -304,7 +304,7 @@ def dvc_stages(root: Path) -> list[str]:
 
 
 def _read_dvc_yaml(root: Path) -> Any:
-X
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's C loader when PyYAML was built with it
     return yaml.load((root / "dvc.yaml").read_text(encoding="utf-8"), Loader=loader)
 
 
