@@ -162,7 +162,7 @@ def sweep_pictures(root: Path) -> None:
         open_runs(page, addresses[0] + "&compareRunsMode=CHART", 2)
         shoot(page, IMAGES / "mlflow-sweep-chart.png", "the sweep's chart view")
         experiment = re.search(r"#/experiments/(\w+)/", addresses[0]).group(1)  # type: ignore[union-attr]
-        runs = [row["run_id"] for row in pipeline_runs(root)]
+        runs = pipeline_run_ids(root)
         query = urllib.parse.urlencode(
             {"runs": json.dumps(runs), "experiments": json.dumps([experiment]), "workflowType": "machine_learning"}
         )
@@ -179,14 +179,14 @@ def sweep_pictures(root: Path) -> None:
         shoot(page, IMAGES / "mlflow-sweep-compare.png", "the compare page of the two pipeline runs")
 
 
-def pipeline_runs(root: Path) -> list[dict[str, str]]:
-    """The run ids of the pipeline runs in a project's store, oldest first."""
+def pipeline_run_ids(root: Path) -> list[str]:
+    """The ids of the pipeline runs in a project's store, oldest first."""
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("headstart").experiment_id
     found = client.search_runs([experiment], "tags.stage = 'pipeline'", order_by=["attributes.start_time ASC"])
-    return [{"run_id": run.info.run_id} for run in found]
+    return [run.info.run_id for run in found]
 
 
 def main() -> None:

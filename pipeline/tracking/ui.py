@@ -75,32 +75,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def describe_addresses(params: config.Params, uri: str, base: str) -> list[str]:
-    """The lines ``make ui`` prints: the pipeline runs' view when there are pipeline runs (written anew, so its
-    columns follow the latest runs), and the experiment's whole runs table."""
+    """The lines ``make ui`` prints: the pipeline runs' view when there are pipeline runs, and the experiment's
+    whole runs table."""
     experiment = find_experiment(uri, params.tracking.experiment)
     if experiment is None:
         return [f"MLflow UI: {experiment_url(base, None)} (no runs yet)"]
     name = params.tracking.experiment
     everything = f"MLflow UI: {experiment_url(base, experiment)} (every run of experiment '{name}'"
-    found = count_pipeline_runs(uri, experiment)
+    found = views.publish_pipeline_view(uri, experiment)  # rewritten, so its columns follow the latest runs
     if not found:
         return [everything + ": the training runs)"]
-    views.publish_pipeline_view(uri, experiment)
     return [
         f"MLflow UI: {views.view_address(base, experiment)} ({found} pipeline runs: one row per result, "
         "its scores and settings)",
         everything + ", the stage runs nested under their pipeline run)",
     ]
-
-
-def count_pipeline_runs(tracking_uri: str, experiment_id: str) -> int:
-    """How many pipeline runs the experiment holds (up to ``views.RECENT_RUNS``)."""
-    import mlflow
-
-    found = mlflow.MlflowClient(tracking_uri).search_runs(
-        [experiment_id], views.PIPELINE_FILTER, max_results=views.RECENT_RUNS
-    )
-    return len(found)
 
 
 if __name__ == "__main__":

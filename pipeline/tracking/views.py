@@ -107,7 +107,7 @@ def read_view_state(value: str) -> dict[str, Any]:
 
 def publish_pipeline_view(
     tracking_uri: str, experiment_id: str, newest: tuple[str, Mapping[str, str]] | None = None
-) -> str | None:
+) -> int | None:
     """Write (or rewrite) the saved view on an experiment.
 
     Args:
@@ -118,21 +118,21 @@ def publish_pipeline_view(
             grow with the runs. None (``make ui``): compare the ``RECENT_RUNS`` newest pipeline runs afresh.
 
     Returns:
-        The view's key, or None when the store refused (a warning says why: the runs are logged, only the view
-        is not; the next pipeline run or ``make ui`` writes it).
+        How many pipeline runs were compared (up to ``RECENT_RUNS``, or 2 with ``newest``), or None when the store
+        refused (a warning says why: the runs are logged, only the view is not; the next pipeline run or
+        ``make ui`` writes it).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        _write_view(mlflow.MlflowClient(tracking_uri), experiment_id, newest)
+        return _write_view(mlflow.MlflowClient(tracking_uri), experiment_id, newest)
     except MlflowException as error:  # e.g. a server that lets this user log runs but not tag experiments
         print(f"warning: the UI's view of the pipeline runs was not written: {error}", file=sys.stderr)
         return None
-    return VIEW_KEY
 
 
-def _write_view(client: Any, experiment_id: str, newest: tuple[str, Mapping[str, str]] | None) -> None:
+def _write_view(client: Any, experiment_id: str, newest: tuple[str, Mapping[str, str]] | None) -> int:
     tag = VIEW_TAG + VIEW_KEY
     found = client.search_runs(
         [experiment_id],
@@ -147,6 +147,7 @@ def _write_view(client: Any, experiment_id: str, newest: tuple[str, Mapping[str,
         varying |= set(read_view_state(shown).get(VARYING_KEY, []))
     state = view_state(sorted(varying))
     client.set_experiment_tag(experiment_id, tag, saved_view(state, int(time.time() * 1000)))
+    return len(found)
 
 
 def _column(kind: str, name: str) -> str:
