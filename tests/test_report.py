@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import base64
+import tomllib
 from collections import Counter
+from fnmatch import fnmatch
 from html.parser import HTMLParser
 from io import BytesIO
+from pathlib import Path
+from types import SimpleNamespace
 
+import jinja2
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image as PILImage
 
 from pipeline.evaluation import analysis_report, scoring
+from pipeline.evaluation import report as report_module
 from pipeline.evaluation.report import NOTES_ID, Image, Section, Table, build_report, find_external_references
 from pipeline.serving import classifier
 
@@ -20,6 +27,9 @@ VOID_ELEMENTS = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 )
 EVIL = "<script>alert(1)</script>"
+QUOTES = "\"&'"
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = ROOT / "pipeline/evaluation/templates"
 
 
 class TreeChecker(HTMLParser):
@@ -274,8 +284,49 @@ def test_duplicate_section_ids_raise() -> None:
         build_report("T", "S", {}, sections)
 
 
-def test_output_is_deterministic() -> None:
-    assert report() == report()
+def test_output_is_byte_identical_across_builds() -> None:
+    first = report().encode("utf-8")
+    assert report().encode("utf-8") == first
+    report_module._environment.cache_clear()  # a fresh Environment, as in a new process
+    assert report().encode("utf-8") == first
+
+
+def test_markup_and_quotes_in_titles_cells_and_captions_come_out_escaped() -> None:
+    hostile = f"{EVIL} {QUOTES}"
+    frame = pd.DataFrame({hostile: [hostile, "dog"], "recall": [0.5, 0.25]}, index=pd.Index([hostile, "b"], name="k"))
+    section = Section("hostile", hostile, images=(Image(png_bytes(), hostile),), tables=(Table(frame, hostile),))
+    document = build_report("T", "S", {}, [section])
+    checker = parse(document)
+    assert checker.tags["script"] == 0 and "<script>" not in document
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &#34;&amp;&#39;"
+    for element in ("h2", "caption", "figcaption"):
+        assert f"<{element}" in document and f">{escaped}</{element}>" in document
+    assert f"<td>{escaped}</td>" in document and f'<th scope="row">{escaped}</th>' in document
+    assert f'<th scope="col">{escaped}</th>' in document and f'alt="{escaped}"' in document
+    assert hostile in checker.text["h2"] and hostile in checker.text["td"] and hostile in checker.text["caption"]
+    assert ("img", {"src": checker.values("src")[0], "alt": hostile}) in checker.attributes
+
+
+def test_a_missing_template_value_raises_instead_of_rendering_blank() -> None:
+    template = report_module._environment().get_template("report.html.j2")
+    with pytest.raises(jinja2.UndefinedError, match="subtitle"):
+        template.render(title="T", summary={}, contents=[], sections=(), notes=(), notes_id="n", contents_id="c")
+    section_without_tables = SimpleNamespace(id="x", title="X", text="", images=())
+    with pytest.raises(jinja2.UndefinedError, match="tables"):
+        build_report("T", "S", {}, [section_without_tables])  # type: ignore[list-item]
+
+
+def test_templates_ship_with_the_package_and_are_deps_of_the_analyze_stage() -> None:
+    """pyproject's package-data puts every template in the wheel; dvc.yaml re-runs analyze when one changes."""
+    templates = sorted(path.relative_to(TEMPLATES.parent).as_posix() for path in TEMPLATES.iterdir())
+    assert "templates/report.html.j2" in templates and "templates/report.css" in templates
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    patterns = settings["package-data"]["pipeline.evaluation"]
+    assert all(any(fnmatch(template, pattern) for pattern in patterns) for template in templates)
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["analyze"]["deps"]
+    for template in templates:
+        path = f"pipeline/evaluation/{template}"
+        assert any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps), path
 
 
 def overview_paragraphs(fine_tuning: scoring.FineTuning) -> list[str]:
