@@ -1,7 +1,9 @@
 """Atomic file and folder writes, hashing and linking: the pipeline's small I/O edge.
 
 Outputs are written beside their final place and renamed only when complete, so a stage that
-fails or is killed never leaves a half-written output for DVC to cache.
+fails or is killed never leaves a half-written output for DVC to cache. A write that fails for want
+of space or permission is re-raised as ``OutputNotWritable`` naming the output, not the temporary
+(``run_cli`` prints it as one line).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pipeline.core.errors import PERMISSION_ERRNOS, WRITE_ERRNOS, OutputNotWritable
 
 _CHUNK = 1 << 20
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip member can carry: stamped on every member written here
@@ -63,6 +67,46 @@ def _remove_leftovers(final: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _writing(path: Path, reading: Path | None = None) -> Iterator[None]:
+    """Re-raise a write that fails for want of space or permission as ``OutputNotWritable`` naming ``path``.
+
+    The ``OSError`` from deep inside a writer (zipfile, Keras, numpy) often names no file, or the
+    temporary beside ``path``; the user needs the output it was for. An error naming ``reading``
+    (the file being copied) is a failed read and stays as it is.
+    """
+    try:
+        yield
+    except OutputNotWritable:
+        raise
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS | PERMISSION_ERRNOS or _names(error, reading):
+            raise
+        raise OutputNotWritable(error.errno, error.strerror, str(path)) from error
+
+
+def _names(error: BaseException, path: Path | None) -> bool:
+    """Whether ``error`` is an ``OSError`` about ``path``."""
+    filename = getattr(error, "filename", None)
+    return path is not None and isinstance(filename, str | bytes) and Path(os.fsdecode(filename)) == Path(path)
+
+
+def _in_staging(error: BaseException, staging: Path, final: Path) -> OutputNotWritable | None:
+    """A write fault raised while a staged folder was filled, renamed for the final folder, or None.
+
+    Faults that name a file inside ``staging`` get the file's final path; a full disk that names no
+    file is ``final``'s. Any other error (a refused read of a source, say) is not a write fault here.
+    """
+    if not isinstance(error, OSError) or error.errno not in WRITE_ERRNOS | PERMISSION_ERRNOS:
+        return None
+    if not isinstance(error.filename, str | bytes):
+        return OutputNotWritable(error.errno, error.strerror, str(final)) if error.errno in WRITE_ERRNOS else None
+    name, root = (Path(os.path.abspath(os.fsdecode(p))) for p in (error.filename, staging))
+    if not name.is_relative_to(root):
+        return error if isinstance(error, OutputNotWritable) else None
+    return OutputNotWritable(error.errno, error.strerror, str(final / name.relative_to(root)))
+
+
 def sha256_file(path: Path) -> str:
     """The sha256 hex digest of a file's bytes."""
     digest = hashlib.sha256()
@@ -83,16 +127,21 @@ def staged_dir(final: Path) -> Iterator[Path]:
         A fresh folder on the same filesystem as ``final``; removed if the block raises.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(final)
-    staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(final), dir=final.parent))
+    with _writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(final)
+        staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(final), dir=final.parent))
     try:
         yield staging
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the output is not
-    replace_dir(staging, final)
+        fault = _in_staging(error, staging, final)
+        if fault is None or fault is error:
+            raise
+        raise fault from error
+    with _writing(final):
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the output is not
+        replace_dir(staging, final)
 
 
 def replace_dir(source: Path, final: Path) -> None:
@@ -109,15 +158,16 @@ def replace_dir(source: Path, final: Path) -> None:
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a binary file atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        _publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+            _publish(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def write_text(path: Path, text: str) -> None:
@@ -156,19 +206,19 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     chunks, never copied whole. Object arrays are refused, so reading never needs pickle.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
-    os.close(handle)
-    try:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for name, array in arrays.items():
-                member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-                with archive.open(member, "w", force_zip64=True) as stream:
-                    np.lib.format.write_array(stream, np.asanyarray(array), allow_pickle=False)
-        _publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = _new_file(_temporary_prefix(path), path.parent, "")
+        try:
+            with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for name, array in arrays.items():
+                    member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+                    with archive.open(member, "w", force_zip64=True) as stream:
+                        np.lib.format.write_array(stream, np.asanyarray(array), allow_pickle=False)
+            _publish(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def write_npy_blocks(path: Path, blocks: Iterable[np.ndarray], rows: int, width: int, dtype: str) -> None:
@@ -181,25 +231,26 @@ def write_npy_blocks(path: Path, blocks: Iterable[np.ndarray], rows: int, width:
         ValueError: the blocks do not add up to ``rows`` rows of ``width`` values.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (rows, width)}
-            np.lib.format.write_array_header_1_0(stream, header)
-            written = 0
-            for block in blocks:
-                values = np.ascontiguousarray(block, dtype=dtype)
-                if values.ndim != 2 or values.shape[1] != width:
-                    raise ValueError(f"{path.name}: a block of shape {values.shape}, expected (n, {width})")
-                stream.write(values.data)
-                written += len(values)
-        if written != rows:
-            raise ValueError(f"{path.name}: {written} rows written, {rows} expected")
-        _publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (rows, width)}
+                np.lib.format.write_array_header_1_0(stream, header)
+                written = 0
+                for block in blocks:
+                    values = np.ascontiguousarray(block, dtype=dtype)
+                    if values.ndim != 2 or values.shape[1] != width:
+                        raise ValueError(f"{path.name}: a block of shape {values.shape}, expected (n, {width})")
+                    stream.write(values.data)
+                    written += len(values)
+            if written != rows:
+                raise ValueError(f"{path.name}: {written} rows written, {rows} expected")
+            _publish(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def write_yaml(path: Path, data: Any) -> None:
@@ -225,16 +276,20 @@ def save_model(model: Any, path: Path) -> None:
     run. Written beside its place, then renamed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(path)
-    saved, temporary = (_new_file(_temporary_prefix(path), path.parent, path.suffix) for _ in range(2))
-    try:
-        model.save(saved)
-        _copy_keras_archive_without_dates(Path(saved), Path(temporary))
-        _publish(temporary, path)
-    finally:
-        Path(saved).unlink(missing_ok=True)
-        Path(temporary).unlink(missing_ok=True)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(path)
+        saved = _new_file(_temporary_prefix(path), path.parent, path.suffix)
+        try:
+            temporary = _new_file(_temporary_prefix(path), path.parent, path.suffix)
+            try:
+                model.save(saved)
+                _copy_keras_archive_without_dates(Path(saved), Path(temporary))
+                _publish(temporary, path)
+            finally:
+                Path(temporary).unlink(missing_ok=True)
+        finally:
+            Path(saved).unlink(missing_ok=True)
 
 
 def _new_file(prefix: str, folder: Path, suffix: str) -> str:
@@ -282,22 +337,33 @@ def _renumber_shared_objects(value: Any, numbers: dict[int, int]) -> Any:
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to ``target``; copy when a link is impossible (other device, no permission)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+    """Hard-link ``source`` to ``target``; copy when a link is impossible (other device, no permission).
+
+    A copy that fails while writing (a full disk) is removed, not left behind as a truncated file.
+    """
+    with _writing(target, reading=source):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+        try:
+            shutil.copy2(source, target)
+        except BaseException as error:
+            if not _names(error, source):
+                target.unlink(missing_ok=True)
+            raise
 
 
 def save_figure(figure: Any, path: Path, dpi: int = 120) -> None:
     """Save a matplotlib figure as PNG atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent, suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, dpi=dpi, format="png")
-        _publish(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = _new_file(_temporary_prefix(path), path.parent, ".png")
+        try:
+            figure.savefig(temporary, dpi=dpi, format="png")
+            _publish(temporary, path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
