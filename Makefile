@@ -64,8 +64,8 @@ docs: setup ## build the docs site into site/ (mkdocs build --strict: a broken l
 docs-images: setup browser ## the docs' screenshots of the last run (report, MLflow runs table) and dvc dag (needs chromium)
 	python docs/screenshots.py
 
-bench: setup ## benchmarks on ../shared/datasets → benchmarks/results/*.json, one table → benchmarks/RESULTS.md
-	python -m benchmarks.report --run extract runtimes formats tuning backbones finetune_speed training_speed head_vs_probe accuracy repro pipeline_run memory scale default_run datacentric
+bench: setup ## every benchmark in benchmarks/report.py's list → benchmarks/results/*.json, one table → benchmarks/RESULTS.md
+	python -m benchmarks.report --run-all
 
 bench-gpu: setup ## GPU figures at 224 px (extract, forward alone, fine-tune; mixed precision off and on) → benchmarks/results/gpu.json; refuses without a GPU
 	python -m benchmarks.gpu && python -m benchmarks.report

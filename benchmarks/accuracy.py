@@ -1,35 +1,15 @@
 """Benchmark: what a pretrained backbone buys in test accuracy, on real photos and on Fashion-MNIST.
 
-Four classifiers per dataset, trained on the same train/val split and scored on the same test images:
+Each dataset runs the real pipeline (``dvc repro`` stage by stage up to evaluate, params.yaml's defaults; only
+what names the data set differs) in a throw-away copy of the project, then four classifiers are scored on the
+same test images and paired by McNemar's exact test: ``scratch_cnn`` (a small CNN from random weights) and
+``logistic_regression`` (a softmax layer on the cached features), both from ``benchmarks/baselines/``, against
+the pipeline's ``head_only`` (the tuned head, backbone frozen) and ``finetuned`` models. The datasets: the
+flowers and hymenoptera photos of ``shared/datasets`` and Fashion-MNIST capped at ``FASHION_MAX_PER_CLASS``
+images per class (``DATASETS`` says how each is split). Results and how to read them: docs/benchmarks.md.
 
-- ``scratch_cnn``: a small CNN trained from random weights in the lecture notes' style (Conv2D/MaxPooling2D
-  stack, dropout, augmentation layers; ``benchmarks/scratch_cnn.py``), on small images;
-- ``head_only``: the pipeline's tuned head on cached EfficientNet-Lite0 features (the backbone frozen);
-- ``finetuned``: the pipeline's fine-tuned classifier (the top of the backbone unfrozen; best epoch on val);
-- ``logistic_regression``: a plain softmax regression on the same cached features
-  (``benchmarks/logistic_regression.py``), the reference the datasets' README quotes, here on the same split
-  and test images as the tuned head.
-
-Every dataset runs params.yaml's defaults; only what names the data set differs (its source and split, and
-Fashion-MNIST's cap on images per class): the accuracy a user gets by pointing the pipeline at their photos.
-
-Each dataset runs the real pipeline, ``dvc repro`` one stage at a time up to evaluate, in a throw-away copy of
-the project: its own git + DVC repository and MLflow store in a temporary folder, the images copied in by the
-``folder`` source. Nothing is written to this repository but the result. ``head_only`` and ``finetuned`` come
-from that run's ``metrics/evaluate.json``; the scratch CNN trains on that run's ``data/splits`` CSVs.
-
-- ``flowers``: ``shared/datasets/flowers`` (5 classes, 4,317 photos of 128 px), split 80/10/10 by the pipeline;
-  scratch CNN at 64 px;
-- ``hymenoptera``: ``shared/datasets/hymenoptera_data`` (ants vs. bees, 398 photos); the shipped ``val/`` is the
-  test set (the classic protocol, 153 images), val is carved from ``train/``; scratch CNN at 64 px;
-- ``fashion_mnist``: the official test set, capped at ``FASHION_MAX_PER_CLASS`` images per class (over train and
-  test) to fit the time budget; scratch CNN at 28 px (the native size).
-
-The backbone's input size is params.yaml's ``auto``, decided by each run from its images (recorded per dataset).
-
-Writes ``benchmarks/results/accuracy.json`` (accuracies; images per split; seconds per method and per stage;
-the params each run used) and prints a summary table. ``--quick`` checks the whole benchmark end to end in a few
-minutes (a few images per class, tiny training, written to ``benchmarks/work/``; not a measurement)::
+Writes ``benchmarks/results/accuracy.json``; ``--quick`` checks the whole benchmark end to end in a few minutes
+(a few images per class, tiny training, written to ``benchmarks/work/``; not a measurement)::
 
     python -m benchmarks.accuracy [--datasets flowers hymenoptera fashion_mnist] [--quick] [--keep DIR]
 """
@@ -50,10 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from benchmarks import machine
-from benchmarks.workspace import create_workspace, run_in, scratch_folder
+from benchmarks.common import FLOWERS, HYMENOPTERA, REPO, WORK, describe_machine, set_threads, write_result
+from benchmarks.workspace import create_workspace, repository_params, run_in, scratch_folder
 from pipeline.core import files
 from pipeline.evaluation import scoring  # neither imports TensorFlow: none before the thread count is set
 
@@ -61,10 +40,7 @@ if TYPE_CHECKING:
     from pipeline.core.config import Params
     from pipeline.data.split import SplitFiles
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets"
-RESULTS = REPO / "benchmarks" / "results"
-QUICK_OUTPUT = REPO / "benchmarks" / "work" / "accuracy_quick.json"
+QUICK_OUTPUT = WORK / "accuracy_quick.json"
 STAGES = ("download", "split", "extract", "train_head", "finetune", "evaluate")
 METHODS = ("scratch_cnn", "logistic_regression", "head_only", "finetuned")
 # Paired comparisons on the same test images (McNemar's exact test): (baseline, challenger).
@@ -82,7 +58,7 @@ def copy_hymenoptera(scratch: Path) -> Path:
     """ants/bees with the shipped ``val/`` as ``test/``, so the pipeline carves val from ``train/``."""
     target = scratch / "hymenoptera"
     for ours, theirs in (("train", "train"), ("test", "val")):
-        shutil.copytree(SHARED / "hymenoptera_data" / theirs, target / ours)
+        shutil.copytree(HYMENOPTERA / theirs, target / ours)
     return target
 
 
@@ -105,7 +81,7 @@ DATASETS = {
         scratch_size=64,
         scratch_epochs=25,
         scratch_batch=64,
-        source=lambda _: SHARED / "flowers",
+        source=lambda _: FLOWERS,
     ),
     "hymenoptera": Dataset(
         "shared/datasets/hymenoptera_data: ants vs. bees; its val/ folder is the test set, val is 20% of train/",
@@ -132,7 +108,7 @@ def workspace_params(dataset: Dataset, folder: Path | None, quick: bool) -> dict
     ``quick`` caps every class at a few images and makes every training phase tiny: a check that the
     benchmark runs end to end, not a measurement.
     """
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params = repository_params()
     for section, changes in dataset.params.items():
         params[section].update(copy.deepcopy(changes))
     if folder is not None:
@@ -195,7 +171,7 @@ def run_dataset(dataset: Dataset, scratch: Path, quick: bool) -> dict[str, Any]:
     Returns:
         Test accuracy per method, with the images per split, seconds and the params the run used.
     """
-    from benchmarks import logistic_regression, scratch_cnn
+    from benchmarks.baselines import logistic_regression, scratch_cnn
     from pipeline.core import config
     from pipeline.data import split
     from pipeline.features import extraction
@@ -289,10 +265,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few images per class, tiny training: a smoke run")
     parser.add_argument("--keep", type=Path, help="build the workspaces in this new folder and keep them")
     args = parser.parse_args()
-    from pipeline.core import config, runtime
+    from pipeline.core import config
 
     threads = config.load(REPO / "params.yaml").compute.threads
-    runtime.configure(config.ComputeParams(threads=threads))  # the scratch CNN's threads: the pipeline's
+    set_threads(threads)  # the scratch CNN's threads: the pipeline's
     started = time.perf_counter()
     load_before = os.getloadavg()
     results = {}
@@ -301,12 +277,11 @@ def main() -> None:
             print(f"{name}:", flush=True)
             results[name] = run_dataset(DATASETS[name], base / name, args.quick)
             print("  test accuracy: " + ", ".join(f"{m} {results[name][m]:.4f}" for m in METHODS), flush=True)
-    output = QUICK_OUTPUT if args.quick else RESULTS / "accuracy.json"
-    files.write_json(
-        output,
+    output = write_result(
+        "accuracy",
         {
             "benchmark": "accuracy",
-            "machine": machine.describe(),
+            "machine": describe_machine(),
             # Other processes on the machine slow every number here down: the load before and after.
             "load_average": {
                 "before": [round(v, 2) for v in load_before],
@@ -318,6 +293,7 @@ def main() -> None:
             **results,
             "total_s": round(time.perf_counter() - started, 1),
         },
+        QUICK_OUTPUT if args.quick else None,
     )
     print(summary_table(results))
     print(f"→ {output.relative_to(REPO)} ({time.perf_counter() - started:.0f} s)")

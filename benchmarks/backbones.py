@@ -2,10 +2,9 @@
 
 For each photo set in ``shared/datasets`` and each EfficientNet-Lite (0, 1, 2) at its native size (224, 240,
 260 px: what ``backbone.image_size: auto`` gives hymenoptera's photos; flowers' 128 px photos would get 160),
-the pipeline's own split (the split
-stage's functions, seeded: flowers 80/10/10; hymenoptera's ``val/`` as the test set, val carved as 20 % of
-``train/``), the pipeline's extractor and input pipeline (center crop), then one probe per backbone: the
-benchmark's logistic regression (``benchmarks/logistic_regression.py``) on the cached features. All three
+the pipeline's own split (``common.split_dataset``: flowers 80/10/10; hymenoptera's ``val/`` as the test set,
+val carved as 20 % of ``train/``), the pipeline's extractor and input pipeline (center crop), then one probe
+per backbone: the logistic regression of ``benchmarks/baselines/`` on the cached features. All three
 backbones see the same images in the same split, so their test predictions pair image by image (McNemar's
 exact test against Lite0). Extract speed is images per second over all splits, on this machine.
 
@@ -17,40 +16,15 @@ Writes ``benchmarks/results/backbones.json``::
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine
-from benchmarks.accuracy import SHARED
-from benchmarks.extract import RESULTS
+from benchmarks.common import PHOTO_SETS, REPO, SEED, describe_machine, set_threads, split_dataset, write_result
 
-SEED = 42
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-DATASETS = {"flowers": (SHARED / "flowers", 0.1, 0.1), "hymenoptera": (SHARED / "hymenoptera_data", 0.2, 0.1)}
-
-
-def split_dataset(root: Path, val: float, test: float) -> dict[str, Any]:
-    """The pipeline's split of ``root`` (a shipped ``val/`` folder becomes the test set): split name → SplitFiles."""
-    from pipeline.core import config
-    from pipeline.data import dataset, images, split
-
-    scan = dataset.scan_dataset(root)
-    checks = images.inspect_images([scan.root / e.rel for e in scan.entries], 89_478_485)
-    items, _ = split.collect_items(scan, checks, str(root))
-    items = [dataclasses.replace(i, existing="test" if i.existing == "val" else i.existing) for i in items]
-    params = config.SplitParams(val=val, test=test, use_existing=scan.presplit, max_image_pixels=89_478_485)
-    result = split.split_images(items, params, SEED, scan.presplit)
-    with tempfile.TemporaryDirectory() as folder:
-        out = Path(folder)
-        for name, members in result.items.items():
-            split.split_frame(members).to_csv(out / f"{name}.csv", index=False)
-        (out / split.CLASSES_FILE).write_text(json.dumps(sorted({i.label for i in items})))
-        return {name: split.read_split_files(out, name, Path("/")) for name in result.items}
 
 
 def extract(name: str, splits: dict[str, Any], out: Path) -> tuple[int, float]:
@@ -60,7 +34,7 @@ def extract(name: str, splits: dict[str, Any], out: Path) -> tuple[int, float]:
 
     backbone = backbones.get(name)
     size = backbone.default_size
-    model, _ = backbones.build_extractor(backbone, size, "imagenet", Path("."), Path(".cache/weights"))
+    model, _ = backbones.build_extractor(backbone, size, "imagenet", REPO, REPO / ".cache" / "weights")
     forward = extraction.compile_forward(model)
     seconds, count = 0.0, 0
     for split_name, rows in splits.items():
@@ -77,19 +51,16 @@ def extract(name: str, splits: dict[str, Any], out: Path) -> tuple[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=list(PHOTO_SETS), choices=list(PHOTO_SETS))
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     args = parser.parse_args()
-    from pipeline.core import runtime
-    from pipeline.core.config import ComputeParams
-
-    runtime.configure(ComputeParams(threads=2))
-    from benchmarks import logistic_regression
+    set_threads()
+    from benchmarks.baselines import logistic_regression  # imports TensorFlow: after the thread count is set
     from pipeline.evaluation import scoring
 
-    results: dict[str, Any] = {"machine": machine.describe(), "seed": SEED, "datasets": {}}
+    results: dict[str, Any] = {"machine": describe_machine(), "seed": SEED, "datasets": {}}
     for dataset_name in args.datasets:
-        root, val, test = DATASETS[dataset_name]
+        root, val, test = PHOTO_SETS[dataset_name]
         splits = split_dataset(root, val, test)
         per_backbone: dict[str, Any] = {}
         predictions = {}
@@ -119,9 +90,7 @@ def main() -> None:
             "images": {k: len(v.paths) for k, v in splits.items()},
             "backbones": per_backbone,
         }
-    output = RESULTS / "backbones.json"
-    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"→ {output}")
+    print(f"→ {write_result('backbones', results)}")
 
 
 if __name__ == "__main__":

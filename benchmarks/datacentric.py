@@ -1,21 +1,15 @@
 """Benchmark: the data-centric audit (pipeline/audit) for speed at 70,000 images and for what it finds.
 
-Parts (each adds its key to ``benchmarks/results/datacentric.json``; the others are kept):
+Parts, each adding its key to ``benchmarks/results/datacentric.json`` (the others are kept):
 
-* ``speed``: ``python -m stages.audit`` on this workspace's cached features (the default run's 70,000
-  Fashion-MNIST images x 1,280 features; run ``make run`` first), wall seconds, the stage's own phases and
-  the peak resident memory of the process. Goal: at most 60 s on 2 cores.
-* ``flips``: flowers and hymenoptera (``../shared/datasets``), the pipeline's split and Lite0 features at the
-  ``auto`` size (as benchmarks/head_vs_probe.py makes them); 5% of the train labels flipped to another class
-  by a seeded draw; precision and recall of the train split's label-issue list against the flipped images
-  (an image the list names that was not flipped counts against precision, though some of those are the
-  sets' own label errors). On the unmodified sets: how many issues, and the 24 least likely given labels
-  drawn to ``benchmarks/results/datacentric_<set>_top24.png`` for a person to judge. Also each set's
-  nearest-neighbour distances (what the near-duplicate threshold is up against).
-* ``fashion``: from the default run's ``metrics/audit.json`` and ``metrics/evaluate.json``: how many
-  test images it flags; then every flagged train image written to the review file as ``exclude``,
-  ``dvc repro`` (split onward: as long as the default run), the test accuracy then; the review file is put
-  back and ``dvc repro`` restores the default outputs from DVC's run cache. ``--skip-rerun`` leaves that out.
+* ``speed``: ``python -m stages.audit`` on this workspace's cached features (the default run's; ``make run``
+  first), wall seconds, the stage's phases and the process's peak memory. Goal: at most 60 s on 2 cores.
+* ``flips``: the photo sets' split and Lite0 features, 5% of the train labels flipped by a seeded draw;
+  precision and recall of the train split's label-issue list against them, and the 24 least likely labels
+  of the unmodified sets drawn to ``results/datacentric_<set>_top24.png`` for a person to judge.
+* ``fashion``: what the default run's audit flags; then every flagged train image excluded through the review
+  file, ``dvc repro``, the test accuracy then (the review file is put back and ``dvc repro`` restores the
+  default outputs from DVC's run cache; ``--skip-rerun`` leaves this out). Results: docs/benchmarks.md.
 
     python -m benchmarks.datacentric [--parts speed flips fashion] [--skip-rerun]
 """
@@ -31,19 +25,27 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import machine
-from benchmarks.backbones import DATASETS, SEED, split_dataset
-from benchmarks.extract import RESULTS
-from benchmarks.memory import run_measured
+from benchmarks.common import (
+    PHOTO_SETS,
+    RESULTS,
+    SEED,
+    WORK,
+    describe_machine,
+    sampling_noise,
+    split_dataset,
+    write_features,
+    write_result,
+)
+from benchmarks.workspace import run_measured
 
-WORK = Path("benchmarks/work/datacentric")
+CACHE = WORK / "datacentric"  # the photo sets' features, kept between runs
 FLIP_SHARE = 0.05
 
 
 def speed() -> dict[str, Any]:
     """The audit stage on this workspace's features, timed, with the child process's own peak memory."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    peak_mib, seconds = run_measured(Path.cwd(), "stages.audit", log=WORK / "audit.log")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    peak_mib, seconds = run_measured(Path.cwd(), "stages.audit", log=CACHE / "audit.log")
     audit = json.loads(Path("metrics/audit.json").read_text(encoding="utf-8"))
     meta = json.loads(Path("data/features/meta.json").read_text(encoding="utf-8"))
     return {
@@ -53,19 +55,18 @@ def speed() -> dict[str, Any]:
         "stage_seconds": audit["seconds"],
         "phases_seconds": audit["seconds_by_phase"],
         "peak_rss_mib": round(peak_mib),
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "goal_seconds": 60,
         "goal_met": seconds <= 60,
     }
 
 
 def features_of(name: str) -> dict[str, Any]:
-    """The set's split and Lite0 features at the auto size, cached under ``WORK``."""
-    from benchmarks.head_vs_probe import write_features
+    """The set's split and Lite0 features at the auto size, cached under ``CACHE``."""
     from pipeline.features import extraction
 
-    folder, val, test = DATASETS[name]
-    out = WORK / name
+    folder, val, test = PHOTO_SETS[name]
+    out = CACHE / name
     splits = split_dataset(folder, val, test)
     if not (out / "test.npz").is_file():
         out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,6 @@ def fashion(rerun: bool) -> dict[str, Any]:
         return result
     import pandas as pd
 
-    from benchmarks.report import sampling_noise
     from pipeline.evaluation import scoring
 
     review = Path("data/review.yaml")
@@ -192,14 +192,14 @@ def main() -> None:
     out = RESULTS / "datacentric.json"
     results = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
     if {"flips", "fashion"} & set(args.parts):
-        results["machine"] = machine.describe()
+        results["machine"] = describe_machine()
     if "speed" in args.parts:
         results["speed"] = speed()
     if "flips" in args.parts:
-        results["flips"] = {name: flips(name) for name in DATASETS}
+        results["flips"] = {name: flips(name) for name in PHOTO_SETS}
     if "fashion" in args.parts:
         results["fashion"] = fashion(not args.skip_rerun)
-    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_result("datacentric", results)
     print(json.dumps(results, indent=2, ensure_ascii=False))
 
 

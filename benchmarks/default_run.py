@@ -20,10 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine
+from benchmarks.common import REPO, describe_machine, write_result
 
-REPO = Path(__file__).resolve().parents[1]
-RESULT = REPO / "benchmarks" / "results" / "default_run.json"
 _STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 
 
@@ -57,7 +55,7 @@ def summarize(events: list[tuple[float, str]], total: float) -> dict[str, Any]:
     evaluate = metrics["evaluate"]
     meta = json.loads((REPO / "data" / "features" / "meta.json").read_text())
     return {
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "command": "dvc repro --force (params.yaml as shipped: Fashion-MNIST)",
         "seconds": {"total": round(total, 1), **stage_seconds(events, total)},
         "image_size": meta["image_size"],
@@ -79,10 +77,10 @@ def main() -> None:
     command = [str(Path(sys.executable).with_name("dvc")), "repro", *([] if args.no_force else ["--force"])]
     events, total = run_timed(command)
     result = summarize(events, total)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    path = write_result("default_run", result)
     print(
         f"default run: {result['seconds']['total'] / 60:.1f} min on {result['machine']['cpu']}, "
-        f"test accuracy {result['test_accuracy']:.4f} → {RESULT.relative_to(REPO)}"
+        f"test accuracy {result['test_accuracy']:.4f} → {path.relative_to(REPO)}"
     )
 
 

@@ -17,46 +17,14 @@ tracing the map function) is part of every extract pass. Writes ``benchmarks/res
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from benchmarks import machine
-from pipeline.core import config, files, runtime
+from benchmarks.common import BATCH, FLOWERS, THREADS, describe_machine, rates, sample_images, set_threads, write_result
+from pipeline.core import config
 from pipeline.features import backbones, extraction, inputs
-
-FLOWERS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers"
-RESULTS = Path(__file__).resolve().parent / "results"
-BATCH = 64
-THREADS = 2
-
-
-def sample_images(folder: Path, count: int) -> list[Path]:
-    """``count`` JPEGs spread evenly over the classes, in a fixed order."""
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
-    per_class = [sorted(c.glob("*.jpg")) for c in classes]
-    picked = [images[i] for i in range(max(map(len, per_class))) for images in per_class if i < len(images)]
-    if len(picked) < count:
-        raise SystemExit(f"{folder} has {len(picked)} images; {count} requested")
-    return picked[:count]
-
-
-def rates(count: int, runs: dict[str, Callable[[], None]], rounds: int = 5) -> dict[str, dict[str, float]]:
-    """Images per second of each path, run in turns (one pass of each per round) so that drift in the
-    machine's speed hits every path alike; the best and the median pass of each are kept."""
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
-    return {
-        name: {"best": round(count / min(s), 1), "median": round(count / statistics.median(s), 1)}
-        for name, s in seconds.items()
-    }
 
 
 def naive_features(model, paths: list[Path], size: int) -> np.ndarray:  # noqa: ANN001 - a Keras model
@@ -103,27 +71,27 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 224])
     args = parser.parse_args()
-    runtime.configure(config.ComputeParams(threads=THREADS))
+    set_threads(THREADS)
     params = config.load()
     paths = sample_images(FLOWERS, args.images)
     by_size = {}
     for size in args.sizes:
         by_size[size] = measure(size, paths, params.path("weights"))
         print(f"{size} px: {by_size[size]}")
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "extract",
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "data": f"{args.images} JPEGs from shared/datasets/flowers (128x128 photos)",
         "backbone": "efficientnet_lite0 (imagenet)",
         "batch_size": BATCH,
         "threads": THREADS,
         "sizes": by_size,
     }
-    for size, rates in by_size.items():
-        result[f"ratio_vs_forward_{size}"] = round(rates["extract_images_per_s"] / rates["forward_images_per_s"], 3)
-        result[f"speedup_vs_naive_{size}"] = round(rates["extract_images_per_s"] / rates["naive_images_per_s"], 2)
+    for size, speeds in by_size.items():
+        result[f"ratio_vs_forward_{size}"] = round(speeds["extract_images_per_s"] / speeds["forward_images_per_s"], 3)
+        result[f"speedup_vs_naive_{size}"] = round(speeds["extract_images_per_s"] / speeds["naive_images_per_s"], 2)
     result["speedup_vs_naive"] = min(result[f"speedup_vs_naive_{size}"] for size in by_size)
-    files.write_json(RESULTS / "extract.json", result)
+    write_result("extract", result)
     print({k: v for k, v in result.items() if k.startswith(("ratio", "speedup"))})
 
 

@@ -21,18 +21,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import machine
-from benchmarks.extract import FLOWERS, RESULTS, sample_images
-from pipeline.core import files
+from benchmarks.common import FLOWERS, REPO, describe_machine, sample_images, write_result
 
-REPO = Path(__file__).resolve().parents[1]
 # Run inside each tree (its own ``pipeline`` package): prints {size: best images/s}.
 MEASURE = """
 import json, sys, time
 from pathlib import Path
-from pipeline.core import config, runtime
+import tensorflow as tf
 from pipeline.features import backbones, extraction, inputs
-runtime.configure(config.ComputeParams(threads=2))
+tf.config.threading.set_intra_op_parallelism_threads(2)  # what compute.threads: 2 does, in any revision
+tf.config.threading.set_inter_op_parallelism_threads(2)
 paths, sizes, weights = [Path(p) for p in json.loads(sys.argv[1])], json.loads(sys.argv[2]), Path(sys.argv[3])
 best = {}
 for size in sizes:
@@ -101,7 +99,7 @@ def main() -> None:
         }
     result = {
         "benchmark": "extract_ab",
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "baseline": revision,
         "current": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
@@ -110,7 +108,7 @@ def main() -> None:
         "rounds": args.rounds,
         "sizes": by_size,
     }
-    files.write_json(RESULTS / "extract_ab.json", result)
+    write_result("extract_ab", result)
     print(json.dumps(by_size, indent=2))
 
 

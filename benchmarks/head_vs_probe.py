@@ -1,12 +1,12 @@
 """Benchmark: the pipeline's tuned head against a linear probe on the same cached features, on real photos.
 
-For each photo set in ``shared/datasets``: the pipeline's split (as in ``benchmarks/backbones.py``), EfficientNet-Lite0
-features at the size ``backbone.image_size: auto`` picks for those photos, then
+For each photo set in ``shared/datasets``: the pipeline's split and EfficientNet-Lite0 features at the size
+``backbone.image_size: auto`` picks for those photos (``common.split_dataset``, ``common.write_features``), then
 
 - ``head``: train_head's search exactly as params.yaml ships it (``tuning.make_search`` / ``run_search``: the
   known-good first trials, the search sample, the trials on val), the chosen head trained again on all train
   features, as the stage does (without MLflow);
-- ``logistic_regression``: the accuracy benchmark's probe (``benchmarks/logistic_regression.py``),
+- ``logistic_regression``: the accuracy benchmark's probe (``benchmarks/baselines/logistic_regression.py``),
 
 scored on the same test images and paired with McNemar's exact test. The issue's goal: the head is never more
 than 0.005 below the probe. Writes ``benchmarks/results/head_vs_probe.json``::
@@ -18,40 +18,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine
-from benchmarks.backbones import DATASETS, SEED, split_dataset
-from benchmarks.extract import RESULTS
-
-BACKBONE = "efficientnet_lite0"
-
-
-def write_features(splits: dict[str, Any], out: Path) -> int:
-    """Lite0 features of every split at the ``auto`` size into ``out``; returns that size."""
-    from pipeline.features import backbones, extraction, inputs, sizing
-
-    backbone = backbones.get(BACKBONE)
-    size = sizing.choose_image_size(
-        sizing.AUTO, backbone.default_size, backbone.min_size, inputs.read_sizes(splits["train"].paths)
-    )
-    model, _ = backbones.build_extractor(backbone, size, "imagenet", Path("."), Path(".cache/weights"))
-    forward = extraction.compile_forward(model)
-    for name, rows in splits.items():
-        values, _ = extraction.compute_features(
-            forward,
-            inputs.image_dataset(rows.paths, size, "center", 32),
-            len(rows.paths),
-            "float32",
-            f"{BACKBONE} {name}",
-        )
-        extraction.write_feature_set(
-            out / f"{name}.npz", extraction.FeatureSet(values, rows.labels, rows.rel_paths, rows.sha256, rows.classes)
-        )
-    return size
+from benchmarks.common import (
+    PHOTO_SETS,
+    PROBE_BACKBONE,
+    REPO,
+    SEED,
+    describe_machine,
+    set_threads,
+    split_dataset,
+    write_features,
+    write_result,
+)
 
 
 def tuned_head(folder: Path) -> tuple[Any, dict[str, Any]]:
@@ -72,7 +53,7 @@ def fit_tuned_head(folder: Path) -> tuple[Any, Any]:
     from pipeline.features import extraction
     from pipeline.training import fitting, head, tuning
 
-    params = config.load(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = config.load(REPO / "params.yaml")
     params = dataclasses.replace(params, root=folder, paths=dataclasses.replace(params.paths, tuner="tuner"))
     train, val = (extraction.read_feature_set(folder / f"{name}.npz") for name in ("train", "val"))
     tuner = tuning.make_search(train, params, None)
@@ -87,20 +68,17 @@ def fit_tuned_head(folder: Path) -> tuple[Any, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=list(PHOTO_SETS), choices=list(PHOTO_SETS))
     args = parser.parse_args()
-    from pipeline.core import runtime
-    from pipeline.core.config import ComputeParams
-
-    runtime.configure(ComputeParams(threads=2))
+    set_threads()
     import numpy as np
 
-    from benchmarks import logistic_regression
+    from benchmarks.baselines import logistic_regression  # imports TensorFlow: after the thread count is set
     from pipeline.evaluation import scoring
 
-    results: dict[str, Any] = {"machine": machine.describe(), "backbone": BACKBONE, "datasets": {}}
+    results: dict[str, Any] = {"machine": describe_machine(), "backbone": PROBE_BACKBONE, "datasets": {}}
     for name in args.datasets:
-        splits = split_dataset(*DATASETS[name])
+        splits = split_dataset(*PHOTO_SETS[name])
         with tempfile.TemporaryDirectory() as folder:
             size = write_features(splits, Path(folder))
             probe = logistic_regression.train_and_score(Path(folder), SEED)
@@ -121,9 +99,7 @@ def main() -> None:
             f"paired p {paired['p_value']:.2g}",
             flush=True,
         )
-    output = RESULTS / "head_vs_probe.json"
-    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"→ {output}")
+    print(f"→ {write_result('head_vs_probe', results)}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ one preallocated array, so only that array should grow with the number of images
 float32: 10 MB for 2,000 images). In a throw-away copy of the project on the flower photos
 (``shared/datasets/flowers``, ``data.max_per_class`` = N / 5, params.yaml's values otherwise),
 ``dvc repro split`` prepares the split, then ``python -m stages.extract`` runs as a child process that
-reports its own peak resident memory as it exits (``run_measured``); then again with 4N images.
+reports its own peak resident memory as it exits (``workspace.run_measured``); then again with 4N images.
 Writes ``benchmarks/results/memory.json``::
 
     python -m benchmarks.memory [--n 500] [--keep DIR]
@@ -14,64 +14,14 @@ Writes ``benchmarks/results/memory.json``::
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks import machine
-from benchmarks.extract import RESULTS
-from benchmarks.repro import flower_params
-from benchmarks.workspace import create_workspace, run_in, scratch_folder, write_params
+from benchmarks.common import describe_machine, write_result
+from benchmarks.workspace import create_workspace, flower_params, run_in, run_measured, scratch_folder, write_params
 from pipeline.core import files
 
 CLASSES = 5  # the flower photos' classes
-
-
-# Runs a module as ``python -m`` does and, as the interpreter exits, writes the peak resident memory of
-# this process's own address space (``VmHWM``, KiB) to the file named first. ``wait4``'s ``ru_maxrss``
-# would not do: Linux carries the high-water mark of the address space replaced at ``exec`` into it, so
-# a child forked from a large parent (a benchmark holding arrays, a pytest worker holding TensorFlow)
-# reports at least the parent's size.
-_LAUNCHER = """
-import atexit, runpy, sys
-out, module = sys.argv.pop(1), sys.argv.pop(1)
-def report():
-    with open("/proc/self/status") as status:
-        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
-    with open(out, "w") as answer:
-        answer.write(peak)
-atexit.register(report)
-runpy.run_module(module, run_name="__main__", alter_sys=True)
-"""
-
-
-def run_measured(root: Path, module: str, *args: str, log: Path | None = None) -> tuple[float, float]:
-    """Run ``python -m <module> <args>`` in ``root``; its own peak resident memory in MiB and its wall seconds.
-
-    Args:
-        root: the working directory (a project workspace).
-        module: what ``python -m`` would run.
-        args: its command-line arguments.
-        log: where its output goes (default ``root/<module>.log``).
-
-    Raises:
-        SystemExit: the command failed (its output is shown).
-    """
-    log = log or root / f"{module}.log"
-    peak_file = log.with_suffix(".peak")
-    peak_file.unlink(missing_ok=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    started = time.perf_counter()
-    with open(log, "w") as stream:
-        command = [sys.executable, "-c", _LAUNCHER, str(peak_file.resolve()), module, *args]
-        status = subprocess.run(command, cwd=root, env=env, stdout=stream, stderr=subprocess.STDOUT).returncode
-    seconds = time.perf_counter() - started
-    if status != 0 or not peak_file.is_file():
-        raise SystemExit(f"{module} failed in {root} (exit {status}):\n{log.read_text()[-4000:]}")
-    return round(int(peak_file.read_text()) / 1024, 1), round(seconds, 1)
 
 
 def measure_at(root: Path, params: dict, images: int) -> dict[str, float]:
@@ -101,7 +51,7 @@ def main() -> None:
         width = files.read_json(root / params["paths"]["features"] / "meta.json")["feature_width"]
     result = {
         "benchmark": "memory",
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "data": f"shared/datasets/flowers, {args.n // CLASSES} then {4 * args.n // CLASSES} photos per class",
         "backbone": f"{params['backbone']['name']} ({params['backbone']['weights']}), "
         f"{params['backbone']['image_size']} px, batch {params['extract']['batch_size']}",
@@ -118,7 +68,7 @@ def main() -> None:
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
-    files.write_json(RESULTS / "memory.json", result)
+    write_result("memory", result)
     print({k: v for k, v in result.items() if k.startswith(("n", "peak", "growth", "feature"))})
 
 

@@ -1,20 +1,11 @@
 """Benchmark: what the record stage (one MLflow pipeline run per result) adds to a ``dvc repro``.
 
-In a throw-away copy of the project on ``--per-class`` Fashion-MNIST images per class (Debian's
-``dataset-fashion-mnist``), params.yaml's values otherwise (export: float32 only), the whole pipeline runs once,
-for each store: the embedded one (sqlite in the workspace) and a real ``mlflow server`` on 127.0.0.1 (sqlite
-behind it, ``MLFLOW_TRACKING_URI`` set), each in its own workspace. Then, ``--repeat`` times each, interleaved:
-
-- ``record_s``: ``dvc repro --force --single-item record``: DVC checks the stage, runs ``python -m stages.record``
-  (a new pipeline run: MLflow's import, its settings, numbers, artifacts, the nesting of all nine stage runs, the
-  model version's link, the UI's saved view) and locks it. The pipeline run before it is deleted first (untimed),
-  so that each one does the whole work of a new result: a deleted pipeline run holds no stage runs;
-- ``check_s``: ``dvc repro --single-item record`` with nothing to do: DVC's start and its check of the stage;
-- ``added_s``: the median of ``record_s`` minus the median of ``check_s``: what the stage adds to a run that
-  made a new result (the goal: at most 3 s on a 2-core CPU);
-- ``command_s``: ``python -m stages.record`` alone;
-- ``import_s``: what the command imports before its first request: MLflow, and for the embedded store its SQL
-  store module (SQLAlchemy, the schema): the floor every stage that logs to that store pays.
+In a throw-away copy of the project on ``--per-class`` Fashion-MNIST images per class, the whole pipeline runs
+once per store: the embedded one (sqlite) and a real ``mlflow server`` on 127.0.0.1. Then, ``--repeat`` times
+each, interleaved: the record stage forced (its previous pipeline run deleted first, untimed, so each does a
+new result's whole work) and not forced (DVC's start and check alone). ``added_s`` is the difference of the
+medians (the goal: at most 3 s on a 2-core CPU); ``command_s`` is ``python -m stages.record`` alone and
+``import_s`` what it imports before its first request. Results: docs/benchmarks.md, "The pipeline run".
 
 Writes ``benchmarks/results/pipeline_run.json`` (``embedded`` and ``server``)::
 
@@ -25,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import os
 import signal
 import socket
@@ -36,15 +26,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from benchmarks import machine
-from benchmarks.workspace import create_workspace, scratch_folder
+from benchmarks.common import describe_machine, write_result
+from benchmarks.workspace import create_workspace, repository_params, scratch_folder
 from pipeline.core import files
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 RECORD = "record"
 IMPORTS = {
     "embedded": "import mlflow, mlflow.store.tracking.sqlalchemy_store",
@@ -55,7 +42,7 @@ IMPORTS = {
 def small_params(per_class: int) -> dict:
     """params.yaml with ``per_class`` Fashion-MNIST images per class, exported as float32 only: on a few dozen
     test images one float16 disagreement already fails export's 0.99 agreement, which is not measured here."""
-    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
+    params = repository_params()
     params["data"]["max_per_class"] = per_class
     params["export"]["formats"] = ["float32"]
     return params
@@ -153,16 +140,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     started = time.perf_counter()
-    result = {
+    result: dict[str, Any] = {
         "benchmark": "pipeline_run",
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "data": f"Fashion-MNIST, {args.per_class} images per class, params.yaml otherwise (export: float32)",
     }
     with scratch_folder(args.keep, "headstart-pipeline-run-") as scratch:
         for store in IMPORTS:
             result[store] = measure_store(scratch, store, args.per_class, args.repeat)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    files.write_json(RESULTS / "pipeline_run.json", result)
+    write_result("pipeline_run", result)
     for store in IMPORTS:
         print(f"{store} store: record adds {result[store]['added_s']} s (median of {args.repeat})")
 

@@ -1,31 +1,27 @@
-"""The benchmark results as one markdown table: printed, and written to ``benchmarks/RESULTS.md``.
+"""The list of benchmarks, their runner, and their results as one markdown table (``benchmarks/RESULTS.md``).
 
-Reads ``benchmarks/results/<name>.json`` (written by ``python -m benchmarks.<name>``). With ``--run``, runs
-the named benchmarks first, one after the other, and records how long each took in
-``results/timings.json``; ``make bench`` runs them all::
+``BENCHMARKS`` is the one list of what ``make bench`` runs, in order. Reads ``benchmarks/results/<name>.json``
+(written by ``python -m benchmarks.<name>``). With ``--run-all`` (``make bench``) or ``--run NAME ...``, runs
+those benchmarks first, one after the other, and records how long each took in ``results/timings.json``::
 
-    python -m benchmarks.report [--run extract formats tuning accuracy repro memory]
+    python -m benchmarks.report [--run-all | --run extract formats ... | --list]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from benchmarks import machine
+from benchmarks.common import REPO, RESULTS, describe_machine, sampling_noise
 from pipeline.core import files
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-REPORT = HERE / "RESULTS.md"
+REPORT = REPO / "benchmarks" / "RESULTS.md"
 TIMINGS = RESULTS / "timings.json"
 BENCHMARKS = (
     "extract",
@@ -33,6 +29,7 @@ BENCHMARKS = (
     "formats",
     "tuning",
     "backbones",
+    "duplicate_threshold",
     "finetune_speed",
     "training_speed",
     "head_vs_probe",
@@ -45,6 +42,7 @@ BENCHMARKS = (
     "datacentric",
 )  # make bench's order (datacentric reads the default run's outputs)
 OPTIONAL = ("gpu",)  # shown only once measured: `make bench-gpu` needs a GPU machine
+BY_HAND = ("extract_ab",)  # run by hand with arguments (a git revision); cited in docs/benchmarks.md, not tabled
 # Results kept under a key of another benchmark's file: name -> (file stem, key).
 SECTIONS = {"training_speed": ("runtimes", "training"), "runtimes": ("runtimes", "inference")}
 Row = tuple[str, str, str]  # what was measured, the result, on what data
@@ -63,7 +61,7 @@ def run_benchmarks(names: list[str]) -> None:
         status = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], check=False).returncode
         if status != 0:
             raise SystemExit(f"benchmarks.{name} failed (exit status {status})")
-        timings[name] = {"seconds": round(time.perf_counter() - started, 1), "date": machine.describe()["date"]}
+        timings[name] = {"seconds": round(time.perf_counter() - started, 1), "date": describe_machine()["date"]}
         files.write_json(TIMINGS, timings)
 
 
@@ -124,12 +122,6 @@ def tuning_rows(result: dict[str, Any]) -> list[Row]:
             result["data"],
         )
     ]
-
-
-def sampling_noise(accuracy: float, images: int) -> float:
-    """Half the width of the 95% interval of an accuracy measured on ``images`` test images (normal
-    approximation): differences smaller than this between two methods can be chance."""
-    return 1.96 * math.sqrt(accuracy * (1 - accuracy) / images)
 
 
 METHOD_NAMES = {
@@ -310,6 +302,29 @@ def gpu_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def duplicate_threshold_rows(result: dict[str, Any]) -> list[Row]:
+    """Per photo set: at each backbone's threshold, the share of each kind of planted copy found, and the
+    nearest pair of distinct photos (which should lie above it)."""
+    rows = []
+    for name, entry in result["sets"].items():
+        cells = [
+            f"{backbone.replace('efficientnet_lite', 'Lite')} at {found['threshold']:g}: copies found "
+            + ", ".join(f"{kind} {share:.0%}" for kind, share in found["copies_found"].items())
+            + f"; nearest distinct pair {found['nearest_distinct'][0]:.3f} "
+            f"({found['distinct_pairs_under_threshold']} distinct pairs under)"
+            for backbone, found in entry["backbones"].items()
+        ]
+        rows.append(
+            (
+                f"Near-duplicate threshold, {name} ({result['image_size']} px)",
+                " · ".join(cells),
+                f"shared/datasets/{entry['folder']}: {entry['originals']} photos, {entry['planted']} of them with "
+                f"{len(result['copies'])} planted copies each",
+            )
+        )
+    return rows
+
+
 def finetune_speed_rows(result: dict[str, Any]) -> list[Row]:
     cells = [
         f"{name} " + ", ".join(f"{size} px {rate:.0f}/s" for size, rate in sizes.items())
@@ -398,6 +413,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "formats": formats_rows,
     "tuning": tuning_rows,
     "backbones": backbones_rows,
+    "duplicate_threshold": duplicate_threshold_rows,
     "finetune_speed": finetune_speed_rows,
     "training_speed": training_speed_rows,
     "head_vs_probe": head_vs_probe_rows,
@@ -445,7 +461,7 @@ def build_table(results: dict[str, dict[str, Any]], timings: dict[str, dict[str,
 
 def describe_machines(results: dict[str, dict[str, Any]]) -> str:
     """The machine the results were measured on (or each, if they differ)."""
-    seen = {}
+    seen: dict[str, list[str]] = {}
     for name, result in results.items():
         where = result.get("machine", {})
         key = f"{where.get('cpu')}, {where.get('cores')} cores, {where.get('memory_gib')} GiB, {where.get('device')}"
@@ -465,18 +481,24 @@ def read_result(name: str) -> dict[str, Any] | None:
     return data if key is None else data.get(key)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--run-all", action="store_true", help="run every benchmark of make bench first, in order")
+    which.add_argument(
         "--run",
-        nargs="*",
+        nargs="+",
         choices=BENCHMARKS,
         metavar="NAME",
         help=f"run these benchmarks first (any of: {', '.join(BENCHMARKS)})",
     )
-    args = parser.parse_args()
-    if args.run:
-        run_benchmarks(args.run)
+    which.add_argument("--list", action="store_true", help="print make bench's benchmarks, in order, and stop")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(BENCHMARKS))
+        return
+    if args.run_all or args.run:
+        run_benchmarks(list(BENCHMARKS) if args.run_all else args.run)
     results = {name: result for name in (*BENCHMARKS, *OPTIONAL) if (result := read_result(name)) is not None}
     timings = files.read_json(TIMINGS) if TIMINGS.exists() else {}
     table = build_table(results, timings)

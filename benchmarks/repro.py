@@ -1,41 +1,22 @@
 """Benchmark: what ``dvc repro`` costs with nothing changed and after a head-only change, against a full run.
 
-In a throw-away copy of the project (its own git + DVC repository and MLflow store, in a temporary folder),
-on the flower photos (``shared/datasets/flowers`` through the ``folder`` source, ``data.max_per_class``
-photos per class), with params.yaml's values otherwise:
-
-- ``full_s``: the first ``dvc repro`` (every stage runs);
-- ``noop_s``: ``dvc repro`` again with nothing changed (DVC compares hashes; no stage runs);
-- ``head_change_s``: ``dvc repro`` after raising ``tune.max_trials``, a parameter only train_head reads;
-  ``head_change_stages``: the stages that ran. The stages after train_head run only if the search picked
-  another head: the same head is saved as the same bytes (``files.save_model``), and DVC skips the rest.
-
-Then, at the default project's size (Fashion-MNIST, 70,000 images), in a finished run of it (``--workspace``,
-by default this repository, where ``python -m benchmarks.default_run`` leaves one), ``--repeat`` times each,
-interleaved:
-
-- ``status_70k_s``: ``dvc status`` with nothing changed (best run; every run in ``status_70k_runs_s``);
-- ``noop_70k_s``: ``dvc repro`` with nothing changed (``noop_70k_runs_s``), run only once ``dvc status`` has
-  said the workspace is up to date, and checked to have run no stage;
-- ``status_70k_by_stage_s``: ``dvc status <stage>`` for each stage alone: where the seconds go;
-- ``noop_70k_cpu_s``: the CPU seconds (user + system) of the best ``dvc repro``, steadier than wall time on a
-  machine shared with other work; ``images_70k``: the files in ``paths.raw``; ``noop_70k_machine``: the CPU.
-
-A workspace that is not up to date is not timed (``noop_70k_skipped`` says why). ``--skip-flowers`` measures
-only the default project and keeps the flower figures already in the results; ``--dry`` times
-``dvc repro --dry`` instead (the same checks, and it can never run a stage: for a workspace that others may
-change meanwhile).
+In a throw-away copy of the project on the flower photos (``data.max_per_class`` per class, params.yaml
+otherwise): the first ``dvc repro`` (``full_s``), again with nothing changed (``noop_s``), and after raising
+``tune.max_trials``, a parameter only train_head reads (``head_change_s``, with the stages that ran). Then, at
+the default project's size, in a finished run of it (``--workspace``, by default this repository, where
+``benchmarks.default_run`` leaves one): ``dvc status`` and ``dvc repro`` with nothing changed, ``--repeat``
+times each, interleaved, and ``dvc status <stage>`` per stage (the ``*_70k`` keys). A workspace that is not up
+to date is not timed (``noop_70k_skipped`` says why). ``--skip-flowers`` measures only the default project;
+``--dry`` times ``dvc repro --dry``, which can never run a stage. Results: docs/benchmarks.md, docs/scale.md.
 
 Writes ``benchmarks/results/repro.json``::
 
-    python -m benchmarks.repro [--per-class 100] [--extra-trials 2] [--keep DIR]
-                               [--workspace DIR] [--repeat 3] [--skip-flowers] [--dry]
+    python -m benchmarks.repro [--per-class 100] [--extra-trials 2] [--keep DIR] [--skip-flowers] [--dry]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import re
 import resource
@@ -44,12 +25,10 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks import machine
-from benchmarks.extract import FLOWERS, RESULTS
-from benchmarks.workspace import create_workspace, run_in, scratch_folder, write_params
+from benchmarks.common import REPO, RESULTS, describe_machine, write_result
+from benchmarks.workspace import create_workspace, flower_params, run_in, scratch_folder, write_params
 from pipeline.core import files
 
-REPO = Path(__file__).resolve().parents[1]
 _RUNNING = re.compile(r"Running stage '([^']+)'")
 UP_TO_DATE = "Data and pipelines are up to date."
 DEFAULT_DATA = "Fashion-MNIST, params.yaml as shipped (a finished default run)"
@@ -57,14 +36,6 @@ DEFAULT_DATA = "Fashion-MNIST, params.yaml as shipped (a finished default run)"
 
 class NotUpToDate(Exception):
     """The workspace has something for ``dvc repro`` to do, so its no-op cannot be timed."""
-
-
-def flower_params(per_class: int) -> dict:
-    """params.yaml with the flower photos as the folder source, ``per_class`` photos per class."""
-    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
-    params["data"].update(source="folder", folder=str(FLOWERS), max_per_class=per_class)
-    params["split"]["use_existing"] = False
-    return params
 
 
 def timed_repro(root: Path) -> tuple[float, list[str]]:
@@ -160,7 +131,7 @@ def measure_noop_at_scale(workspace: Path, repeat: int, dry: bool = False) -> di
         "status_70k_by_stage_s": by_stage,
         "images_70k": count_files(workspace / params["paths"]["raw"]),
         "noop_70k_data": DEFAULT_DATA,
-        "noop_70k_machine": machine.describe(),
+        "noop_70k_machine": describe_machine(),
     }
 
 
@@ -173,7 +144,7 @@ def measure_flowers(args: argparse.Namespace) -> dict:
         create_workspace(root, params)
         result = {
             "benchmark": "repro",
-            "machine": machine.describe(),
+            "machine": describe_machine(),
             "data": f"shared/datasets/flowers, {args.per_class} photos per class (5 classes)",
             "params": "params.yaml otherwise (backbone, image size, search, fine-tuning, export)",
             **measure(root, params, args.extra_trials),
@@ -207,7 +178,7 @@ def main() -> None:
             raise SystemExit(f"{error}\nrun `python -m benchmarks.default_run` first") from error
         print(f"the no-op at the default project's size is not measured: {error}", flush=True)
         result["noop_70k_skipped"] = f"{args.workspace} was not up to date (run python -m benchmarks.default_run first)"
-    files.write_json(path, result)
+    write_result("repro", result)
 
 
 if __name__ == "__main__":

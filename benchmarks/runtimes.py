@@ -29,13 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import machine
-from benchmarks.extract import FLOWERS, sample_images
-from pipeline.core import config, files, runtime
+from benchmarks.common import FLOWERS, RESULTS, THREADS, describe_machine, sample_images, set_threads
+from pipeline.core import config, files
 from pipeline.features import backbones, inputs, runtimes
 
-RESULTS = Path(__file__).resolve().parent / "results" / "runtimes.json"
-THREADS = 2
+RESULT = RESULTS / "runtimes.json"  # shared with benchmarks.training_speed: each writes its own key
 ROUNDS = 12
 IMAGES_PER_ROUND = {64: 64, 1: 8}  # per runtime and round: short rounds, so that the best falls in a quiet moment
 
@@ -104,10 +102,10 @@ def measure_batch(forwards: dict[str, Any], pixels: np.ndarray, batch: int) -> d
 
 def measure_all(sizes: list[int], batch_sizes: list[int], threads: int) -> dict[str, Any]:
     """Every size in this process, with the machine and the oneDNN ISA limit in force."""
-    runtime.configure(config.ComputeParams(threads=threads, runtime="tensorflow", distribution="none"))
+    set_threads(threads)
     cache_dir = config.load().path("weights")
     return {
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
         "sizes": {str(size): measure_size(size, batch_sizes, cache_dir, threads) for size in sizes},
     }
@@ -135,7 +133,7 @@ def main() -> None:
         )
         line = next(line for line in child.stdout.splitlines() if line.startswith("RESULT "))
         runs["onednn_avx2"] = json.loads(line.removeprefix("RESULT "))
-    everything = files.read_json(RESULTS) if RESULTS.exists() else {}
+    everything = files.read_json(RESULT) if RESULT.exists() else {}
     everything["inference"] = {
         "benchmark": "runtimes",
         "machine": measured["machine"],
@@ -147,8 +145,8 @@ def main() -> None:
         "note": "each ratio is measured in one process, runtimes in turns on the same images; best round",
         "runs": runs,
     }
-    files.write_json(RESULTS, everything)
-    print(f"wrote {RESULTS}")
+    files.write_json(RESULT, everything)
+    print(f"wrote {RESULT}")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,13 @@
 """Benchmark: the head trained on features larger than memory, and the audit on streamed features.
 
-Synthetic features (class centres plus noise, float32, 1,280 wide) are written block by block into
-the extract stage's on-disk format (``<split>.npy`` features + ``<split>.npz`` rows) in a throw-away
-copy of the project. Then, each as a child process that reports its own peak resident memory as it
-exits (``benchmarks.memory.run_measured``: ``VmHWM``, page-cache pages mapped into the process included):
+Synthetic features (class centres plus noise, float32, 1,280 wide) are written block by block in the extract
+stage's on-disk format in a throw-away copy of the project; then, each as a child process that reports its
+own peak resident memory (``workspace.run_measured``): ``stages.train_head`` on ``--rows`` train rows (one
+trial, one epoch), one epoch of ``head.fit_head`` alone (``--epoch``), ``stages.audit`` on ``--audit-rows``
+rows, and at the default run's 70,000 rows an epoch from arrays in memory against one from the memory-mapped
+files (``--small``), interleaved. The features are deleted afterwards. Results: docs/scale.md.
 
-- ``python -m stages.train_head`` on ``--rows`` train rows (default 1,000,000: 5 GB of features)
-  with one trial (on ``tune.search_samples`` rows) and one epoch of the chosen head on all rows;
-- one epoch of ``head.fit_head`` alone on the same files (``--epoch``, this module in a child), for
-  the seconds per epoch and the seconds of the standardisation statistics;
-- ``python -m stages.audit`` on ``--audit-rows`` train rows (the audit's neighbour search grows
-  faster than linearly, see docs/scale.md);
-- at 70,000 x 1,280 (the default run's size), one epoch from NumPy arrays in memory (what
-  train_head did before) and one from the memory-mapped files, interleaved, twice each.
-
-The features are deleted afterwards. Writes ``benchmarks/results/scale.json``::
+Writes ``benchmarks/results/scale.json``::
 
     python -m benchmarks.scale [--rows 1000000] [--audit-rows 20000] [--keep DIR]
 """
@@ -23,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from benchmarks import machine
-from benchmarks.extract import RESULTS
-from benchmarks.memory import run_measured
-from benchmarks.workspace import REPO, create_workspace, scratch_folder
+from benchmarks.common import REPO, describe_machine, write_result
+from benchmarks.workspace import create_workspace, repository_params, run_measured, scratch_folder
 from pipeline.core import files
 
 WIDTH = 1280
@@ -65,7 +54,7 @@ def write_synthetic(folder: Path, name: str, rows: int, seed: int) -> None:
 
 def scale_params() -> dict[str, Any]:
     """params.yaml with one random-search trial and one epoch."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params = repository_params()
     params["tune"].update({"enabled": True, "algorithm": "random", "max_trials": 1})
     params["train_head"]["epochs"] = 1
     return params
@@ -81,7 +70,7 @@ def fit_one_epoch(folder: Path) -> dict[str, float]:
     started = time.perf_counter()
     scale = head.feature_scale(train.features)
     scale_s = time.perf_counter() - started
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["train_head"]
+    params = repository_params()["train_head"]
     settings = head.HeadSettings.from_values(params)
     fitting.seed_everything(0)
     model = head.build_head(WIDTH, CLASSES, settings, scale)
@@ -182,7 +171,7 @@ def main() -> None:
         print(f"audit on {args.audit_rows} train rows: peak RSS {audit_peak} MiB, {audit_s} s", flush=True)
     result = {
         "benchmark": "scale",
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "data": f"synthetic features, {CLASSES} classes, float32 x {WIDTH}; val {VAL_ROWS} rows",
         "rows": args.rows,
         "features_gb": round(args.rows * WIDTH * 4 / 1e9, 2),
@@ -200,9 +189,9 @@ def main() -> None:
         "audit_s": audit_s,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    files.write_json(RESULTS / "scale.json", result)
+    write_result("scale", result)
     print({k: v for k, v in result.items() if k != "machine"})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,27 +1,14 @@
 """Benchmark: switches that might make training faster on CPU without changing its results.
 
-Two kinds of training, each timed with a switch off and on, the settings taking turns (A B A B) in one
-process so that load from other jobs on the machine falls on both alike; the result of each comparison
-is the median of the per-round ratios:
+Each switch is timed off and on, the two taking turns round by round so that load from other jobs falls on
+both alike; a comparison's result is the median per-round ratio. ``head``: the train_head fit on synthetic
+features of Lite0's width, for params.yaml's head and the search space's largest; ``finetune``: the finetune
+stage's training step on random images (XLA timed without the augmentation layers, which Keras refuses to
+compile). Switches: ``jit_compile``, ``steps_per_execution`` (head), and, each in its own process since they
+act when TensorFlow starts, ``TF_ENABLE_ONEDNN_OPTS`` and one inter-op thread. Same-seed losses and accuracies
+are compared too, so a faster switch that changes results shows. Results: docs/scale.md.
 
-- ``head``: the head search's fits (``head.build_head`` and the ``train_head`` fit: balanced class weights,
-  a val pass every epoch) on 10,000 x 1,280 synthetic features (``tune.search_samples`` rows, Lite0's
-  width; 10 classes of Gaussian clusters, so accuracy means something), for params.yaml's default head and
-  the largest of the search space (2 x 512 gelu, batch 64: the most work and the most steps per epoch).
-  Seconds per epoch after the first (steady state) and of the first (tracing, and XLA's compilation).
-- ``finetune``: the finetune stage's training step (``benchmarks.finetune_speed``'s set-up: Lite0 with
-  ImageNet weights, params.yaml's augmentation, unfrozen from ``finetune.unfreeze_from``, AdamW, label
-  smoothing) on batches of random images at 96 and 224 px: images per second after two warm-up steps,
-  and the seconds of the first step. Keras refuses XLA for the stage's model (RandomRotation and RandomZoom
-  do not support it; the layers are listed in the result), so XLA is timed on the same model with the
-  augmentation layers left out, as if they ran on the input pipeline instead.
-
-Switches: ``jit_compile`` (XLA) False / True for both; ``steps_per_execution`` 1 / 16 for the head;
-then, each setting in its own process (they act when TensorFlow starts): ``TF_ENABLE_ONEDNN_OPTS`` 1 / 0
-and inter-op threads 2 / 1 (intra-op stays at ``compute.threads``), on the default head and fine-tuning at
-96 px. Results stay correct when the same-seed losses and accuracies agree: each comparison records the
-largest difference between the two settings' final train loss and val accuracy (head) or per-step losses
-(fine-tuning). Writes the key ``training`` of ``benchmarks/results/runtimes.json`` (other keys kept)::
+Writes the key ``training`` of ``benchmarks/results/runtimes.json`` (other keys kept)::
 
     python -m benchmarks.training_speed [--rounds 2] [--quick]
 """
@@ -40,11 +27,10 @@ from typing import Any
 
 import keras
 
-from benchmarks import machine
+from benchmarks.common import REPO, RESULTS, describe_machine
 from pipeline.core import files
 
-REPO = Path(__file__).resolve().parents[1]
-RESULT = REPO / "benchmarks" / "results" / "runtimes.json"
+RESULT = RESULTS / "runtimes.json"  # shared with benchmarks.runtimes: each writes its own key
 KEY = "training"
 ROWS, WIDTH, CLASSES, VAL_ROWS = 10_000, 1_280, 10, 2_000
 HEAD_EPOCHS = 5
@@ -311,7 +297,7 @@ def main() -> None:
     existing = files.read_json(args.output) if args.output.exists() else {}
     existing[KEY] = {
         "benchmark": "training_speed",
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "threads": params.compute.threads,
         "rounds": args.rounds,
         "quick": args.quick,

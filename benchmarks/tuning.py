@@ -1,18 +1,14 @@
 """Benchmark: what cached features save a hyperparameter search, per trial.
 
-One trial is the same head (the ``train_head`` defaults in params.yaml), the same epochs, batch size,
-seed and data, trained two ways in one run on this machine:
+One trial is the same head (params.yaml's ``train_head`` defaults), epochs, batch size, seed and data, trained
+two ways in one run: ``cached`` on features the frozen backbone computed once (the train_head stage's way), and
+``end_to_end`` from the image files through the frozen backbone every epoch. Data: every flower photo of
+``shared/datasets/flowers``, every fifth file of a class held out for val, at 96 px with EfficientNet-Lite0.
+Trials take turns, three of each; the fastest of each counts, and the one-off extraction is timed too. Last,
+a 12-trial random search on the cached features records the resident memory after every trial: it must stay
+flat. Results: docs/benchmarks.md, "Head search speed".
 
-- ``cached``: on features the frozen backbone computed once (the train_head stage's way);
-- ``end_to_end``: from the image files through the frozen backbone every epoch (tf.data decode,
-  the backbone called with ``training=False`` inside the model, the head trained on top).
-
-Data: every flower photo in ``shared/datasets/flowers`` (4,317 JPEGs, 5 classes), every fifth file of
-each class held out for validation, at 96 px with EfficientNet-Lite0 ImageNet weights. Trials take
-turns, three of each; the fastest of each is the result (all are recorded). The one-off extraction
-the cached trials rely on is timed too (``extract_s``). Last, a 12-trial random search over the space in
-params.yaml on the same cached features records the process's resident memory after every trial
-(``rss_mb_by_trial``): it must stay flat. Writes ``benchmarks/results/tuning.json``::
+Writes ``benchmarks/results/tuning.json``::
 
     python -m benchmarks.tuning [--epochs 5] [--size 96]
 """
@@ -29,9 +25,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmarks import machine
-from benchmarks.extract import FLOWERS, RESULTS, THREADS
-from pipeline.core import config, files, runtime
+from benchmarks.common import FLOWERS, THREADS, describe_machine, set_threads, write_result
+from pipeline.core import config
 from pipeline.features import backbones, extraction, inputs
 from pipeline.training import fitting, head, tuning
 
@@ -41,7 +36,10 @@ ROUNDS = 3
 def flower_files(folder: Path) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
     """Every JPEG with its class index; every fifth file of a class (sorted by name) goes to val."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    train, train_labels, val, val_labels = [], [], [], []
+    train: list[Path] = []
+    val: list[Path] = []
+    train_labels: list[int] = []
+    val_labels: list[int] = []
     for index, name in enumerate(classes):
         for position, path in enumerate(sorted((folder / name).glob("*.jpg"))):
             (val if position % 5 == 4 else train).append(path)
@@ -86,7 +84,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--size", type=int, default=96)
     args = parser.parse_args()
-    runtime.configure(config.ComputeParams(threads=THREADS))
+    set_threads(THREADS)
     params = config.load()
     settings = head.HeadSettings.from_params(params.train_head)
     entry = backbones.get("efficientnet_lite0")
@@ -143,7 +141,7 @@ def main() -> None:
     memory = memory_by_trial(cached, train_labels, val_labels, num_classes, entry.feature_width, params)
     result = {
         "benchmark": "tuning",
-        "machine": machine.describe(),
+        "machine": describe_machine(),
         "data": f"shared/datasets/flowers: {len(train)} train + {len(val)} val JPEGs, {num_classes} classes",
         "backbone": f"efficientnet_lite0 (imagenet), {args.size} px",
         "head": settings.as_dict(),
@@ -158,7 +156,7 @@ def main() -> None:
         "rss_mb_by_trial": [round(m, 1) for m in memory],
         "rss_growth_mb_after_first_trial": round(memory[-1] - memory[0], 1),
     }
-    files.write_json(RESULTS / "tuning.json", result)
+    write_result("tuning", result)
     print({k: v for k, v in result.items() if k.startswith(("s_per", "speedup", "extract"))})
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import memory
+from benchmarks import workspace
 from pipeline.core import runtime
 from pipeline.core.errors import UserError
 from pipeline.features import efficientnet_lite, extraction
@@ -109,11 +109,11 @@ def test_extract_memory_does_not_grow_with_the_number_of_images(project, image_t
     image_tree(folder, {"a": 60, "b": 60, "c": 60})
     project.run("dvc", "repro", "split")
     # The stage's own peak (VmHWM as it exits): wait4's figure would keep this pytest worker's size.
-    peak_n, _ = memory.run_measured(project.root, "stages.extract")
+    peak_n, _ = workspace.run_measured(project.root, "stages.extract")
 
     image_tree(folder, {"a": 180, "b": 180, "c": 180}, prefix="more")  # 4x the images
     project.run("dvc", "repro", "split")
-    peak_4n, _ = memory.run_measured(project.root, "stages.extract")
+    peak_4n, _ = workspace.run_measured(project.root, "stages.extract")
     feature_array_mb = 3 * 240 * 1280 * 4 / 2**20
     assert peak_4n - peak_n < feature_array_mb + 100, (peak_n, peak_4n)
 

@@ -4,7 +4,7 @@ A resized, re-encoded, flipped or slightly cropped copy of a training image in t
 caught by the split stage's sha256 check, and it inflates the test score. Two images are
 near-duplicates when the cosine distance of their L2-normalised features is under a threshold.
 
-The default thresholds come from ``benchmarks/experiments/duplicate_threshold.py``: for 300 photos of
+The default thresholds come from ``benchmarks/duplicate_threshold.py`` (docs/benchmarks.md): for 300 photos of
 the flowers set and 300 of hymenoptera (224 px, centre crop), four copies each of 60 of them
 (horizontal flip, JPEG quality 70, a 90% crop, half the size) against the nearest pairs of distinct
 originals. EfficientNet-Lite0: 90% of the copies lie under 0.073 (flowers) and 0.17 (hymenoptera,

@@ -1,8 +1,8 @@
-"""The accuracy benchmark's reference on frozen features: a plain multinomial logistic regression.
+"""The reference on frozen features: a plain multinomial logistic regression.
 
-The datasets' README quotes "a logistic regression on EfficientNet-Lite0 ImageNet features" (about 0.79 val
-accuracy on flowers, on its own 80/20 split). This is that model on the *same* cached features, split and test
-images as the pipeline's tuned head, so the two compare directly: one Dense softmax layer, no hidden layer, no
+The datasets' README quotes "a logistic regression on EfficientNet-Lite0 ImageNet features" on its own
+80/20 split (docs/benchmarks.md, "Test accuracy"). This is that model on the *same* cached features, split
+and test images as the pipeline's tuned head, so the two compare directly: one Dense softmax layer, no hidden layer, no
 dropout, an L2 penalty of ``1 / (2 n)`` per weight (scikit-learn's default ``C=1`` written as a mean loss), Adam
 at 1e-3, and the pipeline's early stopping (the epoch best on val accuracy is kept).
 """

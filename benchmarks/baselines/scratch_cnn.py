@@ -1,4 +1,4 @@
-"""The accuracy benchmark's from-scratch baseline: a small CNN in the lecture notes' style, no pretrained weights.
+"""The from-scratch baseline: a small CNN in the lecture notes' style, no pretrained weights.
 
 The network is the small-data convnet of the notes (Chollet, *Deep Learning with Python*, listing 5.13): a stack
 of 3x3 Conv2D + ReLU + 2x2 MaxPooling2D blocks (32, 64, 128, 128 filters; as many blocks as the input size
