@@ -3,7 +3,7 @@
 For each photo set in ``shared/datasets``: the pipeline's split and EfficientNet-Lite0 features at the size
 ``backbone.image_size: auto`` picks for those photos (``common.split_dataset``, ``common.write_features``), then
 
-- ``head``: train_head's search exactly as params.yaml ships it (``tuning.make_search`` / ``run_search``: the
+- ``head``: train_head's search exactly as params.yaml ships it (``search.make_search`` / ``run_search``: the
   known-good first trials, the search sample, the trials on val), the chosen head trained again on all train
   features, as the stage does (without MLflow);
 - ``logistic_regression``: the accuracy benchmark's probe (``benchmarks/baselines/logistic_regression.py``),
@@ -51,14 +51,15 @@ def fit_tuned_head(folder: Path) -> tuple[Any, Any]:
 
     from pipeline.core import config
     from pipeline.features import extraction
-    from pipeline.training import fitting, head, tuning
+    from pipeline.training import fitting, head
+    from pipeline.training.tuning import search
 
     params = config.load(REPO / "params.yaml")
     params = dataclasses.replace(params, root=folder, paths=dataclasses.replace(params.paths, tuner="tuner"))
     train, val = (extraction.read_feature_set(folder / f"{name}.npz") for name in ("train", "val"))
-    tuner = tuning.make_search(train, params, None)
-    tuning.run_search(tuner, train, val, params)
-    settings = tuning.best_settings(tuner)
+    tuner = search.make_search(train, params, None)
+    search.run_search(tuner, train, val, params)
+    settings = search.best_settings(tuner)
     keras.backend.clear_session()
     fitting.seed_everything(params.seed)
     model = head.build_head(train.features.shape[1], len(train.classes), settings, head.feature_scale(train.features))

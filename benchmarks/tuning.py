@@ -28,7 +28,8 @@ import numpy as np
 from benchmarks.common import FLOWERS, THREADS, describe_machine, set_threads, write_result
 from pipeline.core import config
 from pipeline.features import backbones, extraction, inputs
-from pipeline.training import fitting, head, tuning
+from pipeline.training import fitting, head
+from pipeline.training.tuning import search, space, trial_log
 
 ROUNDS = 3
 
@@ -68,13 +69,13 @@ def memory_by_trial(
         cached["train"], train_labels, np.array([]), np.array([]), tuple(map(str, range(num_classes)))
     )
     val = extraction.FeatureSet(cached["val"], val_labels, np.array([]), np.array([]), train.classes)
-    log = tuning.TrialLog(None, "random")
-    hypermodel = tuning.HeadHyperModel(
+    log = trial_log.TrialLog(None, "random")
+    hypermodel = space.HeadHyperModel(
         params.tune.space, width, num_classes, params.train_head, params.tune.objective, params.seed, log
     )
     tune = dataclasses.replace(params.tune, algorithm="random", max_trials=trials)
     with tempfile.TemporaryDirectory() as folder:
-        tuner = tuning.make_tuner(hypermodel, tune, params.train_head.epochs, Path(folder) / "tuner", params.seed, log)
+        tuner = search.make_tuner(hypermodel, tune, params.train_head.epochs, Path(folder) / "tuner", params.seed, log)
         tuner.search(train, val, epochs=params.train_head.epochs, verbose=0)
     return [log.rss_mb[trial_id] for trial_id in sorted(log.rss_mb)]
 

@@ -12,13 +12,12 @@ child run of the chief's stage run, see ``distributed.run_worker``) and writes n
 files in paths.tuner: no stage run, no model, no metrics JSON.
 """
 
-from pipeline.core import config, files, runtime
-from pipeline.core.config import Params
+from pipeline.core import config, runtime
 from pipeline.core.errors import run_cli
 from pipeline.features import extraction
-from pipeline.features.extraction import FeatureSet
 from pipeline.tracking import runs
-from pipeline.training import distributed, tuning
+from pipeline.training import distributed
+from pipeline.training.tuning import selection
 
 
 def main() -> None:
@@ -26,38 +25,18 @@ def main() -> None:
     role = distributed.configure(params)
     runtime.configure(params.compute)
     if role.kind == "worker":
-        trials = distributed.run_worker(*read_features(params), params, role)
+        trials = distributed.run_worker(*extraction.read_train_val(params.path("features")), params, role)
         print(f"train_head worker {role.tuner_id}: ran trials {', '.join(trials) or 'none'}")
         return
     with runs.stage_run("train_head", params) as run:
-        train, val = read_features(params)
+        train, val = extraction.read_train_val(params.path("features"))
         if role.kind == "chief":
-            result = tuning.train_chosen(
-                *distributed.serve_search(train, val, params, run, role), train, val, params, run
-            )
+            chosen = distributed.serve_search(train, val, params, run, role)
+            result = selection.train_chosen(*chosen, train, val, params, run)
         else:
-            result = tuning.select_head(train, val, params, run)
-        best = result.best_epoch()
-        files.save_model(result.model, params.path("head_model"))
-        files.write_yaml(params.path("best_hparams"), {**result.settings.as_dict(), "epochs": int(best["epoch"])})
-        files.write_csv(params.path("plots") / "train_head" / "history.csv", result.history)
-        if not result.trials.empty:
-            files.write_csv(params.path("plots") / "train_head" / "trials.csv", result.trials)
-            run.log_table(result.trials, "trials")
-        run.log_params({f"best.{name}": value for name, value in result.settings.as_dict().items()})
-        run.log_artifact(params.path("best_hparams"))
-        run.log_artifact(params.path("head_model"))
-        run.log_metrics(result.summary())
-        print(
-            f"train_head: {tuning.describe_settings(result.settings.as_dict())}: {params.tune.objective} "
-            f"{best[params.tune.objective]:.4f} at epoch {int(best['epoch'])} → {params.paths.head_model}"
-        )
-
-
-def read_features(params: Params) -> tuple[FeatureSet, FeatureSet]:
-    """The train and val splits' cached features."""
-    folder = params.path("features")
-    return extraction.read_feature_set(folder / "train.npz"), extraction.read_feature_set(folder / "val.npz")
+            result = selection.select_head(train, val, params, run)
+        selection.save_result(result, params, run)
+        print(selection.describe_result(result, params))
 
 
 if __name__ == "__main__":

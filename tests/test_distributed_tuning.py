@@ -21,7 +21,8 @@ from pipeline.core import config
 from pipeline.core.errors import UserError
 from pipeline.features import extraction
 from pipeline.tracking import store
-from pipeline.training import distributed, tuning
+from pipeline.training import distributed
+from pipeline.training.tuning import trial_log
 from processes import free_port
 from test_tuning import tiny_features
 
@@ -196,7 +197,7 @@ def test_a_chief_and_two_workers_complete_and_log_every_trial_once(distributed_p
     end_order = json.loads((tuner_dir / "oracle.json").read_text())["end_order"]
     assert sorted(end_order) == sorted(t["trial_id"] for t in trials.values())
     workers = {
-        t["trial_id"]: json.loads((tuner_dir / f"trial_{t['trial_id']}" / tuning.WORKER_FILE).read_text())
+        t["trial_id"]: json.loads((tuner_dir / f"trial_{t['trial_id']}" / trial_log.WORKER_FILE).read_text())
         for t in trials.values()
     }
     assert {w["tuner_id"] for w in workers.values()} == set(WORKERS)

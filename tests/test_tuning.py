@@ -18,7 +18,8 @@ from pipeline.core import config
 from pipeline.features import extraction
 from pipeline.features.extraction import FeatureSet
 from pipeline.tracking import runs, store
-from pipeline.training import fitting, head, tuning
+from pipeline.training import fitting, head
+from pipeline.training.tuning import oracles, search, selection, space, trial_log
 
 CLASSES = ("ant", "bee", "wasp")
 # the hyperparameters the search space declares (train_head.* that tune.space covers)
@@ -47,7 +48,7 @@ def small_params(project) -> config.Params:
 
 def test_search_space_comes_from_params(small_params):
     hp = kt.HyperParameters()
-    settings = tuning.sample_settings(
+    settings = space.sample_settings(
         hp, small_params.tune.space, head.HeadSettings.from_params(small_params.train_head)
     )
     assert set(hp.values) == SEARCHED
@@ -68,7 +69,7 @@ def test_defaults_are_train_heads_values_where_the_space_holds_them(small_params
         dropout=0.3,
     )
     hp = kt.HyperParameters()
-    tuning.sample_settings(hp, small_params.tune.space, first)
+    space.sample_settings(hp, small_params.tune.space, first)
     assert {name: hp.values[name] for name in ("units", "hidden_layers", "l2", "learning_rate", "dropout")} == {
         "units": 16,
         "hidden_layers": 0,
@@ -78,7 +79,7 @@ def test_defaults_are_train_heads_values_where_the_space_holds_them(small_params
     }
     outside = dataclasses.replace(first, units=256, learning_rate=0.5)  # not in [8, 16], above max 0.1
     hp = kt.HyperParameters()
-    tuning.sample_settings(hp, small_params.tune.space, outside)
+    space.sample_settings(hp, small_params.tune.space, outside)
     assert hp.values["units"] == 8 and hp.values["learning_rate"] == 0.01  # Keras Tuner's own defaults
 
 
@@ -92,21 +93,21 @@ def test_the_search_sample_keeps_class_shares_order_and_the_seed():
         np.array([f"s{i}" for i in range(len(labels))]),
         ("a", "b", "c"),
     )
-    sample = tuning.search_sample(train, 90, seed=7)
+    sample = search.search_sample(train, 90, seed=7)
     assert np.bincount(sample.labels).tolist() == [59, 29, 1]  # in proportion, and the rare class kept
     rows = [int(p[1:]) for p in sample.paths]
     assert rows == sorted(rows) and np.array_equal(sample.features, train.features[rows])
     assert list(sample.sha256) == [f"s{i}" for i in rows]
-    assert list(tuning.search_sample(train, 90, seed=7).paths) == list(sample.paths)
-    assert list(tuning.search_sample(train, 90, seed=8).paths) != list(sample.paths)
-    assert tuning.search_sample(train, None, seed=7) is train and tuning.search_sample(train, 5000, 7) is train
+    assert list(search.search_sample(train, 90, seed=7).paths) == list(sample.paths)
+    assert list(search.search_sample(train, 90, seed=8).paths) != list(sample.paths)
+    assert search.search_sample(train, None, seed=7) is train and search.search_sample(train, 5000, 7) is train
 
 
 def test_the_first_trials_are_the_defaults_then_their_linear_twin():
     defaults = {"hidden_layers": 2, "units": 64, "l2": 1e-4}
-    assert tuning.first_trials(defaults, (0, 1, 2)) == [defaults, {**defaults, "hidden_layers": 0}]
-    assert tuning.first_trials(defaults, (1, 2)) == [defaults]  # no linear head in the space
-    assert tuning.first_trials({**defaults, "hidden_layers": 0}, (0, 1)) == [{**defaults, "hidden_layers": 0}]
+    assert oracles.first_trials(defaults, (0, 1, 2)) == [defaults, {**defaults, "hidden_layers": 0}]
+    assert oracles.first_trials(defaults, (1, 2)) == [defaults]  # no linear head in the space
+    assert oracles.first_trials({**defaults, "hidden_layers": 0}, (0, 1)) == [{**defaults, "hidden_layers": 0}]
 
 
 def test_head_penalises_and_standardises():
@@ -154,10 +155,10 @@ def _with_tune(params: config.Params, **changes) -> config.Params:
     return dataclasses.replace(params, tune=dataclasses.replace(params.tune, **changes))
 
 
-def _search(params: config.Params, seed_data: int = 0) -> tuple[tuning.HeadResult, str]:
+def _search(params: config.Params, seed_data: int = 0) -> tuple[selection.HeadResult, str]:
     train, val = tiny_features(30, seed_data), tiny_features(10, seed_data + 1)
     with runs.stage_run("train_head", params) as run:
-        result = tuning.select_head(train, val, params, run)
+        result = selection.select_head(train, val, params, run)
         run.log_metrics(result.summary())
     return result, run.run_id
 
@@ -221,22 +222,37 @@ def test_the_tuner_folder_is_repeatable_and_reloads(small_params, monkeypatch):
     assert oracle["display"] == {"search_start": None, "trial_start": {}, "trial_number": {}}
     assert oracle["tried_so_far"] == sorted(oracle["id_to_hash"].values())  # a set: in a fixed order
     # Keras Tuner reads the rewritten file back: the same finished search, the same best trial.
-    reloaded = tuning.make_search(tiny_features(30, 0), small_params, None, overwrite=False)
+    reloaded = search.make_search(tiny_features(30, 0), small_params, None, overwrite=False)
     assert sorted(reloaded.oracle.trials) == sorted(result.trials["trial"])
-    assert tuning.best_settings(reloaded) == result.settings
+    assert search.best_settings(reloaded) == result.settings
     assert reloaded.oracle.remaining_trials() == 0
 
 
 def test_a_finished_trial_is_one_line_naming_what_differs_from_the_best():
     values = {"units": 256, "dropout": 0.2, "learning_rate": 0.00123456}
-    first = tuning.describe_trial("00", 6, values, 0.9015, 31.4, "val_accuracy", None)
+    first = trial_log.describe_trial("00", 6, values, 0.9015, 31.4, "val_accuracy", None)
     assert first == "train_head: trial 1/6: val_accuracy 0.9015, 31 s; units 256, dropout 0.2, learning_rate 0.00123"
-    later = tuning.describe_trial(
+    later = trial_log.describe_trial(
         "03", None, {**values, "units": 512}, 0.8712, 29.6, "val_accuracy", ("00", 0.9015, values)
     )
     assert later == "train_head: trial 4: val_accuracy 0.8712 (best 0.9015, trial 1), 30 s; units 512 (best 256)"
-    failed = tuning.describe_trial("04", 6, values, None, 1.0, "val_loss", ("00", 0.3, values))
+    failed = trial_log.describe_trial("04", 6, values, None, 1.0, "val_loss", ("00", 0.3, values))
     assert failed == "train_head: trial 5/6: no score (failed) (best 0.3000, trial 1), 1 s; same settings"
+
+
+def test_a_trial_that_beats_the_best_so_far_says_new_best():
+    values = {"units": 256, "dropout": 0.2}
+    better = trial_log.describe_trial(
+        "02", 6, {**values, "units": 512}, 0.9120, 30.2, "val_accuracy", ("00", 0.9015, values)
+    )
+    assert (
+        better
+        == "train_head: trial 3/6: val_accuracy 0.9120 (new best; was 0.9015, trial 1), 30 s; units 512 (was 256)"
+    )
+    lower_loss = trial_log.describe_trial("05", 6, values, 0.2, 1.0, "val_loss", ("00", 0.3, values))
+    assert lower_loss == "train_head: trial 6/6: val_loss 0.2000 (new best; was 0.3000, trial 1), 1 s; same settings"
+    tie = trial_log.describe_trial("01", 6, values, 0.9015, 1.0, "val_accuracy", ("00", 0.9015, values))
+    assert tie == "train_head: trial 2/6: val_accuracy 0.9015 (best 0.9015, trial 1), 1 s; same settings"
 
 
 def test_the_search_prints_a_line_per_trial_and_verbose_brings_the_tables_back(small_params, monkeypatch, capfd):
@@ -250,6 +266,11 @@ def test_the_search_prints_a_line_per_trial_and_verbose_brings_the_tables_back(s
         " trial 3/3",
     ]
     assert "Search: Running Trial" not in printed and "Best Value So Far" not in printed
+    # "new best" on exactly the lines whose objective beats every earlier trial's
+    objectives = quiet.trials.sort_values("trial")["objective"].tolist()
+    lines = [line for line in printed.splitlines() if line.startswith("train_head: trial")]
+    for number, line in enumerate(lines[1:], start=1):
+        assert ("(new best;" in line) == (objectives[number] > max(objectives[:number])), line
     oracle = (small_params.path("tuner") / "oracle.json").read_bytes()
 
     monkeypatch.setenv("HEADSTART_VERBOSE", "1")

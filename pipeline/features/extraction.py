@@ -182,6 +182,12 @@ def read_feature_set(path: Path) -> FeatureSet:
         )
 
 
+def read_train_val(folder: Path) -> tuple[FeatureSet, FeatureSet]:
+    """The train and val splits' cached features in ``folder`` (``paths.features``), as ``read_feature_set``
+    reads each: what the head and its search train on."""
+    return read_feature_set(folder / "train.npz"), read_feature_set(folder / "val.npz")
+
+
 def choose_image_size(backbone: backbones.Backbone, params: Params) -> tuple[int, str]:
     """The input size extract uses (and finetune reads back from meta.json), with the reason in words.
 

@@ -36,7 +36,8 @@ from pipeline.core.config import Params
 from pipeline.core.errors import UserError
 from pipeline.features.extraction import FeatureSet
 from pipeline.tracking import runs, store
-from pipeline.training import head, tuning
+from pipeline.training import head
+from pipeline.training.tuning import search, selection, trial_log
 
 TUNER_ID_ENV = "KERASTUNER_TUNER_ID"
 ORACLE_IP_ENV = "KERASTUNER_ORACLE_IP"
@@ -161,7 +162,7 @@ def serve_search(
 
     Returns:
         The best trial's settings and every trial (with the worker that ran it), as
-        ``tuning.train_chosen`` takes them.
+        ``selection.train_chosen`` takes them.
 
     ``chief_run.json`` is written before the oracle answers anyone (a worker reads it once the
     chief answers) and removed when the search is over, so a finished search leaves none behind.
@@ -169,7 +170,7 @@ def serve_search(
     20 s); a worker that dies in the middle of a trial leaves the chief waiting: stop it with Ctrl-C.
     """
     folder = params.path("tuner")
-    tuner = tuning.make_search(train, params, None)
+    tuner = search.make_search(train, params, None)
     run.set_tags({"tuner.role": "chief", "tuner.oracle": str(role.oracle)})
     files.write_json(
         folder / CHIEF_FILE,
@@ -188,15 +189,15 @@ def serve_search(
         flush=True,
     )
     try:
-        tuning.run_search(tuner, train, val, params)  # returns once the search is over
+        search.run_search(tuner, train, val, params)  # returns once the search is over
     finally:
         (folder / CHIEF_FILE).unlink(missing_ok=True)
-    return tuning.best_settings(tuner), tuning.trials_frame(tuner, read_worker_records(folder))
+    return search.best_settings(tuner), selection.trials_frame(tuner, read_worker_records(folder))
 
 
 def read_worker_records(folder: Path) -> dict[str, dict[str, Any]]:
     """The workers' records of their trials (``trial_<id>/worker.json``) by trial id."""
-    records = (files.read_json(path) for path in sorted(folder.glob(f"trial_*/{tuning.WORKER_FILE}")))
+    records = (files.read_json(path) for path in sorted(folder.glob(f"trial_*/{trial_log.WORKER_FILE}")))
     return {record["trial_id"]: record for record in records}
 
 
@@ -272,10 +273,10 @@ def run_worker(train: FeatureSet, val: FeatureSet, params: Params, role: Role) -
         The ids of the trials this worker ran.
     """
     folder = params.path("tuner")
-    log = tuning.TrialLog(
-        None, params.tune.algorithm, role.tuner_id, folder, params.tune.objective, tuning.planned_trials(params.tune)
+    log = trial_log.TrialLog(
+        None, params.tune.algorithm, role.tuner_id, folder, params.tune.objective, search.planned_trials(params.tune)
     )
-    tuner = tuning.make_search(train, params, log, overwrite=False)  # the folder, and the search in it, is the chief's
+    tuner = search.make_search(train, params, log, overwrite=False)  # the folder, and the search in it, is the chief's
     log.run = join_search(tuner, params, role)
-    tuning.run_search(tuner, train, val, params)
+    search.run_search(tuner, train, val, params)
     return sorted(log.seconds)
