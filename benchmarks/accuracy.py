@@ -143,14 +143,13 @@ def pipeline_predictions(params: Params, test: SplitFiles) -> dict[str, np.ndarr
     the fine-tuned model's from evaluate's predictions CSV, the head's from the head on the cached features."""
     from pipeline.features import extraction
     from pipeline.serving import classifier
-    from pipeline.training import finetune
 
     frame = pd.read_csv(params.path("predictions"))
     classifier.check_same_rows(test.rel_paths, list(frame["path"]), "the predictions CSV")
     index = {name: position for position, name in enumerate(test.classes)}
     cached = extraction.read_feature_set(params.path("features") / "test.npz")
     classifier.check_same_rows(test.rel_paths, cached.paths, "the cached test features")
-    head = finetune.load_head(params.path("head_model"))
+    head = classifier.load_head(params.path("head_model"))
     return {
         "finetuned": frame["predicted"].map(index).to_numpy(),
         "head_only": classifier.head_probabilities(head, cached.features).argmax(axis=1),

@@ -15,7 +15,6 @@ from pipeline.core.errors import run_cli
 from pipeline.features import extraction
 from pipeline.serving import classifier
 from pipeline.tracking import runs
-from pipeline.training import finetune
 
 
 def main() -> None:
@@ -26,7 +25,7 @@ def main() -> None:
         folder = params.path("features")
         sets = {name: extraction.read_feature_set(folder / f"{name}.npz") for name in extraction.SPLITS}
         meta = files.read_json(folder / extraction.META_FILE)
-        head = finetune.load_head(params.path("head_model"))
+        head = classifier.load_head(params.path("head_model"))
         held_out = {name: classifier.head_probabilities(head, sets[name].features) for name in ("val", "test")}
         found = findings.audit(sets, held_out, params.audit, meta["backbone"], params.seed)
         files.write_csv(params.path("label_issues"), found.label_issues)
@@ -43,22 +42,10 @@ def main() -> None:
         run.log_metrics(metrics)
         for key, value in nested.items():
             run.record(key, value)
-        for name, table in (
-            ("label_issues", found.label_issues),
-            ("near_duplicates", found.duplicates),
-            ("outliers", found.outliers),
-            ("overlapping_classes", found.overlapping),
-        ):
+        for name, table in findings.tables(found).items():
             run.log_table(table, name)
         run.log_artifact(params.path("review_suggestions"))
-        print(
-            f"audit: {metrics['label_issues']} likely label errors "
-            f"(train {metrics['label_issues_train']}, val {metrics['label_issues_val']}, "
-            f"test {metrics['label_issues_test']}), {metrics['near_duplicates']} near-duplicate pairs "
-            f"({metrics['near_duplicates_train_test']} train-test, {metrics['label_conflicts']} label conflicts; "
-            f"threshold {found.duplicate_threshold:g}: {found.threshold_source}), {metrics['outliers']} outliers "
-            f"in {metrics['seconds']:.1f} s → {params.paths.review_suggestions}"
-        )
+        print(f"audit: {findings.describe(found, metrics)} → {params.paths.review_suggestions}")
 
 
 if __name__ == "__main__":

@@ -29,23 +29,13 @@ def main() -> None:
         model = classifier.load_model(params.path("model"))
         formats = tuple(dict.fromkeys(params.export.formats))  # a format listed twice is exported once
         converted = {fmt: export.convert(model, fmt) for fmt in formats}
-        scores = export.measure(
-            model,
-            converted,
-            test.paths,
-            test.labels,
-            params.backbone.crop,
-            params.evaluate.batch_size,
-            params.compute.threads,
-        )
+        settings = (params.backbone.crop, params.evaluate.batch_size, params.compute.threads)
+        scores = export.measure(model, converted, test.paths, test.labels, *settings)
         for name, numbers in scores.items():  # logged before the check, so a failed run shows why
             run.log_metrics({f"{name}.{key}": value for key, value in numbers.items()}, to_json=False)
         export.check_parity({fmt: scores[fmt] for fmt in formats}, params.export.min_agreement)
         size = classifier.input_size(model)
-        descriptions = {
-            fmt: export.describe_model(fmt, converted[fmt], size, params.backbone.crop, test.classes, scores[fmt])
-            for fmt in formats
-        }
+        descriptions = export.describe_models(converted, size, params.backbone.crop, test.classes, scores)
         with files.staged_dir(folder) as staging:
             export.write_export(staging, converted, descriptions, test.classes)
         for path in sorted(folder.iterdir()):
@@ -53,15 +43,7 @@ def main() -> None:
         for name, numbers in scores.items():
             run.record(name, numbers)
         run.record("images", len(test.paths))
-        print(
-            "export: "
-            + "; ".join(
-                f"{fmt} {scores[fmt]['size_mb']:.1f} MB, agreement {scores[fmt]['agreement']:.4f}, "
-                f"{scores[fmt]['speedup']:.2f}x Keras's speed"
-                for fmt in formats
-            )
-            + f" on {len(test.paths)} test images"
-        )
+        print(f"export: {export.describe_export(scores, formats, len(test.paths))}")
 
 
 if __name__ == "__main__":

@@ -32,28 +32,13 @@ def main() -> None:
         )
         with files.staged_dir(params.path("features")) as staging:
             meta, seconds = extraction.extract_splits(model, backbone, weights, size, params, staging, size_rule)
-        images = sum(meta["counts"].values())
-        images_per_s = round(images / seconds, 1) if seconds else 0.0
         cpu = runtime.describe_cpu()
         run.record("cpu", {**cpu, "threads": params.compute.threads})  # beside the timings, and why bits differ
         run.set_tags({"runtime": meta["runtime"]})  # compute.runtime as it was resolved (auto: runtimes.choose)
         run.record("runtime", meta["runtime"])
         run.log_dict(meta, "features_meta.json")
-        run.log_metrics(
-            {
-                "images_per_s": images_per_s,
-                "seconds": round(seconds, 3),
-                "feature_width": meta["feature_width"],
-                "image_size": size,
-                **{f"images_{name}": n for name, n in meta["counts"].items()},
-            }
-        )
-        print(
-            f"extract: {images} images → {meta['feature_width']} features each "
-            f"({backbone.name}, {size_rule}, {images_per_s:.0f} images/s with {meta['runtime']} on {cpu['model']}, "
-            f"{cpu['isa']}) "
-            f"→ {params.paths.features}"
-        )
+        run.log_metrics(extraction.summarize(meta, seconds))
+        print(f"extract: {extraction.describe(meta, seconds, cpu)} → {params.paths.features}")
 
 
 if __name__ == "__main__":

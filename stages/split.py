@@ -7,9 +7,9 @@ Writes: paths.splits/{train,val,test}.csv (path, label, sha256), classes.json, r
         paths.plots/split/class_counts.png; paths.metrics/split.json
 """
 
-from pipeline.core import config, figures, files
+from pipeline.core import config, files
 from pipeline.core.errors import run_cli
-from pipeline.data import dataset, images, review, split
+from pipeline.data import charts, dataset, images, review, split
 from pipeline.tracking import runs
 
 
@@ -29,7 +29,7 @@ def main() -> None:
                 files.write_csv(staging / f"{name}.csv", split.split_frame(members))
             files.write_json(staging / split.CLASSES_FILE, sorted({i.label for i in items}))
             files.write_json(staging / "report.json", report)
-        chart = figures.class_counts_chart(result.counts())
+        chart = charts.class_counts_chart(result.counts())
         files.save_figure(chart, params.path("plots") / "split" / "class_counts.png")
         run.log_figure(chart, "class_counts.png")
         run.log_table(split.counts_frame(result), "class_counts")
@@ -45,14 +45,10 @@ def main() -> None:
                 "review_relabelled": report["review"]["relabelled"],
             }
         )
-        for entry in report["excluded"]:
-            print(f"split: excluded {entry['path']}: {entry['reason']}")
-        for entry in reviewed:
-            change = (
-                f"relabelled {entry['label']} → {entry['relabelled_to']}" if "relabelled_to" in entry else "excluded"
-            )
-            print(f"split: {params.paths.review}: {change}: {entry['path']}")
-        print(f"split: {report['images']} images in {report['classes']} classes → {params.paths.splits}")
+        lines = split.describe(report, reviewed, params.paths.review)
+        for line in lines[:-1]:
+            print(f"split: {line}")
+        print(f"split: {lines[-1]} → {params.paths.splits}")
 
 
 if __name__ == "__main__":

@@ -168,7 +168,7 @@ def test_a_chief_and_a_worker_fine_tune_together_and_only_the_chief_writes(tiny_
     assert all(p.returncode == 0 for p, _ in processes.values()), logs
 
     # Both took the same steps: 8 images per epoch at a global batch of 2 × 2 replicas.
-    assert "finetune worker worker:0: took 2 training steps in step with the chief; wrote nothing" in logs
+    assert "finetune worker worker:0: 2 training steps in step with the chief; wrote nothing" in logs
     assert "2 replica(s), 2 training steps here" in logs
     model = keras.saving.load_model(chief.root / chief.params["paths"]["model"])
     assert model.output_shape[-1] == 3

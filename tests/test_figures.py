@@ -13,7 +13,7 @@ from matplotlib.ft2font import FT2Font
 from matplotlib.text import Text
 
 from pipeline.core import figures
-from pipeline.evaluation import gallery
+from pipeline.evaluation import charts, gallery
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES_60 = [f"class {i:02d} {['northern', 'spotted', 'lesser'][i % 3]} longish name" for i in range(60)]
@@ -70,7 +70,7 @@ def random_confusion(classes: int, seed: int = 0) -> np.ndarray:
 
 def test_per_class_accuracy_with_60_classes_has_no_overlapping_labels() -> None:
     accuracy = np.random.default_rng(1).uniform(0, 1, size=60)
-    figure = figures.per_class_accuracy_chart(NAMES_60, accuracy, [20] * 60)
+    figure = charts.per_class_accuracy_chart(NAMES_60, accuracy, [20] * 60)
     assert_labelled(figure)
     assert_no_overlapping_tick_labels(figure)
     assert len([t for t in figure.axes[0].get_yticklabels() if t.get_text()]) == 60
@@ -79,7 +79,7 @@ def test_per_class_accuracy_with_60_classes_has_no_overlapping_labels() -> None:
 def test_per_class_accuracy_puts_the_worst_class_at_the_top() -> None:
     names = ["bee", "ant", "wasp", "moth", "fly"]
     accuracy = [0.9, 0.2, 1.0, 0.55, float("nan")]
-    figure = figures.per_class_accuracy_chart(names, accuracy, [10, 5, 8, 20, 0])
+    figure = charts.per_class_accuracy_chart(names, accuracy, [10, 5, 8, 20, 0])
     renderer = draw(figure)
     labels = figure.axes[0].get_yticklabels()
     top_to_bottom = sorted(labels, key=lambda t: -t.get_window_extent(renderer).y0)
@@ -88,7 +88,7 @@ def test_per_class_accuracy_puts_the_worst_class_at_the_top() -> None:
 
 
 def test_confusion_matrix_with_60_classes_is_one_heatmap_without_cell_text() -> None:
-    figure = figures.confusion_matrix_chart(random_confusion(60), NAMES_60)
+    figure = charts.confusion_matrix_chart(random_confusion(60), NAMES_60)
     assert_labelled(figure)
     assert_no_overlapping_tick_labels(figure, expected=60)
     assert all(not axes.texts for axes in figure.axes)
@@ -98,14 +98,14 @@ def test_confusion_matrix_with_60_classes_is_one_heatmap_without_cell_text() -> 
 
 def test_confusion_matrix_with_very_many_classes_labels_every_nth_and_says_so() -> None:
     names = [f"species {i:03d}" for i in range(130)]
-    figure = figures.confusion_matrix_chart(random_confusion(130), names)
+    figure = charts.confusion_matrix_chart(random_confusion(130), names)
     assert_no_overlapping_tick_labels(figure, expected=65)
     assert "one class in 2 labelled" in figure.axes[0].get_title()
 
 
 def test_small_confusion_matrix_annotates_counts_and_rates_readably() -> None:
     confusion = np.array([[7, 3, 0], [1, 8, 1], [0, 2, 18]])
-    figure = figures.confusion_matrix_chart(confusion, ["ant", "bee", "wasp"])
+    figure = charts.confusion_matrix_chart(confusion, ["ant", "bee", "wasp"])
     assert_labelled(figure)
     assert_no_overlapping_tick_labels(figure)
     counts, rates = figure.axes
@@ -118,12 +118,12 @@ def test_small_confusion_matrix_annotates_counts_and_rates_readably() -> None:
 
 def test_confusion_matrix_rejects_a_shape_that_does_not_match_the_classes() -> None:
     with pytest.raises(ValueError, match="3 classes"):
-        figures.confusion_matrix_chart(np.zeros((2, 2)), ["a", "b", "c"])
+        charts.confusion_matrix_chart(np.zeros((2, 2)), ["a", "b", "c"])
 
 
 def test_unicode_class_names_render_or_are_reported_missing() -> None:
     names = ["猫", "ノウサギ", "dog"]
-    figure = figures.confusion_matrix_chart(np.array([[5, 1, 0], [0, 4, 2], [1, 0, 6]]), names)
+    figure = charts.confusion_matrix_chart(np.array([[5, 1, 0], [0, 4, 2], [1, 0, 6]]), names)
     png, missing = figures.to_png(figure)
     assert png.startswith(PNG_SIGNATURE)
     # All of them with DejaVu only; none once a CJK font such as WenQuanYi Zen Hei is installed.
@@ -135,7 +135,7 @@ def test_unicode_class_names_render_or_are_reported_missing() -> None:
 
 
 def test_a_dollar_in_a_class_name_is_drawn_literally() -> None:
-    figure = figures.per_class_accuracy_chart(["$5 note", "$10 note"], [0.5, 0.9], [4, 4])
+    figure = charts.per_class_accuracy_chart(["$5 note", "$10 note"], [0.5, 0.9], [4, 4])
     png, _ = figures.to_png(figure)
     assert png.startswith(PNG_SIGNATURE)
 
@@ -143,7 +143,7 @@ def test_a_dollar_in_a_class_name_is_drawn_literally() -> None:
 def test_curves_chart_shows_auc_and_ap() -> None:
     roc = (np.array([0.0, 0.0, 0.5, 1.0]), np.array([0.0, 0.5, 1.0, 1.0]))
     pr = (np.array([0.5, 0.667, 1.0, 1.0]), np.array([1.0, 1.0, 0.5, 0.0]))
-    figure = figures.curves_chart(roc, 0.875, pr, 0.8333, positive="cat")
+    figure = charts.curves_chart(roc, 0.875, pr, 0.8333, positive="cat")
     draw(figure)
     assert_labelled(figure)
     roc_axes, pr_axes = figure.axes
@@ -160,7 +160,7 @@ def test_reliability_chart_handles_an_empty_bin_and_shows_ece() -> None:
         {"lower": lo, "upper": hi, "count": n, "confidence": conf, "accuracy": acc}
         for lo, hi, (n, conf, acc) in zip(edges[:-1], edges[1:], stats, strict=True)
     ]
-    figure = figures.reliability_chart(bins, ece=0.0421)
+    figure = charts.reliability_chart(bins, ece=0.0421)
     draw(figure)
     assert_labelled(figure)
     main, counts = figure.axes
@@ -170,7 +170,7 @@ def test_reliability_chart_handles_an_empty_bin_and_shows_ece() -> None:
 
 def test_confidence_histogram_works_without_wrong_predictions() -> None:
     confidence = np.random.default_rng(2).uniform(0.5, 1, size=12)
-    figure = figures.confidence_histogram(confidence, np.ones(12, dtype=bool))
+    figure = charts.confidence_histogram(confidence, np.ones(12, dtype=bool))
     draw(figure)
     assert_labelled(figure)
     legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]

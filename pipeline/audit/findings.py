@@ -146,3 +146,25 @@ def probability_table(found: Findings, sets: Mapping[str, FeatureSet]) -> pd.Dat
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def tables(found: Findings) -> dict[str, pd.DataFrame]:
+    """The audit's lists by the names MLflow shows them under."""
+    return {
+        "label_issues": found.label_issues,
+        "near_duplicates": found.duplicates,
+        "outliers": found.outliers,
+        "overlapping_classes": found.overlapping,
+    }
+
+
+def describe(found: Findings, metrics: Mapping[str, float]) -> str:
+    """The console's account of the audit, from ``summarize``'s numbers (and the seconds it took)."""
+    return (
+        f"{metrics['label_issues']} likely label errors "
+        f"(train {metrics['label_issues_train']}, val {metrics['label_issues_val']}, "
+        f"test {metrics['label_issues_test']}), {metrics['near_duplicates']} near-duplicate pairs "
+        f"({metrics['near_duplicates_train_test']} train-test, {metrics['label_conflicts']} label conflicts; "
+        f"threshold {found.duplicate_threshold:g}: {found.threshold_source}), {metrics['outliers']} outliers "
+        f"in {metrics['seconds']:.1f} s"
+    )

@@ -1,7 +1,7 @@
 """What the pipeline prints: one line per phase, progress bars and real warnings, not the libraries' chatter.
 
 TensorFlow prints INFO lines when it loads (oneDNN, CPU instruction sets, an absl notice, graph
-optimiser sessions) and MLflow its database migrations; none of them needs a user's attention.
+optimiser sessions) and MLflow its database migrations and artifact download bars; none of them needs a user's attention.
 ``quiet_libraries`` (called when the ``pipeline`` package is imported, because TensorFlow must not be
 loaded before it) keeps them out: TensorFlow's C++ log level set to warnings, MLflow's logging to
 warnings, and the lines TensorFlow writes while it loads, before its log level applies, dropped
@@ -49,6 +49,7 @@ def quiet_libraries() -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # warnings and errors
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts" bars
     logging.getLogger("tensorflow").addFilter(_drop_retracing)
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport("tensorflow"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -277,3 +278,12 @@ def read_split_files(splits: Path, name: str, root: Path) -> SplitFiles:
         sha256=frame["sha256"].to_numpy(),
         classes=tuple(classes),
     )
+
+
+def describe(report: dict[str, Any], reviewed: Sequence[dict[str, Any]], review_file: str) -> list[str]:
+    """The console's lines: each excluded file, each change the review file made, then the split's sizes."""
+    lines = [f"excluded {entry['path']}: {entry['reason']}" for entry in report["excluded"]]
+    for entry in reviewed:
+        change = f"relabelled {entry['label']} → {entry['relabelled_to']}" if "relabelled_to" in entry else "excluded"
+        lines.append(f"{review_file}: {change}: {entry['path']}")
+    return [*lines, f"{report['images']} images in {report['classes']} classes"]

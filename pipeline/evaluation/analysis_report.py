@@ -1,11 +1,14 @@
-"""The analyze stage's report: which tables, charts, galleries, Grad-CAM heatmaps and activations, in which order.
+"""What the analyze stage's report shows: its sections, in order, and what each holds.
 
-``build_sections`` turns the predictions and the evaluate stage's numbers into report sections; the
-figures are rendered once here and handed back too, so the stage can save and log the same PNGs.
+``build_sections`` is the one list of the report's sections: the overview, the classes, confidence, the worst
+errors and their Grad-CAM heatmaps, the audit's findings (``audit_report``) and the backbone's activations.
+The figures are rendered once here (``Rendered``) and handed back too, so the stage saves and logs the same PNGs.
+To change what the report shows, change this module; ``report`` and its templates only lay it out.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +18,16 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline.core import figures
+from pipeline.core import figures, files
 from pipeline.core.config import Params
 from pipeline.core.errors import UserError
 from pipeline.data import images
-from pipeline.evaluation import activations, analysis, gallery, gradcam, report, scoring
+from pipeline.evaluation import activations, analysis, audit_report, charts, gallery, gradcam, report, scoring
 from pipeline.features import inputs
 from pipeline.serving import classifier
 
+THUMBNAIL_PX = 200  # the worst errors' gallery
+ACTIVATION_EXAMPLES = 3  # test images whose feature maps are shown
 # The headline numbers compared between the fine-tuned model and the head alone, in this order.
 _COMPARED = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "log_loss", "ece", "roc_auc")
 
@@ -49,6 +54,75 @@ class Examples:
     originals: list[np.ndarray]
     overlays: list[np.ndarray] | None  # None: Grad-CAM switched off
     model_views: list[np.ndarray]
+
+
+def build_sections(
+    params: Params,
+    predictions: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    scores: dict[str, dict[str, Any]],
+    fine_tuning: scoring.FineTuning,
+    rendered: Rendered,
+) -> list[report.Section]:
+    """Every section of the report, in order.
+
+    Args:
+        params: the run's params (the audit's lists, the images, the model and the analyze settings).
+        predictions: the fine-tuned model's predictions table.
+        tables: ``analysis``'s tables: per_class_accuracy, confused_pairs, worst_errors.
+        scores: metrics/evaluate.json.
+        fine_tuning: ``scoring.fine_tuning_outcome`` of metrics/finetune.json.
+        rendered: collects the figures.
+    """
+    worst = tables["worst_errors"]
+    examples = load_examples(worst, analysis.class_names(predictions), params, THUMBNAIL_PX)
+    return [
+        overview_section(predictions, scores, rendered, params.evaluate.calibration_bins, fine_tuning),
+        class_section(tables["per_class_accuracy"], tables["confused_pairs"], rendered),
+        confidence_section(predictions, rendered),
+        *error_sections(worst, examples, rendered),
+        *data_sections(params, tables["confused_pairs"], rendered),
+        activations_of_examples(params, predictions, rendered),
+    ]
+
+
+def data_sections(params: Params, confused: pd.DataFrame, rendered: Rendered) -> list[report.Section]:
+    """The audit stage's findings: label errors, near-duplicates, outliers and overlapping classes."""
+    audit = files.read_json(params.path("metrics") / "audit.json")
+    text = (
+        "path",
+        "split",
+        "label",
+        "suggested",
+        "kind",
+        "path_a",
+        "label_a",
+        "path_b",
+        "label_b",
+        "class_a",
+        "class_b",
+    )
+    read = functools.partial(files.read_csv, text_columns=text)
+    issues = read(params.path("label_issues"))
+    sizes = {name: int(audit[f"out_of_sample_images_{name}"]) for name in ("train", "val", "test")}
+    draw, root, shown = rendered.add, params.root, params.audit.shown
+    duplicates = read(params.path("near_duplicates"))
+    threshold = audit["duplicate_threshold"], audit["duplicate_threshold_source"]
+    outliers = read(params.path("outliers"))
+    return [
+        audit_report.label_issue_section(issues, sizes, draw, root, shown),
+        audit_report.duplicate_section(duplicates, *threshold, draw, root, shown),
+        audit_report.outlier_section(outliers, audit["outlier_limit"], audit["outlier_neighbours"], draw, root, shown),
+        audit_report.overlap_section(read(params.path("plots") / "audit" / "overlapping_classes.csv"), confused),
+    ]
+
+
+def activations_of_examples(params: Params, predictions: pd.DataFrame, rendered: Rendered) -> report.Section:
+    """Feature maps at several depths for the most confident right answer of a few classes, and the first filters."""
+    model = classifier.load_model(params.path("model"))
+    shown = activation_examples(predictions, ACTIVATION_EXAMPLES)
+    views = model_views(model, [params.root / p for p in shown["path"]], params.backbone.crop)
+    return activation_section(model, views, example_captions(shown), rendered)
 
 
 def comparison_table(scores: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -102,12 +176,12 @@ def overview_section(
     confusion = scoring.confusion_matrix(labels, probabilities.argmax(axis=1), len(classes))
     matrix = rendered.add(
         "confusion_matrix",
-        figures.confusion_matrix_chart(confusion, classes),
+        charts.confusion_matrix_chart(confusion, classes),
         "Confusion matrix of the fine-tuned model on the test split (rows: true class).",
     )
     reliability = rendered.add(
         "reliability",
-        figures.reliability_chart(scoring.reliability_bins(labels, probabilities, bins), scores["finetuned"]["ece"]),
+        charts.reliability_chart(scoring.reliability_bins(labels, probabilities, bins), scores["finetuned"]["ece"]),
         "Reliability: accuracy against confidence; the diagonal is perfect calibration.",
     )
     return report.Section(
@@ -125,7 +199,7 @@ def class_section(per_class: pd.DataFrame, pairs: pd.DataFrame, rendered: Render
     confusions (``analysis.confused_pairs``)."""
     chart = rendered.add(
         "per_class_accuracy",
-        figures.per_class_accuracy_chart(per_class["class"], per_class["accuracy"].fillna(0), per_class["support"]),
+        charts.per_class_accuracy_chart(per_class["class"], per_class["accuracy"].fillna(0), per_class["support"]),
         "Accuracy of each class, worst first.",
     )
     return report.Section(
@@ -144,7 +218,7 @@ def confidence_section(predictions: pd.DataFrame, rendered: Rendered) -> report.
     """How confident right and wrong answers are."""
     histogram = rendered.add(
         "confidence",
-        figures.confidence_histogram(
+        charts.confidence_histogram(
             predictions["confidence"].to_numpy(), predictions["correct"].astype(bool).to_numpy()
         ),
         "Top-class confidence of correct and wrong predictions.",

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -252,20 +253,8 @@ def extract_splits(
     seconds = 0.0
     for name in SPLITS:
         rows = split.read_split_files(params.path("splits"), name, params.root)
-        batches = inputs.image_dataset(rows.paths, size, params.backbone.crop, params.extract.batch_size)
-        try:
-            spent = write_features(
-                forward, batches, len(rows.paths), params.extract.dtype, f"extract {name}", out / f"{name}.npy"
-            )
-        except tf.errors.OpError as error:
-            raise UserError(
-                f"extract: reading the {name} images failed: {error.message.splitlines()[0]}; "
-                "the images changed after the split stage? run `dvc repro` to redo the split"
-            ) from None
-        write_rows(out / f"{name}.npz", rows.labels, rows.rel_paths, rows.sha256, rows.classes)
+        seconds += _extract_split(forward, rows, name, size, params, out)
         counts[name] = len(rows.paths)
-        seconds += spent
-    classes = list(rows.classes)
     meta = {
         "backbone": backbone.name,
         "weights": weights.setting,
@@ -276,7 +265,7 @@ def extract_splits(
         "preprocessing": backbones.PREPROCESSING_DESCRIPTION[backbone.preprocessing],
         "dtype": params.extract.dtype,
         "feature_width": int(model.output_shape[-1]),
-        "classes": classes,
+        "classes": list(rows.classes),
         "counts": counts,
         "batch_size": params.extract.batch_size,
         "threads": params.compute.threads,
@@ -285,3 +274,43 @@ def extract_splits(
     }
     files.write_json(out / META_FILE, meta)
     return meta, seconds
+
+
+def _extract_split(
+    forward: runtimes.Forward, rows: split.SplitFiles, name: str, size: int, params: Params, out: Path
+) -> float:
+    """Write one split's features (``<name>.npy``) and rows (``<name>.npz``); the seconds the backbone took."""
+    batches = inputs.image_dataset(rows.paths, size, params.backbone.crop, params.extract.batch_size)
+    try:
+        spent = write_features(
+            forward, batches, len(rows.paths), params.extract.dtype, f"extract {name}", out / f"{name}.npy"
+        )
+    except tf.errors.OpError as error:
+        raise UserError(
+            f"extract: reading the {name} images failed: {error.message.splitlines()[0]}; "
+            "the images changed after the split stage? run `dvc repro` to redo the split"
+        ) from None
+    write_rows(out / f"{name}.npz", rows.labels, rows.rel_paths, rows.sha256, rows.classes)
+    return spent
+
+
+def summarize(meta: dict[str, Any], seconds: float) -> dict[str, float]:
+    """The extract stage's metrics: speed, time, feature width, input size and images per split."""
+    images = sum(meta["counts"].values())
+    return {
+        "images_per_s": round(images / seconds, 1) if seconds else 0.0,
+        "seconds": round(seconds, 3),
+        "feature_width": meta["feature_width"],
+        "image_size": meta["image_size"],
+        **{f"images_{name}": n for name, n in meta["counts"].items()},
+    }
+
+
+def describe(meta: dict[str, Any], seconds: float, cpu: dict[str, str]) -> str:
+    """The console's account of the extraction: how many images, how wide, how fast, on what."""
+    images = sum(meta["counts"].values())
+    per_s = round(images / seconds, 1) if seconds else 0.0
+    return (
+        f"{images} images → {meta['feature_width']} features each ({meta['backbone']}, {meta['image_size_rule']}, "
+        f"{per_s:.0f} images/s with {meta['runtime']} on {cpu['model']}, {cpu['isa']})"
+    )

@@ -206,15 +206,7 @@ def image_dataset(
         return (empty if labels is None else with_labels).batch(batch_size)
     shapes = sorted({plan.shape for plan in plans}, key=lambda s: tuple(map(int, vars(s).values())))
     loaders = [_loader(shape, size) for shape in shapes]
-    index = {shape: i for i, shape in enumerate(shapes)}
-    columns = (
-        tf.constant([index[plan.shape] for plan in plans], tf.int32),
-        tf.constant([str(p) for p in paths], tf.string),
-        tf.constant(np.array([plan.box for plan in plans], np.int32).reshape(-1, 4)),
-        tf.constant(np.array([plan.target for plan in plans], np.int32).reshape(-1, 2)),
-        tf.constant(np.array([plan.offset for plan in plans], np.int32).reshape(-1, 2)),
-        tf.constant(np.zeros(len(plans), np.int32) if labels is None else np.asarray(labels, np.int32)),
-    )
+    columns = _plan_columns(plans, shapes, paths, labels)
 
     def load(which: tf.Tensor, *per_file: tf.Tensor) -> tf.Tensor:
         if len(loaders) == 1:
@@ -239,3 +231,18 @@ def image_dataset(
     options = tf.data.Options()
     options.autotune.enabled = False
     return decoded.batch(batch_size).prefetch(_PREFETCH_BATCHES).with_options(options)
+
+
+def _plan_columns(
+    plans: Sequence[Plan], shapes: Sequence[Shape], paths: Sequence[Path], labels: Sequence[int] | np.ndarray | None
+) -> tuple[tf.Tensor, ...]:
+    """The per-file decode plans as tensor columns: loader index, path, box, target, offset, label (0 without)."""
+    index = {shape: i for i, shape in enumerate(shapes)}
+    return (
+        tf.constant([index[plan.shape] for plan in plans], tf.int32),
+        tf.constant([str(p) for p in paths], tf.string),
+        tf.constant(np.array([plan.box for plan in plans], np.int32).reshape(-1, 4)),
+        tf.constant(np.array([plan.target for plan in plans], np.int32).reshape(-1, 2)),
+        tf.constant(np.array([plan.offset for plan in plans], np.int32).reshape(-1, 2)),
+        tf.constant(np.zeros(len(plans), np.int32) if labels is None else np.asarray(labels, np.int32)),
+    )

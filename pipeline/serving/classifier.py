@@ -48,6 +48,15 @@ def load_model(path: Path) -> keras.Model:
         raise UserError(f"cannot load the model {path}: {error}") from None
 
 
+def load_head(path: Path) -> keras.Model:
+    """The head train_head saved: cached features in, logits out (recompiled wherever it is trained again).
+
+    Raises:
+        UserError: the file is missing or is not a Keras model.
+    """
+    return load_model(path)
+
+
 def input_size(model: keras.Model) -> int:
     """The square side the model takes."""
     return int(model.input_shape[1])

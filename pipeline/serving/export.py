@@ -308,3 +308,26 @@ def write_export(
         files.write_bytes(folder / model_file(fmt), content)
         files.write_json(folder / f"model_{fmt}.json", descriptions[fmt])
     files.write_text(folder / LABELS_FILE, "".join(f"{name}\n" for name in classes))
+
+
+def describe_models(
+    converted: Mapping[Format, bytes],
+    size: int,
+    crop: inputs.Crop,
+    classes: Sequence[str],
+    scores: Mapping[str, Mapping[str, float | int]],
+) -> dict[Format, dict]:
+    """``describe_model`` for every converted format."""
+    return {fmt: describe_model(fmt, content, size, crop, classes, scores[fmt]) for fmt, content in converted.items()}
+
+
+def describe_export(scores: Mapping[str, Mapping[str, float | int]], formats: Sequence[str], images: int) -> str:
+    """The console's account of the export: size, agreement and speed of each format."""
+    return (
+        "; ".join(
+            f"{fmt} {scores[fmt]['size_mb']:.1f} MB, agreement {scores[fmt]['agreement']:.4f}, "
+            f"{scores[fmt]['speedup']:.2f}x Keras's speed"
+            for fmt in formats
+        )
+        + f" on {images} test images"
+    )

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import keras
 import pandas as pd
 import tensorflow as tf
 
-from pipeline.core import progress
-from pipeline.core.config import AugmentParams, FinetuneParams
+from pipeline.core import files, progress
+from pipeline.core.config import AugmentParams, FinetuneParams, Params
 from pipeline.core.errors import UserError
+from pipeline.data import split
 from pipeline.data.split import SplitFiles
-from pipeline.features import backbones, inputs
-from pipeline.training import fitting
+from pipeline.features import backbones, extraction, inputs
+from pipeline.serving import classifier
+from pipeline.tracking import runs
+from pipeline.training import fitting, strategy
 
 LAYER_NAMES = ("augmentation", "preprocessing", "backbone", "features", "head", "probabilities")
 AUTO = "auto"
@@ -222,11 +226,6 @@ def fine_tune(
     return history.history, float(start), keep.best_epoch
 
 
-def load_head(path: Path) -> keras.Model:
-    """The head saved by train_head (compiled state not needed: it is recompiled inside the classifier)."""
-    return keras.saving.load_model(path, compile=False)
-
-
 def describe_result(numbers: dict[str, float], objective: str) -> str:
     """The console's account of fine-tuning from ``summarize``'s numbers (or the head's epochs alone when it is off).
 
@@ -289,3 +288,92 @@ def summarize(
 def empty_history() -> pd.DataFrame:
     """The history of a run that did not fine-tune (the plots file must exist all the same)."""
     return pd.DataFrame(columns=["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"])
+
+
+@dataclass(frozen=True)
+class FineTuned:
+    """What fine-tuning made: the classifier handed on, its history and numbers."""
+
+    classifier: keras.Model  # raw 0-255 RGB images in, probabilities out
+    history: pd.DataFrame  # one row per fine-tuning epoch (``empty_history`` when it is off)
+    metrics: dict[str, float]  # for metrics/finetune.json (``summarize``, plus the head's epochs and the schedule)
+    steps: int  # the training steps this process took
+
+
+def train_classifier(params: Params, spread: strategy.Spread, run: runs.StageRun | None) -> FineTuned:
+    """Put the best head back on the backbone under the strategy and, with ``finetune.enabled``, fine-tune it.
+
+    ``run`` is None on a multi-worker worker, which trains in step with the chief and logs nothing.
+    """
+    backbone = backbones.get(params.backbone.name)
+    size = extraction.read_image_size(params.path("features"), backbone.name)  # what the head was trained on
+    steps = strategy.StepCount()
+    with spread.scope():
+        core, weights = backbones.build_backbone(
+            backbone, size, params.backbone.weights, params.root, params.path("weights")
+        )
+        # Seeded after the backbone is built: with ``weights: none`` its random weights must stay the ones
+        # extract drew (runtime's fixed seed). The layers built from here on (the head's dropout) draw from ``seed``.
+        fitting.seed_everything(params.seed)
+        if run is not None:
+            run.set_tags({"backbone": backbone.name, "weights.sha256": weights.sha256})
+        head_epochs = int(files.read_yaml(params.path("best_hparams"))["epochs"])
+        head = classifier.load_head(params.path("head_model"))
+        model = assemble(backbone, core, head, size, augmentation_layers(params.augment, params.seed))
+        metrics: dict[str, float] = {"head_epochs": head_epochs}
+        frame = empty_history()
+        if params.finetune.enabled:
+            frame, numbers = _train_from_images(model, core, backbone, params, spread, run, [steps], head_epochs)
+            metrics.update(numbers)
+    return FineTuned(with_probabilities(model), frame, metrics, steps.steps)
+
+
+def _train_from_images(
+    model: keras.Model,
+    core: keras.Model,
+    backbone: backbones.Backbone,
+    params: Params,
+    spread: strategy.Spread,
+    run: runs.StageRun | None,
+    callbacks: list[keras.callbacks.Callback],
+    head_epochs: int,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Unfreeze the top of the backbone and fine-tune from the train images; the history and its numbers."""
+    train, val = (split.read_split_files(params.path("splits"), name, params.root) for name in ("train", "val"))
+    trainable = unfreeze(core, backbone, params.finetune)
+    settings, reason, effective = _schedule(params.finetune, len(train.paths), spread.replicas)
+    print(f"finetune: schedule {reason}")
+    metrics: dict[str, float] = {
+        "learning_rate_peak": float(settings.learning_rate),
+        "epochs_planned": int(settings.epochs),
+    }
+    batches = make_batches(
+        train, val, size=classifier.input_size(model), crop=params.backbone.crop, params=settings, seed=params.seed
+    )
+    if spread.strategy is not None:
+        batches = dataclasses.replace(batches, train=strategy.shard(batches.train), val=strategy.shard(batches.val))
+    if run is not None:
+        run.set_tags({"schedule_rule": reason})
+        run.log_params({f"distribution.{k}": v for k, v in effective.items()})
+        callbacks = [*callbacks, fitting.EpochLog(run.log_metrics)]
+    started = time.perf_counter()
+    weights = fitting.class_weights(train.labels, len(train.classes), params.train_head.class_weight)
+    history, start, kept = fine_tune(
+        model, batches, settings, params.tune.objective, weights, initial_epoch=head_epochs, callbacks=callbacks
+    )
+    frame = fitting.history_frame(history, first_epoch=head_epochs + 1)
+    if run is not None:
+        run.log_dict({"trainable_layers": trainable}, "trainable_layers.json")
+    seconds = time.perf_counter() - started
+    metrics.update(summarize(frame, params.tune.objective, start, kept, trainable, model, seconds))
+    return frame, metrics
+
+
+def _schedule(params: FinetuneParams, train_images: int, replicas: int) -> tuple[FinetuneParams, str, dict[str, Any]]:
+    """The resolved schedule (``resolve_schedule``) scaled to the replicas, its reason in words, and the
+    effective distributed settings (``strategy.scale``)."""
+    settings, reason = resolve_schedule(params, train_images)
+    settings, effective = strategy.scale(settings, replicas)
+    if replicas > 1:
+        reason += f"; × {replicas} replicas (linear scaling)"
+    return settings, reason, effective

@@ -145,6 +145,7 @@ def fit_head(
     return model.fit(
         stream_batches(train.features, train.labels, settings.batch_size, seed),
         validation_data=stream_batches(val.features, val.labels, settings.batch_size),
+        shuffle=False,  # stream_batches shuffles the rows itself (Keras would warn that it ignores shuffle=True)
         class_weight=fitting.class_weights(train.labels, len(train.classes), params.class_weight),
         callbacks=[fitting.KeepBest(objective, params.patience), *(callbacks or [])],
         **fit_options,
