@@ -13,12 +13,15 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup run test lint format docs-images docs bench bench-gpu lock fashion-mnist fonts browser ui clean push pull
 
-setup: $(VENV)/.installed ## create .venv and install the locked dependencies
+setup: $(VENV)/.installed ## create .venv, install the locked dependencies and the project (the headstart command)
 
+# The locked dependencies, then the checkout itself, editable: the headstart command (-qq hides setuptools' note
+# on editable installs, which says only that the checkout's folders take precedence).
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps --editable .
 	@touch $@
 
 # $(call apt_install,<package>,<what happens without it>): install a Debian package when apt-get runs as root.
@@ -78,7 +81,7 @@ lock: ## re-resolve pyproject.toml's ranges and rewrite requirements.lock
 	rm -rf $(VENV).lock
 
 ui: setup ## the MLflow UI on the embedded store, opened on the training runs (it prints the address)
-	python -m pipeline.tracking.ui --host 127.0.0.1 --port 5000
+	headstart ui --host 127.0.0.1 --port 5000
 
 clean: ## remove the venv and caches (not data, models or MLflow runs)
 	rm -rf $(VENV) .pytest_cache .cache

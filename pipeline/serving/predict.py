@@ -1,9 +1,10 @@
 """Predictions from a saved classifier: image files in, class probabilities (and a table of them) out.
 
-The command line over ``pipeline/serving/classifier.py``: it predicts image files and folders with
-``paths.model`` or a registered model::
+The command line over ``pipeline/serving/classifier.py`` (``headstart predict``, or
+``python -m pipeline.serving.predict``): it predicts image files and folders with ``paths.model`` or
+a registered model::
 
-    python -m pipeline.serving.predict photos/ extra.jpg --model models:/headstart-classifier@champion --output out.csv
+    headstart predict photos/ extra.jpg --model models:/headstart-classifier@champion --output out.csv
 
 Every file is fully decoded first; one that is not a usable image is reported on stderr as
 ``path: reason`` and left out of the output, and the rest are still predicted. Exit status: 0 when
@@ -36,6 +37,7 @@ from pipeline.serving.classifier import (
     predictions_frame,
 )
 
+PROG = "python -m pipeline.serving.predict"
 MODEL_URI_SCHEMES = ("models:/", "runs:/")  # --model values loaded through MLflow rather than from a file
 PARTIAL_EXIT = 1  # some files were left out, the rest predicted
 
@@ -79,10 +81,10 @@ def write_predictions(frame: pd.DataFrame, output: Path | None) -> None:
         files.write_csv(output, frame)
 
 
-def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line of ``python -m pipeline.serving.predict`` (defaults left None come from params.yaml)."""
+def parse_arguments(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Namespace:
+    """The command line of ``headstart predict`` (defaults left None come from params.yaml)."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.serving.predict",
+        prog=prog,
         description="Predict the class of image files with the trained classifier or a registered model. "
         "Run it from the repository root (it reads params.yaml).",
     )
@@ -112,9 +114,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> None:
     """Predict files and folders; report unusable files on stderr and predict the rest."""
-    args = parse_arguments(argv)
+    args = parse_arguments(argv, prog)
     params = config.load()
     runtime.configure(params.compute)
     targets = find_images(args.targets)  # before the model loads: a mistyped path fails at once

@@ -12,10 +12,10 @@ evaluate run's id, and the headline test metrics. Two aliases:
   is printed, tagged on the version (``promotion``) and recorded in ``metrics/evaluate.json``.
 
 Metrics measured on different test splits are not comparable, so a champion from another split is
-replaced only by hand::
+replaced only by hand (``headstart registry``, or ``python -m pipeline.serving.registry``)::
 
-    python -m pipeline.serving.registry promote 4     # alias champion → version 4
-    python -m pipeline.serving.registry list          # versions, aliases, scores, test splits
+    headstart registry promote 4     # alias champion → version 4
+    headstart registry list          # versions, aliases, scores, test splits
 
 The registry is the tracking store's (``MLFLOW_TRACKING_URI``, else the embedded sqlite store), so
 it works the same against a remote ``mlflow server``.
@@ -35,6 +35,7 @@ from pipeline.core import config, console
 from pipeline.core.errors import UserError, run_cli
 from pipeline.data import split
 
+PROG = "python -m pipeline.serving.registry"
 # MLflow's own announcement of a registration (the stage prints the version and why it is or is not champion).
 _REGISTERED = re.compile(r"^(Successfully registered model|Registered model '.*' already exists|Created version ')")
 CANDIDATE = "candidate"
@@ -247,16 +248,16 @@ def list_versions(client: Any, name: str, metric: str) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m pipeline.serving.registry promote VERSION`` / ``list``."""
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> None:
+    """``headstart registry promote VERSION`` / ``list``."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.serving.registry",
+        prog=prog,
         description="The registered classifier's versions and its champion alias.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="every version with its aliases, primary metric and test split")
     promoting = commands.add_parser("promote", help="point the champion alias at a version")
-    promoting.add_argument("version", type=int)
+    promoting.add_argument("version", type=int, help="the version's number, as `list` shows it (v4: 4)")
     args = parser.parse_args(argv)
     params = config.load()
     client = _client(params)

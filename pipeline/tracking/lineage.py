@@ -12,11 +12,12 @@ stage has written its metrics JSON. Each run then carries
 - an MLflow dataset input per data dep (every dep but Python source): name and source the path,
   digest its DVC hash, context the stage, input tags the producing stage and run.
 
-Run as a command, it prints that chain for the current workspace::
+Run as a command (``headstart lineage``, or ``python -m pipeline.tracking.lineage``), it prints that
+chain for the current workspace::
 
-    python -m pipeline.tracking.lineage                     # from the run in metrics/evaluate.json
-    python -m pipeline.tracking.lineage --stage train_head  # from the run in metrics/train_head.json
-    python -m pipeline.tracking.lineage --run <run id>      # from any stage run, an old one too
+    headstart lineage                     # from the run in metrics/evaluate.json
+    headstart lineage --stage train_head  # from the run in metrics/train_head.json
+    headstart lineage --run <run id>      # from any stage run, an old one too
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pipeline.core.config import Params
 from pipeline.core.errors import UserError, run_cli
 from pipeline.tracking import store
 
+PROG = "python -m pipeline.tracking.lineage"
 DEP_PREFIX = "dvc.dep."
 OUT_PREFIX = "dvc.out."
 UPSTREAM_PREFIX = "upstream."
@@ -203,7 +205,7 @@ def _producer_tags(producer: str | None, upstream: dict[str, str]) -> dict[str, 
 
 
 # --------------------------------------------------------------------------------------------
-# Reading the chain back (python -m pipeline.tracking.lineage).
+# Reading the chain back (headstart lineage).
 # --------------------------------------------------------------------------------------------
 
 
@@ -382,10 +384,10 @@ def start_run_id(params: Params, order: Sequence[str], stage: str | None) -> str
     raise UserError(f"no stage has written its metrics JSON under {params.path('metrics')} yet: run `dvc repro` first")
 
 
-def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line of ``python -m pipeline.tracking.lineage``."""
+def parse_arguments(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Namespace:
+    """The command line of ``headstart lineage``."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.tracking.lineage",
+        prog=prog,
         description="Print the stage runs that produced a run's inputs, back to download, with the DVC hashes "
         "of their deps and outs. Run it from the repository root (it reads params.yaml).",
     )
@@ -399,9 +401,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> None:
     """Print the lineage chain of a stage run in this workspace's tracking store."""
-    args = parse_arguments(argv)
+    args = parse_arguments(argv, prog)
     params = config.load()
     order, locked = locked_state(params.root)
     run_id = args.run or start_run_id(params, order, args.stage)

@@ -1,11 +1,11 @@
-"""``python -m pipeline.tracking.ui`` (``make ui``): the MLflow UI on the embedded store, opened on the pipeline runs.
+"""``headstart ui`` (``make ui``): the MLflow UI on the embedded store, opened on the pipeline runs.
 
 MLflow 3's UI starts in its GenAI view (traces, token usage, an assistant) in a browser that has not
 chosen otherwise, whatever the experiment; the ``workflowType=machine_learning`` query of a page's
 address switches it to the model-training view. This command writes the saved view of the pipeline runs
 (``pipeline.tracking.views``: one row per result, its scores and settings as columns), prints its address and
 that of every run, stage runs nested under their pipeline run, then becomes ``mlflow ui`` on
-``paths.mlflow_db``::
+``paths.mlflow_db`` (``python -m pipeline.tracking.ui`` runs the same)::
 
     MLflow UI: http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=headstart-pipeline-runs&workflowTyp…
     MLflow UI: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning (every run of …
@@ -26,6 +26,7 @@ from pipeline.core import config
 from pipeline.core.errors import run_cli
 from pipeline.tracking import store, views
 
+PROG = "python -m pipeline.tracking.ui"
 TRAINING_VIEW = views.TRAINING_VIEW
 
 
@@ -45,12 +46,16 @@ def find_experiment(tracking_uri: str, name: str) -> str | None:
     return None if found is None else found.experiment_id
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> None:
     """Print the address of the pipeline runs (else of the training runs), then run ``mlflow ui`` on the
     embedded store."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking.ui", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="The MLflow UI on the embedded store (paths.mlflow_db): prints the address of the pipeline "
+        "runs, then runs `mlflow ui`. Run it from the repository root (it reads params.yaml).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=5000, help="the port to listen on (default: %(default)s)")
     args = parser.parse_args(argv)
     params = config.load()
     uri = f"sqlite:///{store.store_path(params, 'mlflow_db')}"
