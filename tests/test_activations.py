@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_image
 from pipeline.core import config, figures
 from pipeline.core.errors import UserError
 from pipeline.evaluation import activations, analysis_report
 from pipeline.features import backbones
 from pipeline.training import finetune, head
+from samples import write_image
 
 SIZE = 32
 PNG = b"\x89PNG\r\n\x1a\n"

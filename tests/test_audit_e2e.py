@@ -12,7 +12,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from tests.conftest import create_project
+from projects import create_project
 
 PHOTOS = ("chelsea", "coffee", "rocket")  # one class each: tiles of one photograph
 # Tile 15 is spare: the rocket's is filed under coffee. (A lone mislabelled tile among 20 per class is found

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO
 from pipeline.core import config
+from projects import REPO
 
 
 def problems_for(params: dict[str, Any]) -> str:

@@ -8,8 +8,8 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
 from pipeline.core import console
+from projects import REPO
 
 NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard")
 LOAD = "import pipeline, tensorflow as tf; import mlflow; print('loaded', tf.__version__)"

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, write_image
+from keras_samples import build_model
 from pipeline.core import config, files
 from pipeline.core.errors import UserError
 from pipeline.serving import classifier, predict, pyfunc_model
-from test_registry import build_model
+from projects import REPO
+from samples import write_image
 
 CLASSES = ["bird", "cat", "dog"]
 

@@ -19,16 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import keras
 import mlflow
 import numpy as np
 import pytest
 import yaml
 
 import processes
-from conftest import write_image
+from keras_samples import build_model
 from pipeline.core import config, files
 from pipeline.serving import classifier, registry
+from samples import write_image
 
 HOST = processes.HOST
 NAME = "test-classifier"
@@ -85,20 +85,6 @@ def test_a_champion_without_the_metric_is_not_compared() -> None:
 # ------------------------------------------------------------------------------------------------
 # register_classifier against real stores, with crafted scores
 # ------------------------------------------------------------------------------------------------
-
-
-def build_model(path: Path, classes: int) -> Path:
-    """A small classifier of raw 0-255 images whose probabilities clearly differ from image to image."""
-    keras.utils.set_random_seed(7)
-    images = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 255)(images)
-    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(
-        classes, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(stddev=20.0, seed=3)
-    )(x)
-    files.save_model(keras.Model(images, outputs), path)
-    return path
 
 
 def make_repository(root: Path, base_params: dict[str, Any], **registry_params: Any) -> config.Params:

@@ -39,9 +39,9 @@ import pytest
 import tifffile  # comes with scikit-image, a test dependency
 from PIL import Image
 
-from conftest import write_image
 from pipeline.data import images
 from pipeline.features import extraction, inputs
+from samples import write_image
 
 SPLITS = ("train", "val", "test")
 ODD = "ノウサギ hare"  # a class name with non-ASCII letters and a space

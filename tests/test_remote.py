@@ -16,7 +16,7 @@ import botocore.exceptions
 import pytest
 import yaml
 
-from conftest import Project, TinyRun
+from projects import Project, TinyRun
 from seaweedfs import S3Server, create_client, run_seaweedfs
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, write_image
+from projects import REPO
+from samples import write_image
 
 pytestmark = pytest.mark.slow
 

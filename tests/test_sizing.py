@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import write_image
 from pipeline.core import config
 from pipeline.features import inputs, sizing
+from samples import write_image
 
 
 def test_a_number_is_that_number_and_null_the_native_size():

@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_image
 from pipeline.core import config, files
 from pipeline.core.config import DataParams
 from pipeline.core.errors import UserError
 from pipeline.data import archive, dataset, fashion_mnist, fetch, sources
+from samples import write_image
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 UNREACHABLE = "http://127.0.0.1:9/"  # discard port: nothing listens, a request would fail at once

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import write_image
 from pipeline.core import config
 from pipeline.core.errors import UserError
 from pipeline.data import images
 from pipeline.data.split import Item, split_images
+from samples import write_image
 
 
 def split_params(**overrides: object) -> config.SplitParams:
