@@ -1,8 +1,8 @@
-"""Shared fixtures: throw-away project repositories, tiny images made on the fly, and the two runs the end-to-end
-tests share (``tiny_run``, ``sweep``), each made once per ``make test``.
+"""Shared fixtures: throw-away project repositories, tiny images made on the fly, a local HTTP
+server, and the two runs the end-to-end tests share (``tiny_run``, ``sweep``), each made once per ``make test``.
 
-What the fixtures build lives in helper modules (``projects.py``, ``samples.py``), which test modules import by
-name; no test module imports this one or another test module.
+What the fixtures build lives in helper modules (``projects.py``, ``samples.py``, ``file_server.py``), which test
+modules import by name; no test module imports this one or another test module.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import filelock
 import pytest
 
+from file_server import LocalServer
 from projects import (
     Project,
     Sweep,
@@ -65,6 +66,16 @@ def base_params() -> dict[str, Any]:
 def project(tmp_path: Path, base_params: dict[str, Any]) -> Project:
     """A git + DVC repository holding the project's code, with params reading a folder source."""
     return create_project(tmp_path, base_params)
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    """A local HTTP server, shut down when the test ends."""
+    local = LocalServer()
+    try:
+        yield local
+    finally:
+        local.stop()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 import processes
+from pipeline.core import config
 from samples import write_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +49,14 @@ def shrink_changes(trials: int = 1, head_epochs: int = 2) -> Changes:
         "train_head": {"epochs": head_epochs},
         "finetune": {"epochs": 1, "batch_size": 4, "images_per_epoch": 4},
     }
+
+
+def data_params(base: dict[str, Any], **data: Any) -> config.DataParams:
+    """The ``data`` section of raw params with ``data`` overrides, no retries and a 5 s timeout, validated by
+    ``config.parse``."""
+    raw = copy.deepcopy(base)
+    raw["data"].update({"retries": 0, "timeout_s": 5, **data})
+    return config.parse(raw).data
 
 
 class Project:
