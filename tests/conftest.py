@@ -1,4 +1,4 @@
-"""Shared fixtures: throw-away project repositories, tiny images made on the fly, a local HTTP
+"""Shared fixtures: params in memory, throw-away project repositories, tiny images made on the fly, a local HTTP
 server, and the two runs the end-to-end tests share (``tiny_run``, ``sweep``), each made once per ``make test``.
 
 What the fixtures build lives in helper modules (``projects.py``, ``samples.py``, ``file_server.py``), which test
@@ -18,6 +18,7 @@ import filelock
 import pytest
 
 from file_server import LocalServer
+from pipeline.core import config
 from projects import (
     Project,
     Sweep,
@@ -26,6 +27,7 @@ from projects import (
     make_sweep,
     make_tiny_run,
     read_repo_params,
+    shrunken_params,
 )
 from samples import write_image
 
@@ -60,6 +62,14 @@ def image_tree() -> Callable[..., Path]:
 def base_params() -> dict[str, Any]:
     """The repository's params.yaml as a mutable dict."""
     return read_repo_params()
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> config.Params:
+    """The repository's params, shrunk as in a shrunk ``project`` and rooted at ``tmp_path/repo`` (an empty
+    folder), built in memory: no params file, git or DVC (``projects.shrunken_params``). Change a section with
+    ``dataclasses.replace``."""
+    return shrunken_params(tmp_path)
 
 
 @pytest.fixture

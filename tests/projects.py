@@ -1,5 +1,9 @@
-"""The project the tests work on: throw-away copies in their own git + DVC repository, and the two runs the
-end-to-end tests share (the fixtures that make them once live in ``conftest.py``)."""
+"""The project the tests work on: its params in memory, throw-away copies in their own git + DVC repository, and the
+two runs the end-to-end tests share (the fixtures that make them once live in ``conftest.py``).
+
+A unit test that only needs params takes :func:`shrunken_params` (conftest's ``params`` fixture): no files, git or
+DVC. A test of the pipeline itself takes a :class:`Project` (conftest's ``project``), a real repository.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,26 @@ def shrink_changes(trials: int = 1, head_epochs: int = 2) -> Changes:
         "train_head": {"epochs": head_epochs},
         "finetune": {"epochs": 1, "batch_size": 4, "images_per_epoch": 4},
     }
+
+
+def shrunken_params(base: Path, **sections: dict[str, Any]) -> config.Params:
+    """The repository's params as a shrunk :class:`Project` at ``base/repo`` would load them, built in memory.
+
+    ``base/repo`` is made, empty: the root the paths resolve against (the embedded MLflow store needs its folder).
+    No params file, git or DVC: for unit tests of code that takes params.
+
+    Args:
+        base: the folder the project would be made in (a test's ``tmp_path``).
+        **sections: further changes per params section, e.g. ``registry={"model_name": "m"}``.
+    """
+    root = base / "repo"
+    root.mkdir(parents=True, exist_ok=True)
+    params = config.load(REPO / config.PARAMS_FILE)
+    for changes in (project_changes(base), shrink_changes(), sections):
+        for section, values in changes.items():
+            # replace validates a section as load does, its cross-field rules included
+            params = dataclasses.replace(params, **{section: dataclasses.replace(getattr(params, section), **values)})
+    return dataclasses.replace(params, root=root)
 
 
 def data_params(base: dict[str, Any], **data: Any) -> config.DataParams:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ import processes
 from keras_samples import build_model
 from pipeline.core import config, files
 from pipeline.serving import classifier, registry
+from projects import shrunken_params
 from samples import write_image
 
 HOST = processes.HOST
@@ -87,13 +87,9 @@ def test_a_champion_without_the_metric_is_not_compared() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_repository(root: Path, base_params: dict[str, Any], **registry_params: Any) -> config.Params:
-    """params.yaml, split CSVs, classes.json and a model: what register_classifier reads."""
-    raw = copy.deepcopy(base_params)
-    raw["registry"].update(model_name=NAME, **registry_params)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    params = config.load(root / "params.yaml")
+def make_repository(base: Path, **registry_params: Any) -> config.Params:
+    """Split CSVs, classes.json and a model under ``base/repo``: what register_classifier reads (params in memory)."""
+    params = shrunken_params(base, registry={"model_name": NAME, **registry_params})
     splits = params.path("splits")
     for name in ("train", "val", "test"):
         write_split(splits / f"{name}.csv", name)
@@ -166,10 +162,8 @@ def store(kind: str, folder: Path) -> Iterator[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "http"])
-def test_versions_aliases_and_promotion(
-    tmp_path: Path, base_params: dict[str, Any], tracking_uri: Any, kind: str
-) -> None:
-    params = make_repository(tmp_path / "repo", base_params)
+def test_versions_aliases_and_promotion(tmp_path: Path, tracking_uri: Any, kind: str) -> None:
+    params = make_repository(tmp_path)
     with store(kind, tmp_path / "store") as uri:
         tracking_uri(uri)
         client = mlflow.MlflowClient()
@@ -215,8 +209,8 @@ def test_versions_aliases_and_promotion(
 
 
 @pytest.mark.slow
-def test_the_primary_metric_decides(tmp_path: Path, base_params: dict[str, Any], tracking_uri: Any) -> None:
-    params = make_repository(tmp_path / "repo", base_params, primary_metric="f1_macro")
+def test_the_primary_metric_decides(tmp_path: Path, tracking_uri: Any) -> None:
+    params = make_repository(tmp_path, primary_metric="f1_macro")
     with store("sqlite", tmp_path / "store") as uri:
         tracking_uri(uri)
         register(params, scores(accuracy=0.5, f1_macro=0.6))
@@ -226,10 +220,8 @@ def test_the_primary_metric_decides(tmp_path: Path, base_params: dict[str, Any],
 
 
 @pytest.mark.slow
-def test_the_served_champion_answers_with_labels_and_probabilities(
-    tmp_path: Path, base_params: dict[str, Any], tracking_uri: Any
-) -> None:
-    params = make_repository(tmp_path / "repo", base_params)
+def test_the_served_champion_answers_with_labels_and_probabilities(tmp_path: Path, tracking_uri: Any) -> None:
+    params = make_repository(tmp_path)
     images = [
         write_image(tmp_path / "cat.png", "serve-a", size=(48, 40)),
         write_image(tmp_path / "dog.jpg", "serve-b", size=(32, 32), fmt="JPEG"),

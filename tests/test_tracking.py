@@ -17,7 +17,9 @@ from processes import free_port
 
 
 @pytest.fixture
-def params(project) -> config.Params:
+def committed_params(project) -> config.Params:
+    """The params of a committed git + DVC repository, for what a stage run reads from one: the commit, whether the
+    work tree differs from it, dvc.yaml's params and params.yaml's hash. Other tests take conftest's ``params``."""
     return config.load(project.root / "params.yaml")
 
 
@@ -25,7 +27,8 @@ def finished_run(params: config.Params, run_id: str) -> mlflow.entities.Run:
     return mlflow.MlflowClient(store.tracking_uri(params)).get_run(run_id)
 
 
-def test_stage_run_logs_params_tags_metrics_and_writes_metrics_json(params, monkeypatch) -> None:
+def test_stage_run_logs_params_tags_metrics_and_writes_metrics_json(committed_params, monkeypatch) -> None:
+    params = committed_params
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_EXP_NAME", "sweep-42")
     with runs.stage_run("split", params) as run:
@@ -91,17 +94,13 @@ def test_the_experiment_opens_on_its_training_runs_new_or_existing(params, monke
         "a user's own choice", (params.root / "kept-artifacts").as_uri(), tags={"mlflow.experimentKind": "finetuning"}
     )
     for name, expected in (("made before the tag", "custom_model_development"), ("a user's own choice", "finetuning")):
-        renamed = config.parse({**_raw(params), "tracking": {"experiment": name}})
-        with runs.stage_run("split", dataclasses.replace(renamed, root=params.root)):
+        renamed = dataclasses.replace(params, tracking=dataclasses.replace(params.tracking, experiment=name))
+        with runs.stage_run("split", renamed):
             pass
         assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == expected, name
     assert {old, kept} == {
         client.get_experiment_by_name(n).experiment_id for n in ("made before the tag", "a user's own choice")
     }
-
-
-def _raw(params: config.Params) -> dict:
-    return config.read_params_yaml((params.root / "params.yaml").read_text(encoding="utf-8"))
 
 
 def test_make_ui_prints_the_address_of_the_training_runs(params, monkeypatch) -> None:
@@ -122,8 +121,9 @@ def test_make_ui_prints_the_address_of_the_training_runs(params, monkeypatch) ->
     )
 
 
-def test_git_dirty_counts_code_and_params_not_the_outputs_dvc_rewrites(params) -> None:
+def test_git_dirty_counts_code_and_params_not_the_outputs_dvc_rewrites(committed_params) -> None:
     """DVC deletes a stage's outputs before running it and rewrites dvc.lock after: those are no uncommitted work."""
+    params = committed_params
     assert runs.run_tags("split", params)["git.dirty"] == "false"  # the project fixture commits everything
     (params.path("metrics") / "split.json").parent.mkdir(parents=True, exist_ok=True)
     (params.path("metrics") / "split.json").write_text("{}", encoding="utf-8")
