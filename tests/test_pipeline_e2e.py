@@ -93,3 +93,38 @@ def test_the_whole_pipeline_runs_then_nothing_is_left_to_do(tiny_run, tmp_path) 
     metrics = json.loads(project.run("dvc", "metrics", "show", "--json").stdout)
     shown = next(iter(metrics.values()))["data"]
     assert {f"metrics/{stage}.json" for stage in stages} <= set(shown)
+
+
+# headstart's own progress bars (pipeline.core.progress.bar), by the description each starts with.
+OWN_BARS = ("check files", "copy images", "verify images", "decode check", "extract ", "evaluate", "export parity")
+# A tqdm-style bar: "<description>: 42%|████      | 5/12 [...]".
+BAR = re.compile(r"^\s*(?P<desc>[^:|]*):\s+\d+%\|")
+# A Python warning as the warnings module prints it: "<file>.py:<line>: <Category>Warning: <message>".
+PYTHON_WARNING = re.compile(r"\.py:\d+: \w*Warning\b")
+
+
+def test_the_console_of_a_run_has_no_python_warning_nor_a_third_party_progress_bar(tiny_run) -> None:
+    console = (tiny_run.stdout + tiny_run.stderr).splitlines()
+    warnings = [line for line in console if PYTHON_WARNING.search(line)]
+    assert not warnings, "\n".join(warnings)
+    bars = [match.group("desc") for line in console if (match := BAR.match(line))]
+    assert bars, "the run shows headstart's own progress bars"
+    foreign = sorted({desc for desc in bars if not desc.startswith(OWN_BARS)})
+    assert not foreign, f"progress bars that are not headstart's: {foreign}"
+
+
+@pytest.mark.parametrize(
+    ("line", "caught"),
+    [
+        ("/x/keras/src/trainers/data_adapters/__init__.py:71: UserWarning: `shuffle=True` was passed", "warning"),
+        ("Downloading artifacts: 100%|██████████| 7/7 [00:00<00:00, 1.2kit/s]", "bar"),
+        ("extract train: 100%|██████████| 12.0/12.0 [00:00<00:00, 329img/s]", None),
+        ("train_head: trial 2/2: val_accuracy 0.5000 (new best; was 0.3333, trial 1), 2 s", None),
+    ],
+)
+def test_the_console_check_tells_noise_from_headstart_lines(line: str, caught: str | None) -> None:
+    bar = BAR.match(line)
+    found = (
+        "warning" if PYTHON_WARNING.search(line) else "bar" if bar and not bar["desc"].startswith(OWN_BARS) else None
+    )
+    assert found == caught
