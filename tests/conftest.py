@@ -2,7 +2,7 @@
 server, and the two runs the end-to-end tests share (``tiny_run``, ``sweep``), each made once per ``make test``.
 
 What the fixtures build lives in helper modules (``projects.py``, ``samples.py``, ``file_server.py``), which test
-modules import by name; no test module imports this one or another test module.
+modules import by name; no test module imports this one or another test module (``test_test_helpers.py``).
 """
 
 from __future__ import annotations

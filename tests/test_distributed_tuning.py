@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from keras_samples import tiny_features
 from pipeline.core import config
 from pipeline.core.errors import UserError
 from pipeline.features import extraction
@@ -24,7 +25,6 @@ from pipeline.tracking import store
 from pipeline.training import distributed
 from pipeline.training.tuning import trial_log
 from processes import free_port
-from test_tuning import tiny_features
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = ("tuner0", "tuner1")

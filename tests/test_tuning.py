@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from keras_samples import tiny_features
 from pipeline.core import config
 from pipeline.features import extraction
 from pipeline.features.extraction import FeatureSet
@@ -21,19 +22,8 @@ from pipeline.tracking import runs, store
 from pipeline.training import fitting, head
 from pipeline.training.tuning import oracles, search, selection, space, trial_log
 
-CLASSES = ("ant", "bee", "wasp")
 # the hyperparameters the search space declares (train_head.* that tune.space covers)
 SEARCHED = {"hidden_layers", "units", "activation", "dropout", "optimizer", "learning_rate", "batch_size", "l2"}
-
-
-def tiny_features(per_class: int, seed: int, width: int = 12) -> FeatureSet:
-    """Three Gaussian clusters: separable enough for a head to learn in a few epochs."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 3, size=(len(CLASSES), width))
-    labels = np.repeat(np.arange(len(CLASSES)), per_class).astype(np.int32)
-    values = (centres[labels] + rng.normal(0, 1, size=(len(labels), width))).astype(np.float32)
-    names = np.array([f"img{i}.png" for i in range(len(labels))])
-    return FeatureSet(values, labels, names, names, CLASSES)
 
 
 @pytest.fixture
