@@ -242,3 +242,46 @@ def test_a_stage_is_one_main_of_at_most_40_lines(stage: str) -> None:
     functions = dict(_functions(ROOT / "stages" / f"{stage}.py"))
     assert list(functions) == ["main"], f"stages/{stage}.py defines {list(functions)}: logic belongs in pipeline/"
     assert functions["main"] <= 40, f"stages/{stage}.py's main has {functions['main']} lines"
+
+
+# Module docstrings say what the module is for and why in at most this many lines; details go to the
+# functions they describe or to docs/.
+MODULE_DOCSTRING_LINES = 15
+# Pending (issue 30): still longer than the limit; the lead shortens them and empties this list.
+LONG_MODULE_DOCSTRINGS_PENDING = ("pipeline/serving/registry.py", "pipeline/tracking/lineage.py")
+# A date or a CPU's name in the code marks a measurement, which belongs in docs/benchmarks.md, cited by section.
+MEASUREMENT_MARKS = r"\b\d{4}-\d{2}-\d{2}\b|\b(?:EPYC|Xeon|Ryzen)\b|\bCore i[0-9]\b"
+
+
+def _docstrings_and_comments(source: str) -> list[tuple[int, str]]:
+    """Every docstring (module, class, function) and every comment of a file, with the line it is on."""
+    import io
+    import tokenize
+
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    found = [
+        (getattr(node, "lineno", 1), ast.get_docstring(node, clean=False) or "")
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, kinds)
+    ]
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return found + [(token.start[0], token.string) for token in tokens if token.type == tokenize.COMMENT]
+
+
+def test_docstrings_are_short_and_carry_no_measurements() -> None:
+    """Module docstrings of at most MODULE_DOCSTRING_LINES lines; no date or CPU name in a docstring or comment."""
+    import re
+
+    long, marked = [], []
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        name, source = path.relative_to(ROOT).as_posix(), path.read_text(encoding="utf-8")
+        lines = len((ast.get_docstring(ast.parse(source), clean=False) or "").splitlines())
+        if (lines > MODULE_DOCSTRING_LINES) != (name in LONG_MODULE_DOCSTRINGS_PENDING):
+            long.append(f"{name}: a module docstring of {lines} lines")
+        for line, text in _docstrings_and_comments(source):
+            marked += [f"{name}:{line}: {match.group()}" for match in re.finditer(MEASUREMENT_MARKS, text)]
+    assert not long, (
+        f"module docstrings of at most {MODULE_DOCSTRING_LINES} lines; a pending one that fits leaves "
+        "LONG_MODULE_DOCSTRINGS_PENDING:\n" + "\n".join(long)
+    )
+    assert not marked, "measurements go to docs/benchmarks.md, and the code cites the section:\n" + "\n".join(marked)

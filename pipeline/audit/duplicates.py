@@ -4,13 +4,11 @@ A resized, re-encoded, flipped or slightly cropped copy of a training image in t
 caught by the split stage's sha256 check, and it inflates the test score. Two images are
 near-duplicates when the cosine distance of their L2-normalised features is under a threshold.
 
-The default thresholds come from ``benchmarks/duplicate_threshold.py`` (docs/benchmarks.md): for 300 photos of
-the flowers set and 300 of hymenoptera (224 px, centre crop), four copies each of 60 of them
-(horizontal flip, JPEG quality 70, a 90% crop, half the size) against the nearest pairs of distinct
-originals. EfficientNet-Lite0: 90% of the copies lie under 0.073 (flowers) and 0.17 (hymenoptera,
-half-size copies the farthest), the nearest distinct pair at 0.108 and 0.201; 0.10 keeps every
-distinct pair out. Lite1 alike; Lite2 spreads copies and distinct pairs a little wider (0.142 and 0.155
-nearest distinct), so 0.12. Other backbones are not calibrated: 0.10, and the docs say so.
+The default thresholds (``DEFAULT_THRESHOLDS``) are calibrated per backbone by planting flipped,
+re-encoded, cropped and half-size copies of flowers and hymenoptera photos: each backbone's value finds
+most copies and pairs no two distinct photos (``benchmarks/duplicate_threshold.py``; the figures are in
+docs/benchmarks.md, "Near-duplicate threshold"). Other backbones are not calibrated: 0.10, and the docs
+say so.
 """
 
 from __future__ import annotations

@@ -8,12 +8,9 @@ The search is faiss's exact inner-product search (``IndexFlatIP``: on unit rows,
 search costs at most ``EXACT_BUDGET`` multiply-adds: up to about 8,800 images at 1,280 features
 (N² x width). Above that, the candidates come from a PCA projection to ``PROJECTED_DIMS`` dimensions and
 are re-scored at full width, so every distance reported is exact; only the candidate list is
-approximate, and a copy, close in every direction, stays close in the projection. Measured on the
-default run's 70,000 x 1,280 Fashion-MNIST features (2-core AMD EPYC, avx512), every image against the
-54,000 train images: exact at full width 60 s (faiss; BLAS-bound), projected 8.7 s with faiss against
-30 s with scikit-learn's brute-force ``NearestNeighbors`` (its selection of the k smallest dominates),
-plus 3.7 s for the PCA and 3 s to re-score; the first neighbour agreed with the exact search's for
-99.997% of the images.
+approximate, and a copy, close in every direction, stays close in the projection. On a large set that
+takes a fraction of the exact search's time and finds almost the same first neighbours (see
+docs/benchmarks.md, "Nearest neighbours at scale", also for why faiss rather than scikit-learn).
 """
 
 from __future__ import annotations

@@ -6,25 +6,9 @@ a section's ``check`` adds the rules that involve more than one field. They are 
 *dataclasses* rather than ``BaseModel``s because the code, tests and benchmarks build sections
 positionally and copy them with ``dataclasses.replace`` (which re-validates a pydantic dataclass) and
 ``dataclasses.asdict``; everything else is pydantic's: one core validator, the same ``Field``
-constraints and validators, the JSON Schema.
-
-What stays hand-written, and why:
-
-* Messages. ``load()`` checks the whole file before any stage does work and reports every problem
-  together as one ``ConfigError``, one line each naming the key path, what was found and what is
-  allowed: an unknown key with a close match for a likely typo (difflib over the section's keys), a
-  missing key, a wrong type, an out-of-range value. pydantic finds the problems; ``_explain`` phrases
-  them from the error's location and the field's annotation, since pydantic's own text names neither
-  the key as params.yaml spells it (``tune.space.units[1]``) nor the allowed values, and gives one
-  error per member of a union (``'auto'`` or a number) where one line reads better.
-* Strictness per field, not ``strict=True`` for the whole schema: strict mode would also demand
-  section instances where params.yaml has mappings. ``true`` is not a number, ``'0.2'`` and ``yes``
-  are not a number and a boolean; an integer field takes a whole number however it is written
-  (``5e3``, ``5000.0``: ``WholeNumber``), a number field takes an integer.
-* Numbers are read as people (and ``dvc exp run -S``) write them: PyYAML follows YAML 1.1, where
-  ``1e-4``, ``3E-5`` and ``1e-05`` (no dot, or no sign in the exponent) are strings; ``load`` reads
-  them as numbers, as YAML 1.2 does (and as an editor that checks params.yaml against the JSON
-  Schema does). pydantic reads no YAML, so this is the loader's job.
+constraints and validators, the JSON Schema. Hand-written, each where it is done and why: the messages
+(``_explain``), strictness per field (``WholeNumber``) and numbers read as YAML 1.2 reads them
+(``read_params_yaml``).
 
 ``params.schema.json`` (for editors' completion and inline checks; params.yaml's first line names it)
 is generated from these dataclasses by ``python -m pipeline.core.config --write-schema``; a test
@@ -75,7 +59,7 @@ _EXPONENT_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[e
 
 
 class _ParamsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading exponent numbers without a dot as floats (see the module docstring)."""
+    """PyYAML's safe loader, reading exponent numbers without a dot as floats (see ``read_params_yaml``)."""
 
 
 _ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_NUMBER, list("-+.0123456789"))
@@ -90,6 +74,11 @@ def _whole_number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+# Strictness per field, not ``strict=True`` for the whole schema: strict mode would also demand section
+# instances where params.yaml has mappings. ``true`` is not a number, ``'0.2'`` and ``yes`` are not a number
+# and a boolean; an integer field takes a whole number however it is written (``5e3``, ``5000.0``:
+# ``WholeNumber``), a number field takes an integer.
+#
 # An integer field is ``Annotated[StrictInt, Field(<bounds>), WholeNumber]``, in that order: pydantic
 # applies annotations in turn, and bounds after a validator would escape the JSON Schema.
 WholeNumber = BeforeValidator(_whole_number)
@@ -516,6 +505,11 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
 def read_params_yaml(text: str) -> Any:
     """Parse params YAML text, exponent numbers such as ``1e-4`` as floats (PyYAML alone gives strings).
 
+    Numbers are read as people (and ``dvc exp run -S``) write them: PyYAML follows YAML 1.1, where ``1e-4``,
+    ``3E-5`` and ``1e-05`` (no dot, or no sign in the exponent) are strings; this reads them as numbers, as
+    YAML 1.2 does (and as an editor that checks params.yaml against the JSON Schema does). pydantic reads no
+    YAML, so this is the loader's job.
+
     Raises:
         yaml.YAMLError: the text is not valid YAML.
     """
@@ -544,7 +538,16 @@ def parse(raw: Any, source: str = PARAMS_FILE) -> Params:
 
 
 def _explain(error: ValidationError) -> list[str]:
-    """One line per problem pydantic found; the members of a union that all failed share a line."""
+    """One line per problem pydantic found; the members of a union that all failed share a line.
+
+    ``load()`` checks the whole file before any stage does work and reports every problem together as one
+    ``ConfigError``, one line each naming the key path, what was found and what is allowed: an unknown key
+    with a close match for a likely typo (difflib over the section's keys), a missing key, a wrong type, an
+    out-of-range value. pydantic finds the problems; this phrases them from the error's location and the
+    field's annotation, since pydantic's own text names neither the key as params.yaml spells it
+    (``tune.space.units[1]``) nor the allowed values, and gives one error per member of a union (``'auto'``
+    or a number) where one line reads better.
+    """
     details = error.errors()
     first: dict[tuple[Any, ...], int] = {}  # where each section's first problem is
     for index, detail in enumerate(details):

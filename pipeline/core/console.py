@@ -1,9 +1,9 @@
 """What the pipeline prints: one line per phase, progress bars and real warnings, not the libraries' chatter.
 
 TensorFlow prints INFO lines when it loads (oneDNN, CPU instruction sets, an absl notice, graph
-optimiser sessions) and MLflow its database migrations and artifact download bars; none of them needs a user's attention.
-``quiet_libraries`` (called when the ``pipeline`` package is imported, because TensorFlow must not be
-loaded before it) keeps them out: TensorFlow's C++ log level set to warnings, MLflow's logging to
+optimiser sessions) and MLflow its database migrations and artifact download bars; none of them needs a
+user's attention. ``quiet_libraries`` (called when the ``pipeline`` package is imported, because TensorFlow
+must not be loaded before it) keeps them out: TensorFlow's C++ log level set to warnings, MLflow's logging to
 warnings, and the lines TensorFlow writes while it loads, before its log level applies, dropped
 (INFO lines only; its warnings and errors pass). ``HEADSTART_VERBOSE=1`` turns all of this off.
 """

@@ -69,7 +69,8 @@ def describe_cpu(cpuinfo: str | None = None) -> dict[str, str]:
         cpuinfo: the text of ``/proc/cpuinfo`` (read when None; empty where it does not exist).
 
     Returns:
-        ``{"model": "AMD EPYC 9B14", "isa": "avx512_core_bf16"}``; off x86, the machine type as the ISA.
+        ``{"model": <its "model name" in /proc/cpuinfo>, "isa": "avx512_core_bf16"}``; off x86, the machine
+        type as the ISA.
     """
     if cpuinfo is None:
         try:

@@ -11,9 +11,8 @@ by its path as the split CSVs write it and says what to do with it::
 
 The audit stage writes ``reports/review_suggestions.yaml`` in the same format, every line commented
 out (``format_entries(..., commented=True)``): accepting a suggestion is copying its lines here and
-removing the leading ``# ``. A path that is not an image of the raw data, a class that is not one, an
-entry that is neither ``exclude`` nor ``relabel`` and a path listed twice all stop the split stage with
-one message naming the entry (exit status 2), before anything is written.
+removing the leading ``# ``. A bad entry stops the split stage before anything is written
+(``read_review``, ``check_entries``).
 """
 
 from __future__ import annotations
@@ -48,6 +47,10 @@ class Entry:
 
 def read_review(path: Path) -> list[Entry]:
     """Read and check the review file's structure; a missing or empty file is no decisions.
+
+    An entry that is neither ``exclude`` nor ``relabel`` and a path listed twice stop the split stage with
+    one message naming the entry (exit status 2), before anything is written; so does a path that is not an
+    image of the raw data or a class that is not one (``check_entries``).
 
     Raises:
         UserError: the file is not YAML, not a list, or an entry is malformed (the entry is named).

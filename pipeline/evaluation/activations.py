@@ -7,16 +7,10 @@ image's layout and fire on edges and colours; deeper ones are coarser and more a
 convolution's kernels are drawn as colour patches, the network's detectors of oriented edges and
 colour contrasts.
 
-The depths are found from the backbone's output shapes, not from layer names, so they work for
-every registry backbone (``keras.applications`` networks and the EfficientNet-Lite port alike): a
-stage is a run of layers at one spatial resolution, and its last layer (in the backbone's order)
-before the resolution drops is the stage's output. The deepest is the backbone's output, the map
-Grad-CAM explains. With more stages than wanted, the depths are spread evenly from the first to the
-last.
-
-The model must follow the layout of ``finetune.assemble``: layers named ``preprocessing`` and
-``backbone`` (the saved ``models/model.keras`` keeps these names); ``backbone`` is a nested Keras
-model, whose graph gives the intermediate outputs.
+The depths are found from the backbone's output shapes, not from layer names, so they work for every
+registry backbone, ``keras.applications`` networks and the EfficientNet-Lite port alike (``stage_outputs``,
+``block_depths``); the deepest is the backbone's output, the map Grad-CAM explains. The model must follow
+the layout of ``finetune.assemble`` (``backbone_of``).
 """
 
 from __future__ import annotations
@@ -47,6 +41,10 @@ _FILTER_INCHES = 0.55
 def block_depths(backbone_model: keras.Model, count: int = 4) -> list[str]:
     """Names of up to ``count`` stage outputs of the backbone (``stage_outputs``), spread from the
     first stage to the backbone's output.
+
+    A stage is a run of layers at one spatial resolution, and its last layer (in the backbone's order)
+    before the resolution drops is the stage's output. With more stages than wanted, the depths are
+    spread evenly from the first to the last.
 
     Args:
         backbone_model: the bare network (``model.get_layer("backbone")``), built for a fixed input size.
@@ -174,6 +172,9 @@ def block_activations(
 
 def backbone_of(model: keras.Model) -> keras.Model:
     """The nested backbone of a classifier laid out as ``finetune.assemble`` builds it.
+
+    That layout has layers named ``preprocessing`` and ``backbone`` (the saved ``models/model.keras`` keeps
+    these names); ``backbone`` is a nested Keras model, whose graph gives the intermediate outputs.
 
     Raises:
         ValueError: the model has no layer named ``backbone``.

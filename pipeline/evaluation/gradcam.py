@@ -11,9 +11,6 @@ all of them, with no per-network layer name to look up: the last layer that stil
 (the pooling after it throws that away) and the one with the most class-specific features. Its
 resolution is coarse (about input/32), so maps are resized bilinearly to the image and normalised
 to [0, 1] per image.
-
-The model must follow the layout of ``finetune.assemble``: layers named ``preprocessing``,
-``backbone``, ``features`` and ``head`` (the saved ``models/model.keras`` keeps these names).
 """
 
 from __future__ import annotations
@@ -30,7 +27,9 @@ def grad_cam(model: keras.Model, images: np.ndarray, class_indices: np.ndarray, 
     """Grad-CAM heatmaps from the backbone's last convolutional block, one per image.
 
     Args:
-        model: a classifier laid out as ``finetune.assemble`` builds it (logits or probabilities out).
+        model: a classifier laid out as ``finetune.assemble`` builds it (logits or probabilities out), with
+            layers named ``preprocessing``, ``backbone``, ``features`` and ``head`` (the saved
+            ``models/model.keras`` keeps these names).
         images: raw 0-255 RGB images at the model's input size, shape ``(n, H, W, 3)``.
         class_indices: the class to explain for each image (predicted or true), shape ``(n,)``.
         batch_size: images per gradient pass (bounds memory).

@@ -1,31 +1,18 @@
 """Classification metrics for the evaluate stage: scikit-learn and SciPy compute them, this module sets conventions.
 
-The fine-tuned model and the head-only model are scored by these same functions on the same test
-split, so their numbers compare directly (``compare_finetuned_with_head`` pairs them image by image, and
-``describe_paired`` says in words whether fine-tuning paid). Every function is pure: arrays in, numbers out.
+The fine-tuned model and the head-only model are scored by these same functions on the same test split, so
+their numbers compare directly (``compare_finetuned_with_head`` pairs them image by image, ``describe_paired``
+says in words whether fine-tuning paid). Every function is pure: arrays in, numbers out. ``sklearn.metrics``
+computes the confusion matrix, per-class, macro and weighted precision, recall and F1, log loss, the ROC and PR
+curves and their areas (one class at a time for one-vs-rest); ``scipy.stats.binomtest`` McNemar's exact test;
+this module adds top-k accuracy (ties go to the true class), the reliability bins and calibration error, the
+curve and plot tables, the paired verdict's wording and the input checks (the same messages everywhere).
 
-Which library computes what:
-
-- scikit-learn (``sklearn.metrics``): the confusion matrix (``confusion_matrix``); per-class, macro and
-  weighted precision, recall and F1 (``precision_recall_fscore_support``); ``log_loss``; the ROC and
-  precision-recall curves (``roc_curve``, ``precision_recall_curve``); ROC AUC (``roc_auc_score``, one
-  class at a time for one-vs-rest) and average precision (``average_precision_score``).
-- SciPy: McNemar's exact test is ``scipy.stats.binomtest`` on the discordant pairs.
-- This module: top-k accuracy (scikit-learn breaks ties by class index, here they go to the true class),
-  the reliability bins and expected calibration error, the curve and plot tables, the paired comparison's
-  wording, and the input checks, so that every function refuses bad input with the same messages.
-
-Conventions, shared by all functions:
-
-- ``labels`` are integer class indices, shape ``(n,)``; ``probabilities`` are shape ``(n, k)``,
-  one row per sample; ``binary_truth`` is 0/1 (or bool) and ``scores`` are the positive class's.
-- The predicted class is the arg-max of a row; an exact tie goes to the lowest class index.
-- A ratio whose denominator is 0 (precision of a class never predicted, recall of a class never
-  present) is 0.0, scikit-learn's ``zero_division=0``.
-- A ranking metric that needs both outcomes in the truth (ROC AUC) is nan when only one is present,
-  and so is average precision without positives.
-- scikit-learn's warnings about such inputs are silenced: the 0.0 or nan in the result says it.
-- No samples at all is a ValueError: an empty test split is a bug upstream, not a score.
+Conventions: ``labels`` are integer class indices ``(n,)``, ``probabilities`` ``(n, k)``, ``binary_truth`` 0/1
+(or bool) with the positive class's ``scores``. The predicted class is a row's arg-max, an exact tie going to the
+lowest index. A ratio whose denominator is 0 (precision of a class never predicted, recall of a class never
+present) is 0.0 (``zero_division=0``); ROC AUC without both outcomes, and average precision without positives,
+are nan, without scikit-learn's warnings. No samples is a ValueError: an empty test split is a bug upstream.
 """
 
 from __future__ import annotations

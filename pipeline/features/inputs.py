@@ -214,8 +214,8 @@ def image_dataset(
         return tf.switch_case(which, [lambda f=f: f(*per_file) for f in loaders])
 
     # One decoding thread per core and a fixed prefetch instead of tf.data's autotuning: its optimiser
-    # thread held up the release of a finished iterator by about two seconds in half the runs
-    # (measured on 2 cores), a cost every split and every epoch would pay.
+    # thread can hold up the release of a finished iterator, a stall every split and every epoch would
+    # pay (docs/benchmarks.md, "Extract speed").
     threads = os.cpu_count() or 1
     files = tf.data.Dataset.from_tensor_slices(columns)
     if shuffle_seed is not None:

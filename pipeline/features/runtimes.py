@@ -4,16 +4,13 @@ TensorFlow, TFLite (XNNPACK) or ONNX Runtime, and ``auto``, which measures them 
 Extract, evaluate and predict push images through a network whose weights never change; which
 library runs that network fastest depends on the CPU (oneDNN, XNNPACK and ONNX Runtime's MLAS pick
 their kernels by instruction set, and each is best on different chips). Every runtime gets the same
-graph: the model traced as ``model(images, training=False)`` with its variables folded into
-constants. The outputs agree with TensorFlow's to float rounding (about 1e-5 on features of
+graph (``freeze``). The outputs agree with TensorFlow's to float rounding (about 1e-5 on features of
 magnitude 1-10, ``tests/test_runtimes.py``) and repeat bit for bit on one machine at a fixed thread
 count, but differ in the last bits between runtimes: the runtime is recorded beside the features.
 
-``auto`` converts the model for every runtime, times a few batches of the real input shape on each,
-in turns, and keeps TensorFlow unless another is faster by ``MARGIN`` in every round. The choice is written to a
-small JSON file outside the project (``choices_dir``), keyed by CPU model, instruction set, threads,
-model, input size, batch size and library versions, and read back on the next run: two runs on one
-machine choose the same runtime, so they write the same bytes.
+``auto`` times every runtime on a few batches of the real input shape, in turns, and keeps TensorFlow
+unless another is faster by ``MARGIN`` in every round. The choice is remembered outside the project, per
+machine, model and library versions (``choose``), so two runs on one machine write the same bytes.
 """
 
 from __future__ import annotations
@@ -45,7 +42,9 @@ AUTO = "auto"
 CHOICES_FILE = "runtimes.json"  # in the cache folder given to ``choose``
 MARGIN = 1.10  # another runtime must be this much faster than TensorFlow to be chosen
 MEASURE_BATCHES = 2  # timed batches per runtime and round
-WARM_UP_BATCHES = 2  # untimed, first: after one, ONNX Runtime's next two calls ran up to 2x slower (runtimes.json)
+# Untimed batches first: after only one, ONNX Runtime's next calls were still slow (docs/benchmarks.md,
+# "Measurements behind single lines of code").
+WARM_UP_BATCHES = 2
 MEASURE_ROUNDS = 3  # a runtime must beat TensorFlow in each (``pick_fastest``)
 ONNX_OPSET = 17
 Forward = Callable[[tf.Tensor], tf.Tensor]
@@ -69,7 +68,7 @@ def freeze(model: keras.Model) -> Any:
 
     The backbone's weights never change here, so they are baked into the graph; TF's graph optimiser
     then folds each BatchNormalization into the convolution before it, which makes the forward pass
-    about 1.4 times faster on CPU (``benchmarks/extract.py``). TFLite and tf2onnx convert this same
+    faster on CPU (docs/benchmarks.md, "Extract speed"). TFLite and tf2onnx convert this same
     function: given the unfrozen extractor, the TFLite converter kept its weights as variables
     (``READ_VARIABLE`` ops) that the interpreter never initialised, and every output was NaN.
     """
@@ -244,7 +243,9 @@ def choose(
 
     A named runtime is used as it is. ``auto`` reads ``cache_dir/runtimes.json``; on a miss it
     compiles every runtime, measures them on ``batch_size`` random images of the model's input
-    shape and writes the choice (with the speeds) there.
+    shape and writes the choice (with the speeds) there, keyed by CPU model, instruction set, threads,
+    model, input size, batch size and library versions (``choice_key``): two runs on one machine choose
+    the same runtime, so they write the same bytes.
 
     Args:
         model: the frozen model (extractor or classifier).

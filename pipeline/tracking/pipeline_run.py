@@ -6,16 +6,10 @@ last stage of dvc.yaml and depends on params.yaml and on all those files, so it 
 never on a no-op ``dvc repro``, and not at all when a stage before it fails (DVC stops there; the stages that
 finished keep their runs, and the next result nests them).
 
-The pipeline run is tagged ``stage = pipeline`` and named after the DVC experiment (else after the commit).
-It carries every value of params.yaml and the values ``auto`` resolved to (``summary.setting_params``), each
-stage's headline numbers (``summary.headline_metrics``), the seconds of every stage run, the stage-run tags
-(git, params hash, CPU, experiment), the runtime and the registered model version, and as artifacts
-params.yaml, the stages' metrics JSONs (one ``metrics.json``), the report, evaluate's charts and analyze's tables.
-
-Its children: a stage run that no live pipeline run holds yet gets ``mlflow.parentRunId`` set to this run, so
-the runs table nests it (with the tuner's trials under train_head). A stage run that an earlier pipeline run
-holds (its outputs came from DVC's cache) is not logged again: ``stages.<stage>.run_id`` and
-``stages.<stage>.made_by`` name it and the pipeline run it belongs to.
+The pipeline run is tagged ``stage = pipeline`` and named after the DVC experiment (else after the commit);
+it carries the result's settings, headline numbers, stage seconds and artifacts (``record_result``). A stage
+run that no live pipeline run holds yet is nested under it; one that an earlier pipeline run holds (its
+outputs came from DVC's cache) is named, not logged again (``link_stages``).
 """
 
 from __future__ import annotations
@@ -74,6 +68,12 @@ class PipelineRun:
 def record_result(params: Params) -> PipelineRun:
     """Log the workspace's result as one pipeline run, nest its new stage runs, link the model version.
 
+    The run carries every value of params.yaml and the values ``auto`` resolved to (``summary.setting_params``),
+    each stage's headline numbers (``summary.headline_metrics``), the seconds of every stage run, the stage-run
+    tags (git, params hash, CPU, experiment), the runtime and the registered model version, and as artifacts
+    params.yaml, the stages' metrics JSONs (one ``metrics.json``), the report, evaluate's charts and analyze's
+    tables.
+
     Raises:
         UserError: the tracking store is unreachable.
     """
@@ -131,6 +131,11 @@ def link_stages(
 ) -> list[StageLink]:
     """Which pipeline run holds each stage's run: the one its ``mlflow.parentRunId`` names while that run is a
     pipeline run that did not fail and was not deleted, else ``run_id`` (the stage ran for this result).
+
+    A stage run no live pipeline run holds gets ``mlflow.parentRunId`` set to ``run_id`` (``_nest``), so the
+    runs table nests it (with the tuner's trials under train_head). One an earlier pipeline run holds is not
+    logged again: ``stages.<stage>.run_id`` and ``stages.<stage>.made_by`` name it and the pipeline run it
+    belongs to (``stage_tags``).
 
     Args:
         outputs: ``{stage: metrics JSON}``.

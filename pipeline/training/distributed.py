@@ -1,18 +1,14 @@
 """Distributed tuning: the head's search in Keras Tuner's chief/worker mode.
 
-Distributed tuning is Keras Tuner's chief/worker mode: the same stage runs in several processes (on
-one machine or several), each with its own ``KERASTUNER_TUNER_ID`` (``configure``).
+The same stage runs in several processes (on one machine or several), each with its own
+``KERASTUNER_TUNER_ID`` (``configure``).
 
 * The chief (``chief``) serves the oracle: it hands out trials and collects their scores, runs none
-  itself, and owns everything the stage writes: its MLflow stage run, the final head (the best
-  hyperparameters trained again from the seed, exactly as in one process; the trials' weights may
-  lie on other machines), best_hparams, the plots and the metrics JSON. Before it serves, it
-  writes ``chief_run.json`` into the tuner folder: its run, tracking URI, tags and search params.
-* A worker (any other id) runs trials. It waits for the chief, reads ``chief_run.json`` and logs
-  each trial as a child run of the chief's stage run, tagged ``tuner.id``, just as one process
-  logs its trials, so the MLflow UI shows one train_head run with every trial under it, wherever
-  the trial ran. Beside Keras Tuner's own files it writes ``trial_<id>/worker.json`` (duration,
-  memory, run id), which the chief puts into trials.csv; no stage outputs, no metrics JSON.
+  itself, and owns everything the stage writes: its MLflow stage run, the final head, best_hparams, the
+  plots and the metrics JSON (``serve_search``).
+* A worker (any other id) runs trials and logs each as a child run of the chief's stage run, just as one
+  process logs its trials, so the MLflow UI shows one train_head run with every trial under it, wherever
+  the trial ran (``join_search``, ``run_worker``). It writes no stage outputs and no metrics JSON.
 
 The tuner folder (``paths.tuner``) is where chief and workers meet: shared on one machine, it must
 be a shared mount for workers on other machines.
@@ -162,10 +158,12 @@ def serve_search(
 
     Returns:
         The best trial's settings and every trial (with the worker that ran it), as
-        ``selection.train_chosen`` takes them.
+        ``selection.train_chosen`` takes them: the final head is the best hyperparameters trained again
+        from the seed, exactly as in one process (the trials' weights may lie on other machines).
 
-    ``chief_run.json`` is written before the oracle answers anyone (a worker reads it once the
-    chief answers) and removed when the search is over, so a finished search leaves none behind.
+    ``chief_run.json`` (the chief's run, tracking URI, tags and search params) is written into the tuner
+    folder before the oracle answers anyone (a worker reads it once the chief answers) and removed when the
+    search is over, so a finished search leaves none behind.
     Keras Tuner's chief waits for every worker that took a trial to ask for the next one (in steps of
     20 s); a worker that dies in the middle of a trial leaves the chief waiting: stop it with Ctrl-C.
     """
@@ -260,14 +258,15 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def run_worker(train: FeatureSet, val: FeatureSet, params: Params, role: Role) -> list[str]:
     """A worker's part: run the chief's trials until it has none left.
 
-    Each trial is a child run of the chief's stage run and leaves ``trial_<id>/worker.json`` beside
-    Keras Tuner's files; a worker opens no stage run and writes no stage output.
+    Each trial is a child run of the chief's stage run, tagged ``tuner.id``, and leaves
+    ``trial_<id>/worker.json`` (duration, memory, run id; the chief puts it into trials.csv) beside Keras
+    Tuner's files; a worker opens no stage run and writes no stage output.
 
     Args:
         train: the train split's features.
         val: the val split's features.
         params: the same params as the chief's.
-        role: a worker's role, from ``configure_distributed``.
+        role: a worker's role, from ``configure``.
 
     Returns:
         The ids of the trials this worker ran.

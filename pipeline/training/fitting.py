@@ -81,12 +81,10 @@ def compile_classifier(
 
     ``steps_per_execution`` training steps run in one call of the compiled graph: the same steps in the
     same order (the same weights, bit for bit), with Python's per-step overhead paid once per call. It pays
-    where a step is short (a head on cached features, 16 steps per call: 1.04x faster per epoch for the
-    default head, 1.58x for the search space's largest, identical losses, on a 2-core AMD EPYC,
-    ``benchmarks/training_speed.py``); batch-level callbacks and the progress bar then see one call as one
-    batch. XLA (``jit_compile``) stays off: on that CPU it made the head 3 to 8 times slower and the
-    fine-tuning step 16 times slower, and Keras refuses it for the fine-tuning model as built
-    (RandomRotation and RandomZoom have no XLA kernel).
+    where a step is short (a head on cached features, 16 steps per call); batch-level callbacks and the
+    progress bar then see one call as one batch. XLA (``jit_compile``) stays off: on CPU it made both the
+    head and the fine-tuning step several times slower, and Keras refuses it for the fine-tuning model as
+    built (RandomRotation and RandomZoom have no XLA kernel). Figures: docs/scale.md, "Faster training on CPU".
     """
     loss = (
         SmoothedSparseCrossentropy(label_smoothing)
@@ -101,7 +99,7 @@ def compile_classifier(
     )
     # Built now, eagerly, rather than inside the first traced training step: variables created while
     # tracing leave one uncollectable TensorFlow graph per optimizer behind, which a tuner building a
-    # model per trial would pile up (measured: half of the memory a trial left behind).
+    # model per trial would pile up (about half of what a trial left behind: docs/benchmarks.md, "Head search speed").
     model.optimizer.build(model.trainable_variables)
 
 

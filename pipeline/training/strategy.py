@@ -7,14 +7,11 @@ chief and workers) is another mechanism and lives in ``pipeline.training.distrib
 * ``mirrored``: ``tf.distribute.MirroredStrategy`` over this machine's GPUs, one replica each (on a machine
   without a GPU, one replica on the CPU: the same training as ``none``).
 * ``multi_worker``: ``tf.distribute.MultiWorkerMirroredStrategy`` over the machines named by ``TF_CONFIG``,
-  every process running the same stage. The chief is the task of type ``chief``, or worker 0 where the
-  cluster has no ``chief`` entry (TensorFlow's rule). Only the chief opens the stage's MLflow run and writes
+  every process running the same stage. Only the chief (``place``) opens the stage's MLflow run and writes
   its outputs; a worker trains in step with it and writes nothing into the workspace.
 
-Scaling rule: ``finetune.batch_size`` is the batch of one replica; the global batch is ``batch_size ×
-replicas`` and the peak learning rate is multiplied by the replicas (the linear scaling rule of Goyal et al.,
-2017, "Accurate, Large Minibatch SGD"), reached through the schedule's existing warm-up. ``images_per_epoch``
-counts images across the cluster, so an epoch has ``images_per_epoch / global batch`` steps.
+``finetune.batch_size`` is the batch of one replica; the global batch and the peak learning rate are
+multiplied by the replicas (the linear scaling rule, ``scale``).
 """
 
 from __future__ import annotations
@@ -72,6 +69,9 @@ class Placement:
 
 def place(distribution: Literal["none", "mirrored", "multi_worker"], tf_config: str | None) -> Placement:
     """This process's placement from ``compute.distribution`` and the text of ``TF_CONFIG`` (None: unset).
+
+    The chief is the task of type ``chief``, or worker 0 where the cluster has no ``chief`` entry
+    (TensorFlow's rule).
 
     Raises:
         UserError: ``TF_CONFIG`` set with ``none`` or ``mirrored``; ``multi_worker`` without it; ``TF_CONFIG``
@@ -244,6 +244,11 @@ def spread(placement: Placement, environ: Mapping[str, str]) -> Spread:
 
 def scale(params: FinetuneParams, replicas: int) -> tuple[FinetuneParams, dict[str, float]]:
     """The params at ``replicas`` replicas: the global batch and the peak rate, both × replicas.
+
+    ``finetune.batch_size`` is the batch of one replica, so the global batch is ``batch_size × replicas``; the
+    peak learning rate is multiplied by the replicas (the linear scaling rule of Goyal et al., 2017, "Accurate,
+    Large Minibatch SGD"), reached through the schedule's existing warm-up. ``images_per_epoch`` counts images
+    across the cluster, so an epoch has ``images_per_epoch / global batch`` steps.
 
     ``learning_rate`` must be a number already (``finetune.resolve_schedule``). With one replica the params
     come back unchanged.
