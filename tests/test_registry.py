@@ -74,7 +74,7 @@ def test_a_champion_from_another_test_split_is_not_compared() -> None:
     decision = registry.decide("accuracy", 0.99, "bbb", 4, _champion(0.10, split_md5="aaa"))
     assert not decision.promote
     assert "different test split" in decision.reason and "aaa" in decision.reason and "bbb" in decision.reason
-    assert decision.reason.endswith("python -m pipeline.serving.registry promote 4")
+    assert decision.reason.endswith("headstart registry promote 4")
 
 
 def test_a_champion_without_the_metric_is_not_compared() -> None:
@@ -195,7 +195,7 @@ def test_versions_aliases_and_promotion(tmp_path: Path, tracking_uri: Any, kind:
         assert "different test split" in elsewhere["reason"] and test_md5 in elsewhere["reason"]
         assert aliases(client) == {"candidate": 4, "champion": 3}
 
-        registry.promote(client, NAME, 4)  # what `python -m pipeline.serving.registry promote 4` does
+        registry.promote(client, NAME, 4)  # what `headstart registry promote 4` does
         assert aliases(client) == {"candidate": 4, "champion": 4}
         promotion = client.get_model_version(NAME, "4").tags["promotion"]
         assert promotion == f"promoted by hand (at registration: {elsewhere['reason']})"

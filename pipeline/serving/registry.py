@@ -1,24 +1,16 @@
 """The MLflow model registry: every evaluated classifier becomes a version, the best one the champion.
 
-evaluate logs ``model.keras`` as a pyfunc model (``pipeline/serving/pyfunc_model.py``) and registers it as a new
-version of ``registry.model_name``, tagged with what it was made from and how it scored: the md5 of
-the split CSVs and of the model file (the values DVC records for them), the git commit, the
-evaluate run's id, and the headline test metrics. Two aliases:
-
-* ``candidate``: always the newest version;
-* ``champion``: moves to the new version only when it is strictly better on
-  ``registry.primary_metric`` than the champion, measured on the same test split (the same md5 of
-  ``test.csv``, which lists every test image with its label and content hash). Otherwise the reason
-  is printed, tagged on the version (``promotion``) and recorded in ``metrics/evaluate.json``.
-
-Metrics measured on different test splits are not comparable, so a champion from another split is
-replaced only by hand (``headstart registry``, or ``python -m pipeline.serving.registry``)::
+evaluate registers ``model.keras`` as a pyfunc model (``pyfunc_model.py``), a new version of
+``registry.model_name`` tagged with what made it (the md5 of the split CSVs and of the model file, the git
+commit, the evaluate run) and how it scored. Two aliases: ``candidate`` is always the newest version;
+``champion`` moves only to a version strictly better on ``registry.primary_metric`` on the same test split
+(the same md5 of ``test.csv``), since scores on different test splits are not comparable. Otherwise the reason
+is printed, tagged on the version and recorded in ``metrics/evaluate.json``, and a person decides::
 
     headstart registry promote 4     # alias champion → version 4
     headstart registry list          # versions, aliases, scores, test splits
 
-The registry is the tracking store's (``MLFLOW_TRACKING_URI``, else the embedded sqlite store), so
-it works the same against a remote ``mlflow server``.
+The registry is the tracking store's, so it works the same against a remote ``mlflow server``.
 """
 
 from __future__ import annotations
@@ -145,7 +137,7 @@ def _format_pair(a: float, b: float) -> tuple[str, str]:
 
 def promote_command(version: int) -> str:
     """The command that makes ``version`` the champion."""
-    return f"python -m pipeline.serving.registry promote {version}"
+    return f"headstart registry promote {version}"
 
 
 def current_champion(client: Any, name: str) -> Version | None:
@@ -213,7 +205,7 @@ def promote(client: Any, name: str, version: int) -> Version | None:
     try:
         found = client.get_model_version(name, str(version))
     except MlflowException:
-        raise UserError(f"{name} has no version {version}; see `python -m pipeline.serving.registry list`") from None
+        raise UserError(f"{name} has no version {version}; see `headstart registry list`") from None
     previous = current_champion(client, name)
     client.set_registered_model_alias(name, CHAMPION, version)
     at_registration = found.tags.get(PROMOTION_TAG)

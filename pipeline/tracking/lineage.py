@@ -1,19 +1,12 @@
 """Lineage between stage runs: DVC content hashes and upstream run ids on every MLflow run.
 
-``runs.stage_run`` calls ``log_inputs`` as a stage's run opens and ``log_outputs`` once the
-stage has written its metrics JSON. Each run then carries
+``runs.stage_run`` calls ``log_inputs`` as a stage's run opens and ``log_outputs`` once its metrics JSON is
+written. Each run then carries ``dvc.dep.<path>`` / ``dvc.out.<path>`` tags (DVC's own hashes, as in
+dvc.lock), ``upstream.<stage>`` tags (the run id in ``metrics/<stage>.json`` of every stage whose outs it
+reads: that file travels with the data, so a skipped or restored stage still names the run that made it),
+and an MLflow dataset input per data dep.
 
-- ``dvc.dep.<path>`` and ``dvc.out.<path>`` tags: DVC's hash of every dep and out dvc.yaml declares
-  for the stage (``<md5>`` for a file, ``<md5>.dir`` for a folder), computed by DVC itself, so the
-  values are those it writes to dvc.lock (and its state database spares it hashing them again);
-- ``upstream.<stage>`` tags: the run id in ``metrics/<stage>.json`` of every stage whose outs this
-  one reads. That file is a non-cached output written with the data, so when DVC skips a stage as
-  up to date (or restores it from its run cache) the id still names the run that made the data;
-- an MLflow dataset input per data dep (every dep but Python source): name and source the path,
-  digest its DVC hash, context the stage, input tags the producing stage and run.
-
-Run as a command (``headstart lineage``, or ``python -m pipeline.tracking.lineage``), it prints that
-chain for the current workspace::
+``headstart lineage`` prints that chain for the current workspace::
 
     headstart lineage                     # from the run in metrics/evaluate.json
     headstart lineage --stage train_head  # from the run in metrics/train_head.json
