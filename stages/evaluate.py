@@ -44,7 +44,7 @@ def main() -> None:
         if params.registry.enabled:
             entry = registry.register_classifier(params, result.scores["finetuned"], run.run_id, run.tags)
             run.record("registry", entry)
-            print(f"evaluate: {evaluate.describe_registration(entry)}")
+            print(f"evaluate: {registry.describe_entry(entry)}")
 
 
 if __name__ == "__main__":

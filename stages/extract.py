@@ -37,8 +37,9 @@ def main() -> None:
         run.set_tags({"runtime": meta["runtime"]})  # compute.runtime as it was resolved (auto: runtimes.choose)
         run.record("runtime", meta["runtime"])
         run.log_dict(meta, "features_meta.json")
-        run.log_metrics(extraction.summarize(meta, seconds))
-        print(f"extract: {extraction.describe(meta, seconds, cpu)} → {params.paths.features}")
+        metrics = extraction.summarize(meta, seconds)
+        run.log_metrics(metrics)
+        print(f"extract: {extraction.describe(meta, metrics, cpu)} → {params.paths.features}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ and a noise image among photos is the first outlier. The photos are scikit-image
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from benchmarks import duplicate_threshold
 from pipeline.audit import duplicates, neighbours, outliers
 from pipeline.features import backbones, extraction, inputs
 from pipeline.features.extraction import FeatureSet
@@ -21,21 +21,6 @@ PHOTOS = (
     "astronaut", "camera", "chelsea", "coffee", "coins", "horse", "hubble_deep_field", "immunohistochemistry",
     "moon", "page", "retina", "rocket", "text", "clock", "colorwheel", "logo", "cell", "brick", "grass", "gravel",
 )  # fmt: skip
-COPIES = ("flip", "jpeg70", "crop90", "half")
-
-
-def planted_copy(image: Image.Image, kind: str) -> Image.Image:
-    """A horizontal flip, a JPEG re-encode at quality 70, a 90% centre crop, or half the size."""
-    if kind == "flip":
-        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if kind == "jpeg70":
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=70)
-        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-    if kind == "crop90":
-        w, h = image.size
-        return image.crop((w // 20, h // 20, w - w // 20, h - h // 20))
-    return image.resize((image.width // 2, image.height // 2), Image.Resampling.BICUBIC)
 
 
 def photo(name: str) -> Image.Image:
@@ -71,11 +56,11 @@ def test_planted_copies_are_all_found_and_distinct_photos_are_never_paired(lite0
     for name in PHOTOS:
         originals.append(tmp_path / f"{name}.png")
         photo(name).save(originals[-1])
-    planted = {name: [] for name in COPIES}
+    planted = {name: [] for name in duplicate_threshold.COPIES}
     for index, name in enumerate(PHOTOS[:8]):  # two photos per kind of copy
-        kind = COPIES[index % len(COPIES)]
+        kind = duplicate_threshold.COPIES[index % len(duplicate_threshold.COPIES)]
         target = tmp_path / f"copy_{kind}_{name}.png"
-        planted_copy(photo(name), kind).save(target)
+        duplicate_threshold.make_copy(photo(name), kind).save(target)
         planted[kind].append((name, target))
     copies = [target for pairs in planted.values() for _, target in pairs]
     sets = {

@@ -85,6 +85,28 @@ def _writing(path: Path, reading: Path | None = None) -> Iterator[None]:
         raise OutputNotWritable(error.errno, error.strerror, str(path)) from error
 
 
+@contextlib.contextmanager
+def _atomic_file(path: Path, suffix: str = "", stage_output: bool = False) -> Iterator[str]:
+    """A temporary file beside ``path`` for the block to fill, renamed into place when the block ends and removed
+    if it raises; a write fault names ``path`` (``_writing``).
+
+    Args:
+        path: the output.
+        suffix: the temporary's suffix (some writers pick the format by it).
+        stage_output: first remove the temporaries a killed run left (``_remove_leftovers``).
+    """
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if stage_output:
+            _remove_leftovers(path)
+        temporary = _new_file(_temporary_prefix(path), path.parent, suffix)
+        try:
+            yield temporary
+            _publish(temporary, path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+
+
 def _names(error: BaseException, path: Path | None) -> bool:
     """Whether ``error`` is an ``OSError`` about ``path``."""
     filename = getattr(error, "filename", None)
@@ -157,17 +179,8 @@ def replace_dir(source: Path, final: Path) -> None:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write a binary file atomically (temporary file, then rename)."""
-    path = Path(path)
-    with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(data)
-            _publish(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+    with _atomic_file(Path(path)) as temporary, open(temporary, "wb") as stream:
+        stream.write(data)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -205,20 +218,14 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
     timestamp, so equal arrays give equal files (and equal DVC hashes). Arrays are streamed in
     chunks, never copied whole. Object arrays are refused, so reading never needs pickle.
     """
-    path = Path(path)
-    with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = _new_file(_temporary_prefix(path), path.parent, "")
-        try:
-            with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for name, array in arrays.items():
-                    member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-                    with archive.open(member, "w", force_zip64=True) as stream:
-                        np.lib.format.write_array(stream, np.asanyarray(array), allow_pickle=False)
-            _publish(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+    with (
+        _atomic_file(Path(path)) as temporary,
+        zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            with archive.open(member, "w", force_zip64=True) as stream:
+                np.lib.format.write_array(stream, np.asanyarray(array), allow_pickle=False)
 
 
 def write_npy_blocks(path: Path, blocks: Iterable[np.ndarray], rows: int, width: int, dtype: str) -> None:
@@ -231,26 +238,19 @@ def write_npy_blocks(path: Path, blocks: Iterable[np.ndarray], rows: int, width:
         ValueError: the blocks do not add up to ``rows`` rows of ``width`` values.
     """
     path = Path(path)
-    with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (rows, width)}
-                np.lib.format.write_array_header_1_0(stream, header)
-                written = 0
-                for block in blocks:
-                    values = np.ascontiguousarray(block, dtype=dtype)
-                    if values.ndim != 2 or values.shape[1] != width:
-                        raise ValueError(f"{path.name}: a block of shape {values.shape}, expected (n, {width})")
-                    stream.write(values.data)
-                    written += len(values)
-            if written != rows:
-                raise ValueError(f"{path.name}: {written} rows written, {rows} expected")
-            _publish(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+    with _atomic_file(path) as temporary:
+        with open(temporary, "wb") as stream:
+            header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (rows, width)}
+            np.lib.format.write_array_header_1_0(stream, header)
+            written = 0
+            for block in blocks:
+                values = np.ascontiguousarray(block, dtype=dtype)
+                if values.ndim != 2 or values.shape[1] != width:
+                    raise ValueError(f"{path.name}: a block of shape {values.shape}, expected (n, {width})")
+                stream.write(values.data)
+                written += len(values)
+        if written != rows:
+            raise ValueError(f"{path.name}: {written} rows written, {rows} expected")
 
 
 def write_yaml(path: Path, data: Any) -> None:
@@ -276,18 +276,11 @@ def save_model(model: Any, path: Path) -> None:
     run. Written beside its place, then renamed.
     """
     path = Path(path)
-    with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(path)
-        saved = _new_file(_temporary_prefix(path), path.parent, path.suffix)
+    with _atomic_file(path, path.suffix, stage_output=True) as temporary:
+        saved = _new_file(_temporary_prefix(path), path.parent, path.suffix)  # Keras's own archive, with dates
         try:
-            temporary = _new_file(_temporary_prefix(path), path.parent, path.suffix)
-            try:
-                model.save(saved)
-                _copy_keras_archive_without_dates(Path(saved), Path(temporary))
-                _publish(temporary, path)
-            finally:
-                Path(temporary).unlink(missing_ok=True)
+            model.save(saved)
+            _copy_keras_archive_without_dates(Path(saved), Path(temporary))
         finally:
             Path(saved).unlink(missing_ok=True)
 
@@ -358,12 +351,5 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 def save_figure(figure: Any, path: Path, dpi: int = 120) -> None:
     """Save a matplotlib figure as PNG atomically."""
-    path = Path(path)
-    with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = _new_file(_temporary_prefix(path), path.parent, ".png")
-        try:
-            figure.savefig(temporary, dpi=dpi, format="png")
-            _publish(temporary, path)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+    with _atomic_file(Path(path), ".png") as temporary:
+        figure.savefig(temporary, dpi=dpi, format="png")

@@ -75,14 +75,15 @@ def build_sections(
         rendered: collects the figures.
     """
     worst = tables["worst_errors"]
-    examples = load_examples(worst, analysis.class_names(predictions), params, THUMBNAIL_PX)
+    model = classifier.load_model(params.path("model"))
+    examples = load_examples(worst, analysis.class_names(predictions), params, THUMBNAIL_PX, model)
     return [
         overview_section(predictions, scores, rendered, params.evaluate.calibration_bins, fine_tuning),
         class_section(tables["per_class_accuracy"], tables["confused_pairs"], rendered),
         confidence_section(predictions, rendered),
         *error_sections(worst, examples, rendered),
         *data_sections(params, tables["confused_pairs"], rendered),
-        activations_of_examples(params, predictions, rendered),
+        activations_of_examples(model, params, predictions, rendered),
     ]
 
 
@@ -117,9 +118,10 @@ def data_sections(params: Params, confused: pd.DataFrame, rendered: Rendered) ->
     ]
 
 
-def activations_of_examples(params: Params, predictions: pd.DataFrame, rendered: Rendered) -> report.Section:
+def activations_of_examples(
+    model: keras.Model, params: Params, predictions: pd.DataFrame, rendered: Rendered
+) -> report.Section:
     """Feature maps at several depths for the most confident right answer of a few classes, and the first filters."""
-    model = classifier.load_model(params.path("model"))
     shown = activation_examples(predictions, ACTIVATION_EXAMPLES)
     views = model_views(model, [params.root / p for p in shown["path"]], params.backbone.crop)
     return activation_section(model, views, example_captions(shown), rendered)
@@ -282,7 +284,9 @@ def glyph_notes(missing: set[str], texts: Sequence[str]) -> list[str]:
     ]
 
 
-def load_examples(worst: pd.DataFrame, classes: Sequence[str], params: Params, thumbnail_px: int) -> Examples:
+def load_examples(
+    worst: pd.DataFrame, classes: Sequence[str], params: Params, thumbnail_px: int, model: keras.Model
+) -> Examples:
     """The worst errors as pictures: upright originals for the gallery and, when ``analyze.gradcam``
     is on, the images as the model saw them with Grad-CAM overlays for the predicted class.
 
@@ -293,7 +297,6 @@ def load_examples(worst: pd.DataFrame, classes: Sequence[str], params: Params, t
     originals = [images.load_thumbnail(p, thumbnail_px) for p in paths]
     if not paths or not params.analyze.gradcam:
         return Examples(originals, None, [])
-    model = classifier.load_model(params.path("model"))
     views = np.concatenate(
         [b.numpy() for b in inputs.image_dataset(paths, classifier.input_size(model), params.backbone.crop, 64)]
     )

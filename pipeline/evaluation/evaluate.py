@@ -15,7 +15,7 @@ from pipeline.core.config import Params
 from pipeline.data import split
 from pipeline.evaluation import charts, scoring
 from pipeline.features import extraction
-from pipeline.serving import classifier, registry
+from pipeline.serving import classifier
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,8 +98,3 @@ def draw(
             curves.label,
         ),
     }
-
-
-def describe_registration(entry: dict[str, Any]) -> str:
-    """The console's line on the model version evaluate registered (``registry.register_classifier``'s entry)."""
-    return f"registered {entry['name']} v{entry['version']} (alias {registry.CANDIDATE}); {entry['reason']}"

@@ -306,11 +306,11 @@ def summarize(meta: dict[str, Any], seconds: float) -> dict[str, float]:
     }
 
 
-def describe(meta: dict[str, Any], seconds: float, cpu: dict[str, str]) -> str:
-    """The console's account of the extraction: how many images, how wide, how fast, on what."""
-    images = sum(meta["counts"].values())
-    per_s = round(images / seconds, 1) if seconds else 0.0
+def describe(meta: dict[str, Any], metrics: dict[str, float], cpu: dict[str, str]) -> str:
+    """The console's account of the extraction (``summarize``'s ``metrics``): how many images, how wide, how fast,
+    on what."""
     return (
-        f"{images} images → {meta['feature_width']} features each ({meta['backbone']}, {meta['image_size_rule']}, "
-        f"{per_s:.0f} images/s with {meta['runtime']} on {cpu['model']}, {cpu['isa']})"
+        f"{sum(meta['counts'].values())} images → {meta['feature_width']} features each ({meta['backbone']}, "
+        f"{meta['image_size_rule']}, {metrics['images_per_s']:.0f} images/s with {meta['runtime']} on "
+        f"{cpu['model']}, {cpu['isa']})"
     )

@@ -194,6 +194,11 @@ def register_classifier(
     return {"name": name, "version": number, "promoted": decision.promote, "reason": decision.reason}
 
 
+def describe_entry(entry: dict[str, Any]) -> str:
+    """The console's line on a version ``register_classifier`` registered: its name, version and the decision."""
+    return f"registered {entry['name']} v{entry['version']} (alias {CANDIDATE}); {entry['reason']}"
+
+
 def promote(client: Any, name: str, version: int) -> Version | None:
     """Point ``champion`` at ``version`` by hand; returns the previous champion.
 

@@ -22,7 +22,6 @@ from pipeline.core import files, progress
 from pipeline.core.config import AugmentParams, FinetuneParams, Params
 from pipeline.core.errors import UserError
 from pipeline.data import split
-from pipeline.data.split import SplitFiles
 from pipeline.features import backbones, extraction, inputs
 from pipeline.serving import classifier
 from pipeline.tracking import runs
@@ -117,7 +116,7 @@ class Batches:
 
 
 def make_batches(
-    train: SplitFiles, val: SplitFiles, size: int, crop: inputs.Crop, params: FinetuneParams, seed: int
+    train: split.SplitFiles, val: split.SplitFiles, size: int, crop: inputs.Crop, params: FinetuneParams, seed: int
 ) -> Batches:
     """Shuffled train batches (a fresh seeded order every pass) and val batches in file order.
 
